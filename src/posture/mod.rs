@@ -1,0 +1,124 @@
+//! The device posture model and the in-memory `PostureStore`.
+//!
+//! Pure domain types: nothing here knows Envoy, Fleet or HTTP. The Fleet poller
+//! and the posture-file loader map their inputs into `HostPosture` and publish
+//! whole sets through [`PostureStore::replace_all`]; the live recheck replaces
+//! single hosts with [`PostureStore::upsert`].
+//!
+//! ## Why two DashMaps and one writer
+//! Readers (every Check) need `fingerprint → host` in one lookup without
+//! blocking each other or the writer for long, so both indexes are `DashMap`s
+//! whose shards lock only for the instant of a get. Readers clone the
+//! `Arc<HostPosture>` out and drop the guard at once. There is a single logical
+//! writer (the poller, the file watcher, or the recheck, serialised by
+//! `write_lock`), so the two maps never disagree for longer than one upsert and
+//! a removed host is evicted by the `retain` on the sync generation. A reader
+//! racing a full replace may see one host old and another new; each host it sees
+//! is internally consistent, which is all a decision needs.
+
+mod file;
+mod store;
+
+pub use file::{PostureFile, PostureFileError, load_posture_file, parse_posture_file};
+pub use store::PostureStore;
+
+use std::{sync::Arc, time::SystemTime};
+
+use crate::fingerprint::Fingerprint;
+
+/// A Fleet host id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct HostId(pub u64);
+
+impl std::fmt::Display for HostId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The team a host belongs to (Fleet Premium); `id` is absent in posture files
+/// that name teams only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Team {
+    pub id: Option<u64>,
+    pub name: Arc<str>,
+}
+
+/// A policy's last result on a host, as Fleet reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyResponse {
+    Pass,
+    Fail,
+    /// Fleet's `""`: not run yet, or not applicable to this host.
+    NotRun,
+}
+
+/// One Fleet policy's result on one host, with the catalogue facts a deny
+/// page needs. Names and resolutions are `Arc<str>` so one copy serves every
+/// host (interned by whoever builds the posture).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyResult {
+    pub id: u64,
+    pub name: Arc<str>,
+    pub response: PolicyResponse,
+    pub critical: bool,
+    pub resolution: Option<Arc<str>>,
+    /// When this policy was first seen failing on this host (for `grace`).
+    /// The store fills it in on publish when the source does not know it.
+    pub failing_since: Option<SystemTime>,
+}
+
+impl PolicyResult {
+    /// True when the policy's last result is a failure.
+    pub fn is_failing(&self) -> bool {
+        self.response == PolicyResponse::Fail
+    }
+}
+
+/// Everything known about one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPosture {
+    pub id: HostId,
+    pub uuid: String,
+    pub display_name: String,
+    pub team: Option<Team>,
+    /// Fleet's platform string: `darwin`, `windows`, `ubuntu`, `rhel`, `chrome`, …
+    pub platform: String,
+    pub os_version: String,
+    /// Last check-in (`seen_time`); `None` when Fleet never saw it.
+    pub last_seen: Option<SystemTime>,
+    pub policies: Vec<PolicyResult>,
+    /// CVE ids this host is known to be affected by (only those a policy names).
+    pub cves: Vec<Arc<str>>,
+    pub fingerprints: Vec<Fingerprint>,
+}
+
+impl HostPosture {
+    /// A host with only an id and display name; for tests and builders.
+    pub fn new(id: u64, display_name: impl Into<String>) -> Self {
+        Self {
+            id: HostId(id),
+            uuid: String::new(),
+            display_name: display_name.into(),
+            team: None,
+            platform: String::new(),
+            os_version: String::new(),
+            last_seen: None,
+            policies: Vec::new(),
+            cves: Vec::new(),
+            fingerprints: Vec::new(),
+        }
+    }
+
+    /// The team name, if any.
+    pub fn team_name(&self) -> Option<&str> {
+        self.team.as_ref().map(|t| &*t.name)
+    }
+
+    /// Policies whose last result is a failure.
+    pub fn failing_policies(&self) -> impl Iterator<Item = &PolicyResult> {
+        self.policies.iter().filter(|p| p.is_failing())
+    }
+}

@@ -1,0 +1,232 @@
+//! `PostureStore`: fingerprint → host id → `Arc<HostPosture>`. See the module
+//! docs in `posture/mod.rs` for the concurrency argument.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use dashmap::DashMap;
+
+use super::{HostId, HostPosture};
+use crate::fingerprint::Fingerprint;
+
+/// In-memory posture of every host. Cheap to share behind an `Arc`.
+#[derive(Debug, Default)]
+pub struct PostureStore {
+    by_fingerprint: DashMap<Fingerprint, HostId>,
+    hosts: DashMap<HostId, Arc<HostPosture>>,
+    /// Unix ms of the last successful full publish; 0 = never.
+    synced_at_ms: AtomicI64,
+    /// Incremented on every full publish.
+    generation: AtomicU64,
+    /// Serialises writers: there is one logical writer at a time.
+    write_lock: Mutex<()>,
+}
+
+impl PostureStore {
+    /// An empty store that has never been synced.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The host holding certificate `fp`.
+    pub fn lookup(&self, fp: &Fingerprint) -> Option<Arc<HostPosture>> {
+        let id = *self.by_fingerprint.get(fp)?;
+        self.host(id)
+    }
+
+    /// The host with Fleet id `id`.
+    pub fn host(&self, id: HostId) -> Option<Arc<HostPosture>> {
+        self.hosts.get(&id).map(|h| Arc::clone(&h))
+    }
+
+    /// Number of hosts held.
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// Number of fingerprints held.
+    pub fn fingerprint_count(&self) -> usize {
+        self.by_fingerprint.len()
+    }
+
+    /// How many full publishes have happened.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// When the posture was last published in full; `None` before the first.
+    pub fn synced_at(&self) -> Option<SystemTime> {
+        match self.synced_at_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(UNIX_EPOCH + Duration::from_millis(ms.max(1) as u64)),
+        }
+    }
+
+    /// `now - synced_at`, or `None` before the first publish.
+    pub fn age(&self, now: SystemTime) -> Option<Duration> {
+        self.synced_at()
+            .map(|t| now.duration_since(t).unwrap_or_default())
+    }
+
+    /// True once a first posture is in memory.
+    pub fn is_loaded(&self) -> bool {
+        self.synced_at_ms.load(Ordering::Acquire) != 0
+    }
+
+    /// Every host, in id order (for snapshots and admin listings).
+    pub fn all_hosts(&self) -> Vec<Arc<HostPosture>> {
+        let mut all: Vec<_> = self.hosts.iter().map(|e| Arc::clone(e.value())).collect();
+        all.sort_by_key(|h| h.id);
+        all
+    }
+
+    /// Publishes a complete posture: upserts every host, evicts hosts and
+    /// fingerprints not in `hosts`, and records `synced_at`. For each failing
+    /// policy that has no `failing_since`, carries the time over from the
+    /// host's previous posture when it was already failing, else uses
+    /// `synced_at`, so `grace` counts from the first sync that saw it fail.
+    pub fn replace_all(&self, hosts: Vec<HostPosture>, synced_at: SystemTime) {
+        let _writer = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut keep_fp: HashMap<Fingerprint, HostId> = HashMap::with_capacity(hosts.len() * 2);
+        let mut keep_hosts = std::collections::HashSet::with_capacity(hosts.len());
+        for mut host in hosts {
+            let previous = self.hosts.get(&host.id).map(|h| Arc::clone(&h));
+            carry_failing_since(&mut host, previous.as_deref(), synced_at);
+            for fp in &host.fingerprints {
+                keep_fp.insert(*fp, host.id);
+            }
+            keep_hosts.insert(host.id);
+            self.hosts.insert(host.id, Arc::new(host));
+        }
+        for (fp, id) in &keep_fp {
+            self.by_fingerprint.insert(*fp, *id);
+        }
+        self.by_fingerprint
+            .retain(|fp, id| keep_fp.get(fp) == Some(id));
+        self.hosts.retain(|id, _| keep_hosts.contains(id));
+        self.synced_at_ms
+            .store(unix_ms(synced_at).max(1), Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Replaces one host (live recheck). Keeps `synced_at` as it is: one fresh
+    /// host does not make the rest of the posture fresh.
+    pub fn upsert(&self, mut host: HostPosture, now: SystemTime) {
+        let _writer = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.hosts.get(&host.id).map(|h| Arc::clone(&h));
+        carry_failing_since(&mut host, previous.as_deref(), now);
+        if let Some(prev) = &previous {
+            for fp in &prev.fingerprints {
+                if !host.fingerprints.contains(fp) {
+                    self.by_fingerprint.remove_if(fp, |_, id| *id == host.id);
+                }
+            }
+        }
+        for fp in &host.fingerprints {
+            self.by_fingerprint.insert(*fp, host.id);
+        }
+        self.hosts.insert(host.id, Arc::new(host));
+    }
+
+    /// Restores the `synced_at` of a snapshot without publishing hosts.
+    pub fn set_synced_at(&self, synced_at: SystemTime) {
+        self.synced_at_ms
+            .store(unix_ms(synced_at).max(1), Ordering::Release);
+    }
+}
+
+fn carry_failing_since(host: &mut HostPosture, previous: Option<&HostPosture>, now: SystemTime) {
+    for policy in host.policies.iter_mut() {
+        if !policy.is_failing() {
+            policy.failing_since = None;
+            continue;
+        }
+        if policy.failing_since.is_some() {
+            continue;
+        }
+        let earlier = previous
+            .and_then(|p| p.policies.iter().find(|q| q.id == policy.id))
+            .filter(|q| q.is_failing())
+            .and_then(|q| q.failing_since);
+        policy.failing_since = Some(earlier.unwrap_or(now));
+    }
+}
+
+/// Unix milliseconds of `t` (negative before 1970).
+pub fn unix_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::posture::{PolicyResponse, PolicyResult};
+
+    fn fp(n: u8) -> Fingerprint {
+        Fingerprint::from_bytes([n; 20])
+    }
+
+    fn host(id: u64, fps: &[u8], failing: bool) -> HostPosture {
+        let mut h = HostPosture::new(id, format!("host-{id}"));
+        h.fingerprints = fps.iter().map(|n| fp(*n)).collect();
+        h.policies.push(PolicyResult {
+            id: 1,
+            name: "disk encryption".into(),
+            response: if failing { PolicyResponse::Fail } else { PolicyResponse::Pass },
+            critical: true,
+            resolution: None,
+            failing_since: None,
+        });
+        h
+    }
+
+    #[test]
+    fn replace_all_evicts_removed_hosts_and_fingerprints() {
+        let store = PostureStore::new();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
+        store.replace_all(vec![host(1, &[1, 2], false), host(2, &[3], false)], t0);
+        assert_eq!(store.lookup(&fp(3)).unwrap().id, HostId(2));
+        store.replace_all(vec![host(1, &[2], false)], t0 + Duration::from_secs(60));
+        assert!(store.lookup(&fp(1)).is_none());
+        assert!(store.lookup(&fp(3)).is_none());
+        assert_eq!(store.lookup(&fp(2)).unwrap().id, HostId(1));
+        assert_eq!((store.host_count(), store.fingerprint_count()), (1, 1));
+        assert_eq!(store.age(t0 + Duration::from_secs(90)), Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn failing_since_is_kept_across_syncs_and_reset_on_pass() {
+        let store = PostureStore::new();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
+        let t1 = t0 + Duration::from_secs(600);
+        store.replace_all(vec![host(1, &[1], true)], t0);
+        store.replace_all(vec![host(1, &[1], true)], t1);
+        assert_eq!(store.host(HostId(1)).unwrap().policies[0].failing_since, Some(t0));
+        store.replace_all(vec![host(1, &[1], false)], t1);
+        store.replace_all(vec![host(1, &[1], true)], t1 + Duration::from_secs(5));
+        assert_eq!(
+            store.host(HostId(1)).unwrap().policies[0].failing_since,
+            Some(t1 + Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn upsert_moves_fingerprints_without_touching_synced_at() {
+        let store = PostureStore::new();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
+        store.replace_all(vec![host(1, &[1], true)], t0);
+        store.upsert(host(1, &[2], false), t0 + Duration::from_secs(5));
+        assert!(store.lookup(&fp(1)).is_none());
+        assert!(!store.lookup(&fp(2)).unwrap().policies[0].is_failing());
+        assert_eq!(store.synced_at(), Some(t0));
+    }
+}
