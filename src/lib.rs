@@ -14,4 +14,5 @@
 
 pub mod duration;
 pub mod fingerprint;
+pub mod identity;
 pub mod posture;
