@@ -71,8 +71,18 @@ fn percent_decode(input: &[u8]) -> Result<Vec<u8>, Problem> {
     Ok(out)
 }
 
+/// Jumps between occurrences of the needle's first byte: a certificate body
+/// is base64, which has no `-`, so this touches each byte about once.
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    let first = *needle.first()?;
+    let mut from = 0;
+    loop {
+        let at = from + haystack.get(from..)?.iter().position(|&b| b == first)?;
+        if haystack.get(at..)?.starts_with(needle) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
 }
 
 /// Reads the first PEM certificate in `text`, reusing `text` as scratch space.
@@ -81,16 +91,21 @@ fn pem_to_der(text: &mut [u8]) -> Result<Vec<u8>, Problem> {
     let rest = text.get_mut(start..).ok_or(Problem::NotPem)?;
     let end = find(rest, END).ok_or(Problem::UnterminatedPem)?;
     let body = rest.get_mut(..end).ok_or(Problem::UnterminatedPem)?;
-    // Squeeze out line breaks and spaces in place instead of copying.
+    // Squeeze out line breaks and spaces in place, a line at a time.
     let mut len = 0;
-    for read in 0..body.len() {
-        let b = body.get(read).copied().unwrap_or(b' ');
-        if !b.is_ascii_whitespace() {
-            if let Some(slot) = body.get_mut(len) {
-                *slot = b;
-            }
-            len += 1;
-        }
+    let mut read = 0;
+    while let Some(tail) = body.get(read..) {
+        let Some(skip) = tail.iter().position(|b| !b.is_ascii_whitespace()) else {
+            break;
+        };
+        let start = read + skip;
+        let run = body
+            .get(start..)
+            .and_then(|t| t.iter().position(u8::is_ascii_whitespace))
+            .unwrap_or(body.len() - start);
+        body.copy_within(start..start + run, len);
+        len += run;
+        read = start + run;
     }
     let body = body.get(..len).unwrap_or_default();
     let der = base64::engine::general_purpose::STANDARD

@@ -140,8 +140,8 @@ fn client_cert_rfc9440() {
     let got = identify(&IdentityConfig::default(), "", &h).unwrap();
     assert_eq!((got.der, got.source), (der.clone(), Source::ClientCert));
 
-    let unpadded = rfc9440(&der[..der.len() - 1]).replace('=', "");
-    for bad in ["MII=", ":MII", ":not base64!:", "::", &unpadded] {
+    // ":MAABAg==:" without its padding.
+    for bad in ["MII=", ":MII", ":not base64!:", "::", ":MAABAg:"] {
         let err = identify(
             &IdentityConfig::default(),
             "",
