@@ -2,7 +2,8 @@
 //! RFC 9440 byte sequence, both down to checked DER bytes.
 //!
 //! This sits on the Check path, so it makes one buffer for the percent-decoded
-//! text (whitespace is squeezed out of the PEM body in place) and one for the
+//! text (line breaks are dropped while decoding; other whitespace is squeezed
+//! out of the PEM body in place, only if present) and one for the
 //! DER; nothing else allocates.
 
 use base64::Engine as _;
@@ -52,46 +53,54 @@ fn hex_value(b: u8) -> Option<u8> {
 }
 
 /// Strict percent-decoding: a `%` must be followed by two hex digits.
+/// Encoded line breaks are dropped: PEM markers hold none and the body
+/// ignores them, and without them the body usually decodes in one pass.
 fn percent_decode(input: &[u8]) -> Result<Vec<u8>, Problem> {
     let mut out = Vec::with_capacity(input.len());
-    let mut parts = input.split(|&b| b == b'%');
-    out.extend_from_slice(parts.next().unwrap_or_default());
-    for part in parts {
-        let at = out.len();
-        let byte = match part {
-            [hi, lo, ..] => hex_value(*hi)
+    let mut rest = input;
+    while let Some(i) = memchr::memchr(b'%', rest) {
+        let at = input.len() - rest.len() + i;
+        let (before, escape) = rest
+            .split_at_checked(i)
+            .ok_or(Problem::PercentEncoding { at })?;
+        out.extend_from_slice(before);
+        let byte = match escape {
+            [_, hi, lo, ..] => hex_value(*hi)
                 .zip(hex_value(*lo))
                 .map(|(hi, lo)| (hi << 4) | lo),
             _ => None,
-        };
-        // `at` counts decoded bytes; good enough to find the spot in a log.
-        out.push(byte.ok_or(Problem::PercentEncoding { at })?);
-        out.extend_from_slice(part.get(2..).unwrap_or_default());
-    }
-    Ok(out)
-}
-
-/// Jumps between occurrences of the needle's first byte: a certificate body
-/// is base64, which has no `-`, so this touches each byte about once.
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    let first = *needle.first()?;
-    let mut from = 0;
-    loop {
-        let at = from + haystack.get(from..)?.iter().position(|&b| b == first)?;
-        if haystack.get(at..)?.starts_with(needle) {
-            return Some(at);
         }
-        from = at + 1;
+        .ok_or(Problem::PercentEncoding { at })?;
+        if byte != b'\n' && byte != b'\r' {
+            out.push(byte);
+        }
+        rest = escape.get(3..).unwrap_or_default();
     }
+    out.extend_from_slice(rest);
+    Ok(out)
 }
 
 /// Reads the first PEM certificate in `text`, reusing `text` as scratch space.
 fn pem_to_der(text: &mut [u8]) -> Result<Vec<u8>, Problem> {
-    let start = find(text, BEGIN).ok_or(Problem::NotPem)? + BEGIN.len();
+    let start = memchr::memmem::find(text, BEGIN).ok_or(Problem::NotPem)? + BEGIN.len();
     let rest = text.get_mut(start..).ok_or(Problem::NotPem)?;
-    let end = find(rest, END).ok_or(Problem::UnterminatedPem)?;
+    let end = memchr::memmem::find(rest, END).ok_or(Problem::UnterminatedPem)?;
     let body = rest.get_mut(..end).ok_or(Problem::UnterminatedPem)?;
-    // Squeeze out line breaks and spaces in place, a line at a time.
+    let base64 = base64::engine::general_purpose::STANDARD;
+    let der = match base64.decode(&*body) {
+        Ok(der) => der,
+        // Whitespace left in the body (raw PEM): squeeze it out and retry.
+        Err(_) => base64
+            .decode(squeeze_whitespace(body))
+            .map_err(|_| Problem::PemBase64)?,
+    };
+    check_der(&der)?;
+    Ok(der)
+}
+
+/// Moves the non-whitespace bytes of `body` to its front, a run at a time,
+/// and returns them.
+fn squeeze_whitespace(body: &mut [u8]) -> &[u8] {
     let mut len = 0;
     let mut read = 0;
     while let Some(tail) = body.get(read..) {
@@ -107,12 +116,7 @@ fn pem_to_der(text: &mut [u8]) -> Result<Vec<u8>, Problem> {
         len += run;
         read = start + run;
     }
-    let body = body.get(..len).unwrap_or_default();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .map_err(|_| Problem::PemBase64)?;
-    check_der(&der)?;
-    Ok(der)
+    body.get(..len).unwrap_or_default()
 }
 
 /// Checks that `der` is one ASN.1 SEQUENCE spanning all of it whose content
@@ -148,10 +152,14 @@ mod tests {
 
     #[test]
     fn percent_decode_is_strict_and_keeps_plus() {
-        assert_eq!(percent_decode(b"a+b%2Bc%0a").unwrap(), b"a+b+c\n");
+        assert_eq!(percent_decode(b"a+b%2Bc%0a%0D%20").unwrap(), b"a+b+c ");
         assert_eq!(
             percent_decode(b"ab%2").unwrap_err(),
             Problem::PercentEncoding { at: 2 }
+        );
+        assert_eq!(
+            percent_decode(b"%0Aab%2x").unwrap_err(),
+            Problem::PercentEncoding { at: 5 }
         );
         assert_eq!(
             percent_decode(b"%zz").unwrap_err(),

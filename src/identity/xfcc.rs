@@ -165,14 +165,10 @@ impl<'a> Scanner<'a> {
 
     /// Reads a value up to `,`, `;` or the end; returns it and the end index.
     fn unquoted(&self, from: usize) -> Result<(Cow<'a, str>, usize), Problem> {
-        let bytes = self.input.as_bytes();
-        let mut i = from;
-        loop {
-            match bytes.get(i) {
-                Some(b'"') => return Err(Problem::StrayQuote { at: i }),
-                Some(b',' | b';') | None => break,
-                Some(_) => i += 1,
-            }
+        let tail = self.input.as_bytes().get(from..).unwrap_or_default();
+        let i = from + memchr::memchr3(b'"', b',', b';', tail).unwrap_or(tail.len());
+        if self.input.as_bytes().get(i) == Some(&b'"') {
+            return Err(Problem::StrayQuote { at: i });
         }
         let value = self.slice(from, i)?.trim_end_matches([' ', '\t']);
         Ok((Cow::Borrowed(value), i))
@@ -186,17 +182,19 @@ impl<'a> Scanner<'a> {
         let mut segment = open + 1;
         let mut i = open + 1;
         loop {
-            match bytes.get(i) {
-                None => return Err(Problem::UnterminatedQuote { at: open }),
-                Some(b'\\') if matches!(bytes.get(i + 1), Some(b'"' | b'\\')) => {
+            let tail = bytes.get(i..).unwrap_or_default();
+            i += memchr::memchr2(b'"', b'\\', tail)
+                .ok_or(Problem::UnterminatedQuote { at: open })?;
+            match (bytes.get(i), bytes.get(i + 1)) {
+                (Some(b'\\'), Some(b'"' | b'\\')) => {
                     owned
                         .get_or_insert_with(String::new)
                         .push_str(self.slice(segment, i)?);
                     segment = i + 1;
                     i += 2;
                 }
-                Some(b'"') => break,
-                Some(_) => i += 1,
+                (Some(b'"'), _) => break,
+                _ => i += 1,
             }
         }
         let tail = self.slice(segment, i)?;
