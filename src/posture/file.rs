@@ -85,6 +85,9 @@ struct RawHost {
     fingerprints: Vec<Fingerprint>,
 }
 
+/// A policy's name, critical flag and resolution.
+type CatalogueEntry = (Arc<str>, bool, Option<Arc<str>>);
+
 /// Reads and parses a posture file. `now` anchors `last_seen_ago`.
 pub fn load_posture_file(path: &Path, now: SystemTime) -> Result<PostureFile, PostureFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| PostureFileError::Read {
@@ -107,7 +110,7 @@ pub fn parse_posture_file(text: &str, json: bool, now: SystemTime) -> Result<Pos
     } else {
         yaml_serde::from_str(text).map_err(|e| e.to_string())?
     };
-    let mut catalogue: HashMap<u64, (Arc<str>, bool, Option<Arc<str>>)> = HashMap::new();
+    let mut catalogue: HashMap<u64, CatalogueEntry> = HashMap::new();
     for p in raw.policies {
         let entry = (Arc::from(p.name), p.critical, p.resolution.map(Arc::from));
         if catalogue.insert(p.id, entry).is_some() {
