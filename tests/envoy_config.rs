@@ -28,17 +28,24 @@ use serde_json::Value;
 use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 
-/// Allows every request, adds `x-stub-authz: allowed`, and sends each
-/// CheckRequest to the test.
-struct AllowAll(mpsc::UnboundedSender<CheckRequest>);
+/// Sends each CheckRequest to the test, then allows the request (adding
+/// `x-stub-authz: allowed`) or, when `fail`, answers with a gRPC error as a
+/// broken authorization server would.
+struct StubAuthz {
+    checks: mpsc::UnboundedSender<CheckRequest>,
+    fail: bool,
+}
 
 #[tonic::async_trait]
-impl Authorization for AllowAll {
+impl Authorization for StubAuthz {
     async fn check(
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        let _ = self.0.send(request.into_inner());
+        let _ = self.checks.send(request.into_inner());
+        if self.fail {
+            return Err(tonic::Status::unavailable("stub: posture not loaded"));
+        }
         let header = HeaderValueOption {
             header: Some(HeaderValue {
                 key: "x-stub-authz".into(),
@@ -72,12 +79,17 @@ impl Drop for Stub {
 }
 
 async fn start_stub() -> Stub {
+    start_stub_with(false).await
+}
+
+async fn start_stub_with(fail: bool) -> Stub {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, checks) = mpsc::unbounded_channel();
+    let stub = StubAuthz { checks: tx, fail };
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(AuthorizationServer::new(AllowAll(tx)))
+            .add_service(AuthorizationServer::new(stub))
             .serve_with_incoming(TcpListenerStream::new(listener))
             .await
             .unwrap();
@@ -299,6 +311,30 @@ async fn authz_down_fails_closed_except_on_the_public_route() {
     assert!(upstream.get("x-fleet-host-id").is_none(), "{upstream}");
     assert!(upstream.get("x-fleet-team").is_none(), "{upstream}");
     assert!(upstream["x-forwarded-client-cert"].is_string());
+}
+
+#[tokio::test]
+async fn authz_grpc_error_fails_closed() {
+    let pki = TestPki::new();
+    let device = pki.device("anna-macbook");
+    let mut stub = start_stub_with(true).await;
+    let echo = Echo::start().await;
+    let envoy = Envoy::start(&pki, EnvoyOptions::new(stub.addr, echo.addr)).await;
+
+    let response = envoy
+        .client(&device)
+        .get(envoy.url("/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    let body = response.text().await.unwrap();
+    assert!(
+        !body.contains("x-forwarded-client-cert"),
+        "upstream reached: {body}"
+    );
+    // The Check did reach the stub: the 503 is its error, not a connect failure.
+    assert!(stub.checks.recv().await.is_some());
 }
 
 #[tokio::test]
