@@ -19,6 +19,7 @@ pub mod duration;
 pub mod fingerprint;
 pub mod fleet;
 pub mod http;
+pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod posture;
