@@ -12,6 +12,20 @@
 //! know nothing of Envoy, Fleet or HTTP; adapters (`authz`, `fleet`, `admin`)
 //! convert at the edge.
 
+pub mod authz;
+pub mod cli;
+pub mod config;
 pub mod duration;
 pub mod fingerprint;
+pub mod fleet;
+pub mod http;
+pub mod identity;
+pub mod metrics;
+pub mod policy;
 pub mod posture;
+pub mod proto;
+pub mod reload;
+pub mod server;
+pub mod shutdown;
+pub mod snapshot;
+pub mod telemetry;

@@ -1,1 +1,92 @@
-fn main() {}
+//! The `fleet-authz` binary: parse flags, load configuration, wire the parts,
+//! wait for a signal, drain. Logic lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use fleet_authz::{
+    cli::{self, Cli, Command, EXIT_CONFIG},
+    config::Config,
+    policy, server, shutdown, telemetry,
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve { config } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            serve(config).await
+        }
+        Command::Check {
+            cert,
+            context,
+            addr,
+            host,
+            path,
+            xfcc,
+            verbose,
+        } => cli::run_check(&cert, &context, &addr, &host, &path, xfcc, verbose).await,
+    }
+}
+
+/// Loads and validates the config and its policy file; prints one message
+/// naming the file, the key and the problem, and gives exit code 64.
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    let config = Config::load(path).map_err(|e| {
+        eprintln!("invalid configuration: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    policy::load_policy(&config.policy_file).map_err(|e| {
+        eprintln!("invalid policy: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    if let Some(posture) = &config.posture_file {
+        fleet_authz::posture::load_posture_file(posture, std::time::SystemTime::now()).map_err(
+            |e| {
+                eprintln!("invalid posture file: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            },
+        )?;
+    }
+    Ok(config)
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let _telemetry = telemetry::init(&config.telemetry);
+    let mut running = match server::start(config).await {
+        Ok(r) => r,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "cannot start");
+            eprintln!("cannot start: {error:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut hangups = shutdown::hangups();
+    let code = loop {
+        tokio::select! {
+            _ = shutdown::signal() => break ExitCode::SUCCESS,
+            error = running.wait_for_failure() => {
+                tracing::error!(error = %format!("{error:#}"), "a service task failed; shutting down");
+                break ExitCode::FAILURE;
+            }
+            Some(()) = async { match hangups.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                tracing::info!("SIGHUP: reloading");
+                let reloader = std::sync::Arc::clone(&running.reloader);
+                let _ = tokio::task::spawn_blocking(move || reloader.reload_all()).await;
+            }
+        }
+    };
+    running.shutdown().await;
+    code
+}

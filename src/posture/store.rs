@@ -16,7 +16,7 @@ use super::{HostId, HostPosture};
 use crate::fingerprint::Fingerprint;
 
 /// In-memory posture of every host. Cheap to share behind an `Arc`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PostureStore {
     by_fingerprint: DashMap<Fingerprint, HostId>,
     hosts: DashMap<HostId, Arc<HostPosture>>,
@@ -26,6 +26,21 @@ pub struct PostureStore {
     generation: AtomicU64,
     /// Serialises writers: there is one logical writer at a time.
     write_lock: Mutex<()>,
+    /// Flips to true on the first publish: the readiness latch.
+    loaded: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for PostureStore {
+    fn default() -> Self {
+        Self {
+            by_fingerprint: DashMap::new(),
+            hosts: DashMap::new(),
+            synced_at_ms: AtomicI64::new(0),
+            generation: AtomicU64::new(0),
+            write_lock: Mutex::new(()),
+            loaded: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 impl PostureStore {
@@ -79,6 +94,13 @@ impl PostureStore {
         self.synced_at_ms.load(Ordering::Acquire) != 0
     }
 
+    /// Resolves once a first posture has been published.
+    pub async fn wait_loaded(&self) {
+        let mut rx = self.loaded.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = rx.wait_for(|loaded| *loaded).await;
+    }
+
     /// Every host, in id order (for snapshots and admin listings).
     pub fn all_hosts(&self) -> Vec<Arc<HostPosture>> {
         let mut all: Vec<_> = self.hosts.iter().map(|e| Arc::clone(e.value())).collect();
@@ -113,6 +135,7 @@ impl PostureStore {
         self.synced_at_ms
             .store(unix_ms(synced_at).max(1), Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.loaded.send_replace(true);
     }
 
     /// Replaces one host (live recheck). Keeps `synced_at` as it is: one fresh
@@ -138,6 +161,7 @@ impl PostureStore {
     pub fn set_synced_at(&self, synced_at: SystemTime) {
         self.synced_at_ms
             .store(unix_ms(synced_at).max(1), Ordering::Release);
+        self.loaded.send_replace(true);
     }
 }
 
@@ -181,7 +205,11 @@ mod tests {
         h.policies.push(PolicyResult {
             id: 1,
             name: "disk encryption".into(),
-            response: if failing { PolicyResponse::Fail } else { PolicyResponse::Pass },
+            response: if failing {
+                PolicyResponse::Fail
+            } else {
+                PolicyResponse::Pass
+            },
             critical: true,
             resolution: None,
             failing_since: None,
@@ -200,7 +228,10 @@ mod tests {
         assert!(store.lookup(&fp(3)).is_none());
         assert_eq!(store.lookup(&fp(2)).unwrap().id, HostId(1));
         assert_eq!((store.host_count(), store.fingerprint_count()), (1, 1));
-        assert_eq!(store.age(t0 + Duration::from_secs(90)), Some(Duration::from_secs(30)));
+        assert_eq!(
+            store.age(t0 + Duration::from_secs(90)),
+            Some(Duration::from_secs(30))
+        );
     }
 
     #[test]
@@ -210,7 +241,10 @@ mod tests {
         let t1 = t0 + Duration::from_secs(600);
         store.replace_all(vec![host(1, &[1], true)], t0);
         store.replace_all(vec![host(1, &[1], true)], t1);
-        assert_eq!(store.host(HostId(1)).unwrap().policies[0].failing_since, Some(t0));
+        assert_eq!(
+            store.host(HostId(1)).unwrap().policies[0].failing_since,
+            Some(t0)
+        );
         store.replace_all(vec![host(1, &[1], false)], t1);
         store.replace_all(vec![host(1, &[1], true)], t1 + Duration::from_secs(5));
         assert_eq!(

@@ -1,0 +1,217 @@
+//! The only place that knows Envoy's ext_authz types: `CheckRequest` →
+//! request facts, `Decision` → `CheckResponse`. Pure and unit-tested.
+
+use std::{collections::HashMap, sync::LazyLock};
+
+use envoy_types::pb::{
+    envoy::{
+        config::core::v3::{
+            HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+        },
+        service::auth::v3::{
+            CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+            check_response::HttpResponse,
+        },
+        r#type::v3::{HttpStatus, StatusCode as HttpStatusCode},
+    },
+    google::{
+        protobuf::{Struct, Value, value::Kind},
+        rpc,
+    },
+};
+
+use super::body::{self, BodyContext};
+use crate::{policy::Decision, posture::HostPosture};
+
+/// Identity headers set on allowed requests; client-sent copies never pass.
+pub const IDENTITY_HEADERS: [&str; 4] = [
+    "x-fleet-host-id",
+    "x-fleet-host-uuid",
+    "x-fleet-host-name",
+    "x-fleet-team",
+];
+/// Comma-separated reason kinds on a deny (and on a dry-run allow).
+pub const REASON_HEADER: &str = "x-fleet-authz-reason";
+/// Set to `deny` when a dry-run route would have denied.
+pub const DRY_RUN_HEADER: &str = "x-fleet-authz-dry-run";
+
+static EMPTY: LazyLock<HashMap<String, String>> = LazyLock::new(HashMap::new);
+
+/// What fleet-authz reads from a `CheckRequest`, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckFacts<'a> {
+    /// Request headers, lower-case names.
+    pub headers: &'a HashMap<String, String>,
+    /// Per-route `context_extensions`.
+    pub context: &'a HashMap<String, String>,
+    /// `source.certificate` (URL-encoded PEM), empty when not sent.
+    pub peer_certificate: &'a str,
+    pub authority: &'a str,
+    pub path: &'a str,
+    /// Envoy's request id (`x-request-id`).
+    pub request_id: &'a str,
+}
+
+impl<'a> CheckFacts<'a> {
+    /// Borrows the facts out of a request; absent parts read as empty.
+    pub fn from_request(req: &'a CheckRequest) -> Self {
+        let attrs = req.attributes.as_ref();
+        let http = attrs
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        let headers = http.map_or(&*EMPTY, |h| &h.headers);
+        let header = |name: &str| headers.get(name).map_or("", String::as_str);
+        let authority = http
+            .map(|h| h.host.as_str())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| header(":authority"));
+        let request_id = http
+            .map(|h| h.id.as_str())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| header("x-request-id"));
+        Self {
+            headers,
+            context: attrs.map_or(&*EMPTY, |a| &a.context_extensions),
+            peer_certificate: attrs
+                .and_then(|a| a.source.as_ref())
+                .map_or("", |s| s.certificate.as_str()),
+            authority,
+            path: http.map_or("", |h| h.path.as_str()),
+            request_id,
+        }
+    }
+
+    /// A header by lower-case name, or "".
+    pub fn header(&self, name: &str) -> &'a str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
+}
+
+fn header(key: &str, value: impl Into<String>) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value: value.into(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+fn string_value(s: impl Into<String>) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.into())),
+    }
+}
+
+/// Builds Envoy's answer. `accept` picks JSON or HTML for a deny body.
+pub fn to_response(decision: &Decision, ctx: &BodyContext<'_>, accept: &str) -> CheckResponse {
+    let kinds = decision.reason_kinds().join(",");
+    let mut metadata = Struct::default();
+    metadata
+        .fields
+        .insert("route".to_owned(), string_value(&*decision.route));
+    metadata
+        .fields
+        .insert("decision".to_owned(), string_value(decision.verdict()));
+    if !kinds.is_empty() {
+        metadata
+            .fields
+            .insert("reasons".to_owned(), string_value(kinds.clone()));
+    }
+    if let Some(h) = ctx.host {
+        metadata
+            .fields
+            .insert("host_id".to_owned(), string_value(h.id.0.to_string()));
+    }
+    let (code, http_response) = if decision.answer_allows() {
+        (
+            rpc::Code::Ok,
+            HttpResponse::OkResponse(ok_response(decision, ctx.host, &kinds)),
+        )
+    } else {
+        (
+            rpc::Code::PermissionDenied,
+            HttpResponse::DeniedResponse(denied_response(decision, ctx, accept, kinds)),
+        )
+    };
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: code as i32,
+            ..Default::default()
+        }),
+        http_response: Some(http_response),
+        dynamic_metadata: Some(metadata),
+    }
+}
+
+fn ok_response(decision: &Decision, host: Option<&HostPosture>, kinds: &str) -> OkHttpResponse {
+    let mut headers = Vec::with_capacity(5);
+    let mut remove = Vec::new();
+    let values: [Option<String>; 4] = match host {
+        // unknown_device: allow, or stale_posture: allow with no host
+        None => [None, None, None, None],
+        Some(h) => [
+            Some(h.id.0.to_string()),
+            Some(h.uuid.clone()).filter(|s| !s.is_empty()),
+            Some(h.display_name.clone()).filter(|s| !s.is_empty()),
+            h.team_name().map(str::to_owned),
+        ],
+    };
+    for (name, value) in IDENTITY_HEADERS.iter().zip(values) {
+        match value {
+            // Overwrite replaces any client-sent copy, so no removal needed.
+            Some(v) => headers.push(header(name, v)),
+            None => remove.push((*name).to_owned()),
+        }
+    }
+    let mut response_headers_to_add = Vec::new();
+    if decision.is_dry_run_deny() {
+        headers.push(header(DRY_RUN_HEADER, "deny"));
+        headers.push(header(REASON_HEADER, kinds));
+        response_headers_to_add.push(header(DRY_RUN_HEADER, "deny"));
+    } else {
+        remove.push(DRY_RUN_HEADER.to_owned());
+        remove.push(REASON_HEADER.to_owned());
+    }
+    OkHttpResponse {
+        headers,
+        headers_to_remove: remove,
+        response_headers_to_add,
+        ..Default::default()
+    }
+}
+
+fn denied_response(
+    decision: &Decision,
+    ctx: &BodyContext<'_>,
+    accept: &str,
+    kinds: String,
+) -> DeniedHttpResponse {
+    let html = body::prefers_html(accept);
+    let (content_type, body) = if html {
+        (
+            "text/html; charset=utf-8",
+            body::decision_html(decision, ctx),
+        )
+    } else {
+        (
+            "application/json",
+            body::decision_json(decision, ctx).to_string(),
+        )
+    };
+    let status = HttpStatusCode::try_from(i32::from(decision.deny_status))
+        .unwrap_or(HttpStatusCode::Forbidden);
+    DeniedHttpResponse {
+        status: Some(HttpStatus {
+            code: status as i32,
+        }),
+        headers: vec![
+            header(REASON_HEADER, kinds),
+            header("content-type", content_type),
+            header("cache-control", "no-store"),
+        ],
+        body,
+    }
+}

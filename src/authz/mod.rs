@@ -1,0 +1,257 @@
+//! The ext_authz adapter: `Authorizer` turns one `CheckRequest` into a
+//! `CheckResponse` (identify → lookup → route → evaluate → maybe recheck →
+//! answer), and `AuthzService` exposes it as Envoy's `Authorization` gRPC
+//! service. A deny is a successful RPC; the handler never returns an error
+//! status for bad input, so Envoy's `failure_mode_allow` applies only when
+//! fleet-authz itself is down.
+
+pub mod body;
+pub mod convert;
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::service::auth::v3::{
+    CheckRequest, CheckResponse, authorization_server::Authorization,
+};
+use tonic::{Request, Response, Status};
+
+use self::{body::BodyContext, convert::CheckFacts};
+use crate::{
+    fingerprint::Fingerprint,
+    identity::{self, IdentityConfig},
+    metrics::{DecisionLabels, Metrics, ReasonLabels},
+    policy::{self, Decision, Policy, Reason, RequestFacts, Subject},
+    posture::{HostId, HostPosture, PostureStore},
+};
+
+/// A boxed future, for the object-safe hooks below.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Fetches one host fresh from the source within a deadline (the live
+/// recheck, DESIGN.md §1.5). Implemented by the Fleet adapter.
+pub trait Refresh: Send + Sync {
+    /// Recheck only when the cached posture of `id` is older than this.
+    fn min_age(&self) -> Duration;
+    /// When `id`'s posture was last fetched on its own (not by a full sync).
+    fn refreshed_at(&self, id: HostId) -> Option<SystemTime>;
+    /// The fresh posture, or `None` when the source did not answer in time.
+    fn refresh(&self, id: HostId) -> BoxFuture<'_, Option<Arc<HostPosture>>>;
+}
+
+/// Emergency grants (break-glass): an allow for one device, time-limited.
+pub trait Grants: Send + Sync {
+    /// The grant covering this host or fingerprint at `now`, if any.
+    fn find(
+        &self,
+        host: Option<HostId>,
+        fingerprint: &Fingerprint,
+        now: SystemTime,
+    ) -> Option<(u64, String)>;
+}
+
+/// Everything a decision reads. Shared by the gRPC service and the admin API.
+pub struct Authorizer {
+    pub store: Arc<PostureStore>,
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub identity: IdentityConfig,
+    pub remediation_url: Option<String>,
+    pub max_staleness: Option<Duration>,
+    pub metrics: Arc<Metrics>,
+    pub refresh: Option<Arc<dyn Refresh>>,
+    pub grants: Option<Arc<dyn Grants>>,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer").finish_non_exhaustive()
+    }
+}
+
+/// A decision with what it was made about.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub decision: Decision,
+    pub host: Option<Arc<HostPosture>>,
+    pub fingerprint: Option<Fingerprint>,
+}
+
+/// Route selection input that does not depend on the request headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub context: &'a std::collections::HashMap<String, String>,
+    pub authority: &'a str,
+    pub path: &'a str,
+}
+
+impl Authorizer {
+    /// Decides on a fingerprint (or an identity failure) without I/O.
+    pub fn decide(
+        &self,
+        identity: Result<Fingerprint, (bool, String)>,
+        target: Target<'_>,
+        now: SystemTime,
+    ) -> Outcome {
+        let facts = RequestFacts {
+            context: target.context,
+            authority: target.authority,
+            path: target.path,
+            posture_age: self.store.age(now),
+            max_staleness: self.max_staleness,
+        };
+        let policy = self.policy.load();
+        let route = policy.route(&facts);
+        let (fingerprint, host) = match &identity {
+            Ok(fp) => (Some(*fp), self.store.lookup(fp)),
+            Err(_) => (None, None),
+        };
+        let subject = match (&identity, &host) {
+            (Err((true, detail)), _) => Subject::NoCertificate(detail),
+            (Err((false, detail)), _) => Subject::InvalidCertificate(detail),
+            (Ok(_), None) => Subject::Unknown,
+            (Ok(_), Some(h)) => Subject::Host(h),
+        };
+        let mut decision = policy::evaluate(route, &facts, subject, now);
+        if !decision.allowed
+            && let (Some(grants), Some(fp)) = (&self.grants, &fingerprint)
+            && let Some((grant_id, reason)) = grants.find(host.as_ref().map(|h| h.id), fp, now)
+        {
+            decision.allowed = true;
+            decision
+                .reasons
+                .push(Reason::BreakGlass { grant_id, reason });
+        }
+        Outcome {
+            decision,
+            host,
+            fingerprint,
+        }
+    }
+
+    /// Decides, and when a known device would be denied on posture older than
+    /// the recheck's `min_age`, refreshes that host within the budget and
+    /// decides again on what came back.
+    pub async fn decide_with_recheck(
+        &self,
+        identity: Result<Fingerprint, (bool, String)>,
+        target: Target<'_>,
+        now: SystemTime,
+    ) -> Outcome {
+        let outcome = self.decide(identity.clone(), target, now);
+        let (Some(refresh), Some(host)) = (&self.refresh, &outcome.host) else {
+            return outcome;
+        };
+        if outcome.decision.allowed || !self.should_recheck(refresh.as_ref(), host.id, now) {
+            return outcome;
+        }
+        match refresh.refresh(host.id).await {
+            Some(_) => self.decide(identity, target, SystemTime::now()),
+            None => outcome,
+        }
+    }
+
+    fn should_recheck(&self, refresh: &dyn Refresh, id: HostId, now: SystemTime) -> bool {
+        let fetched = [self.store.synced_at(), refresh.refreshed_at(id)]
+            .into_iter()
+            .flatten()
+            .max();
+        let age = fetched.map_or(Duration::MAX, |t| now.duration_since(t).unwrap_or_default());
+        age >= refresh.min_age()
+    }
+
+    /// Answers one Envoy Check.
+    pub async fn check(&self, request: &CheckRequest) -> CheckResponse {
+        let started = tokio::time::Instant::now();
+        let facts = CheckFacts::from_request(request);
+        let identity = identity::identify(&self.identity, facts.peer_certificate, facts.headers)
+            .map(|cert| cert.sha1)
+            .map_err(|e| (e.is_missing(), e.to_string()));
+        let target = Target {
+            context: facts.context,
+            authority: facts.authority,
+            path: facts.path,
+        };
+        let outcome = self
+            .decide_with_recheck(identity, target, SystemTime::now())
+            .await;
+        let ctx = BodyContext {
+            host: outcome.host.as_deref(),
+            fingerprint: outcome.fingerprint.as_ref(),
+            remediation_url: self.remediation_url.as_deref(),
+            request_id: facts.request_id,
+        };
+        let response = convert::to_response(&outcome.decision, &ctx, facts.header("accept"));
+        let elapsed = started.elapsed();
+        self.record(&outcome, facts.request_id, elapsed);
+        response
+    }
+
+    fn record(&self, outcome: &Outcome, request_id: &str, elapsed: Duration) {
+        let d = &outcome.decision;
+        let kinds = d.reason_kinds();
+        let decision = match (d.allowed, d.is_dry_run_deny()) {
+            (true, _) => "allow",
+            (false, true) => "dry_run_deny",
+            (false, false) => "deny",
+        };
+        self.metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                decision,
+                reason: kinds.first().copied().unwrap_or("none"),
+                route: d.route.to_string(),
+            })
+            .inc();
+        for kind in &kinds {
+            self.metrics
+                .reasons
+                .get_or_create(&ReasonLabels {
+                    reason: kind,
+                    route: d.route.to_string(),
+                })
+                .inc();
+        }
+        self.metrics.check_duration.observe(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "fleet_authz::decision",
+            request_id,
+            route = %d.route,
+            host_id = outcome.host.as_ref().map(|h| h.id.0),
+            fingerprint = outcome.fingerprint.map(|f| f.prefix(12)),
+            decision,
+            mode = if d.mode == policy::Mode::DryRun { "dry_run" } else { "enforce" },
+            reasons = %kinds.join(","),
+            latency_us = elapsed.as_micros() as u64,
+            "decision"
+        );
+    }
+}
+
+/// Envoy's `envoy.service.auth.v3.Authorization` over an [`Authorizer`].
+#[derive(Debug, Clone)]
+pub struct AuthzService {
+    authorizer: Arc<Authorizer>,
+}
+
+impl AuthzService {
+    /// Wraps a shared authorizer.
+    pub fn new(authorizer: Arc<Authorizer>) -> Self {
+        Self { authorizer }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let response = self.authorizer.check(request.get_ref()).await;
+        Ok(Response::new(response))
+    }
+}

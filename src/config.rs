@@ -1,0 +1,201 @@
+//! The service configuration file (DESIGN.md §3): strict YAML
+//! (`deny_unknown_fields`), durations like `30s`, validated once at start.
+//! A bad file is a [`ConfigError`] naming the file, the key and the problem;
+//! `main` turns it into exit code 64.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::{duration::serde_human, identity::IdentityConfig};
+
+/// A configuration (or policy) file that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub message: String,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listen: Listen,
+    /// Fleet REST API as the posture source.
+    #[serde(default)]
+    pub fleet: Option<crate::fleet::FleetConfig>,
+    /// A posture file as the source (instead of `fleet`).
+    #[serde(default)]
+    pub posture_file: Option<PathBuf>,
+    #[serde(default)]
+    pub snapshot: Option<crate::snapshot::SnapshotConfig>,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    pub policy_file: PathBuf,
+    /// Shown on deny pages; `{host_id}` and `{host_uuid}` are filled in.
+    #[serde(default)]
+    pub remediation_url: Option<String>,
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// Listen addresses. Port 0 picks a free port (tests).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// ext_authz, health, reflection, admin gRPC.
+    #[serde(default = "default_grpc")]
+    pub grpc: SocketAddr,
+    /// `/livez`, `/readyz`, `/metrics`, `/v1/*`.
+    #[serde(default = "default_http")]
+    pub http: SocketAddr,
+}
+
+fn default_grpc() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9191))
+}
+
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            grpc: default_grpc(),
+            http: default_http(),
+        }
+    }
+}
+
+/// The admin API's bearer token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// File holding the admin bearer token; `/v1/*` and Admin RPCs need it.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Log format and OpenTelemetry export.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// OTLP/gRPC endpoint, e.g. `http://otel-collector:4317`.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// `pretty` (default) or `json` logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests may take after SIGTERM.
+    #[serde(with = "serde_human", default = "default_grace")]
+    pub grace: Duration,
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace: default_grace(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            key: "(file)".to_owned(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::from_yaml(&text, path)
+    }
+
+    /// Parses and validates configuration YAML; `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            file: origin.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let config: Config = yaml_serde::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            match msg.split_once(": ") {
+                Some((key, rest)) if !key.contains(' ') => err(key, rest.to_owned()),
+                _ => err("(document)", msg),
+            }
+        })?;
+        match (&config.fleet, &config.posture_file) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "posture_file",
+                    "give either fleet or posture_file, not both".to_owned(),
+                ));
+            }
+            (None, None) => {
+                return Err(err(
+                    "fleet",
+                    "a posture source is required: fleet or posture_file".to_owned(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(fleet) = &config.fleet {
+            fleet.validate().map_err(|m| match m.split_once(": ") {
+                Some((key, rest)) => err(key, rest.to_owned()),
+                None => err("fleet", m),
+            })?;
+        }
+        if let Some(url) = &config.remediation_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(err(
+                "remediation_url",
+                format!("`{url}` is not an http(s) URL"),
+            ));
+        }
+        if let Some(endpoint) = &config.telemetry.otlp_endpoint
+            && !(endpoint.starts_with("https://") || endpoint.starts_with("http://"))
+        {
+            return Err(err(
+                "telemetry.otlp_endpoint",
+                format!("`{endpoint}` is not an http(s) URL"),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// `fleet.max_staleness` when Fleet is the source; a posture file never
+    /// goes stale (its hosts' `last_seen` carries their age).
+    pub fn max_staleness(&self) -> Option<Duration> {
+        self.fleet.as_ref().map(|f| f.max_staleness)
+    }
+}

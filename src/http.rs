@@ -1,0 +1,70 @@
+//! The HTTP side on `listen.http`: `/livez`, `/readyz` (with a body saying
+//! what is missing) and `/metrics`. It reads state and never writes it.
+
+use std::{sync::Arc, time::SystemTime};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+
+use crate::{metrics::Metrics, posture::PostureStore};
+
+/// What the HTTP endpoints read.
+#[derive(Clone)]
+pub struct HttpState {
+    pub store: Arc<PostureStore>,
+    pub metrics: Arc<Metrics>,
+    /// Extra readiness detail from the posture source (e.g. the last Fleet
+    /// error, such as a clipped certificate report).
+    pub source_status: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+}
+
+impl std::fmt::Debug for HttpState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpState").finish_non_exhaustive()
+    }
+}
+
+/// The router; the admin API adds its `/v1/*` routes to it.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+    let detail = (state.source_status)();
+    if state.store.is_loaded() {
+        let mut body = format!(
+            "ready: {} hosts, {} fingerprints\n",
+            state.store.host_count(),
+            state.store.fingerprint_count()
+        );
+        if let Some(d) = detail {
+            body.push_str(&format!("warning: {d}\n"));
+        }
+        (StatusCode::OK, body)
+    } else {
+        let mut body = "not ready: no posture in memory yet (waiting for the first Fleet sync, the posture file or a snapshot)\n".to_owned();
+        if let Some(d) = detail {
+            body.push_str(&format!("last error: {d}\n"));
+        }
+        (StatusCode::SERVICE_UNAVAILABLE, body)
+    }
+}
+
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    let m = &state.metrics;
+    m.hosts.set(state.store.host_count() as i64);
+    m.fingerprints.set(state.store.fingerprint_count() as i64);
+    if let Some(age) = state.store.age(SystemTime::now()) {
+        m.posture_age_seconds.set(age.as_secs_f64());
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+}

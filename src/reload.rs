@@ -1,0 +1,193 @@
+//! Hot reload of the policy file and the posture file: on change (a watch on
+//! each file's *directory*, so Kubernetes ConfigMap symlink swaps are seen) and
+//! on demand (SIGHUP, admin). A bad new file keeps the last good one, logs the
+//! error and counts it. Reloads whose bytes did not change are skipped.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use notify::Watcher;
+use tokio::sync::mpsc;
+
+use crate::{
+    metrics::{Metrics, ResultLabels},
+    policy::{Policy, load_policy},
+    posture::{PostureStore, load_posture_file},
+};
+
+/// What can be reloaded, and where the results go.
+#[derive(Debug)]
+pub struct Reloader {
+    pub policy_path: PathBuf,
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub posture_path: Option<PathBuf>,
+    pub store: Arc<PostureStore>,
+    pub metrics: Arc<Metrics>,
+    /// Hash of the last bytes applied, per file, to skip no-op events.
+    seen: Mutex<[Option<u64>; 2]>,
+}
+
+/// The outcome of one reload attempt of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Applied,
+    Unchanged,
+    Failed(String),
+}
+
+impl Reloader {
+    /// A reloader for these files; the current contents count as applied.
+    pub fn new(
+        policy_path: PathBuf,
+        policy: Arc<ArcSwap<Policy>>,
+        posture_path: Option<PathBuf>,
+        store: Arc<PostureStore>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let seen =
+            [Some(&policy_path), posture_path.as_ref()].map(|p| p.and_then(|p| content_hash(p)));
+        Self {
+            policy_path,
+            policy,
+            posture_path,
+            store,
+            metrics,
+            seen: Mutex::new(seen),
+        }
+    }
+
+    /// Reloads the policy file if its bytes changed.
+    pub fn reload_policy(&self) -> ReloadOutcome {
+        let outcome = self.reload_slot(0, &self.policy_path.clone(), |path| {
+            let policy = load_policy(path).map_err(|e| e.to_string())?;
+            self.policy.store(Arc::new(policy));
+            Ok(())
+        });
+        self.count(&self.metrics.policy_reloads, &outcome, "policy");
+        outcome
+    }
+
+    /// Reloads the posture file (if one is configured) if its bytes changed.
+    pub fn reload_posture(&self) -> ReloadOutcome {
+        let Some(path) = self.posture_path.clone() else {
+            return ReloadOutcome::Unchanged;
+        };
+        let outcome = self.reload_slot(1, &path, |path| {
+            let now = SystemTime::now();
+            let file = load_posture_file(path, now).map_err(|e| e.to_string())?;
+            self.store.replace_all(file.hosts, now);
+            Ok(())
+        });
+        self.count(&self.metrics.posture_reloads, &outcome, "posture file");
+        outcome
+    }
+
+    /// Both files; what SIGHUP does.
+    pub fn reload_all(&self) -> (ReloadOutcome, ReloadOutcome) {
+        (self.reload_policy(), self.reload_posture())
+    }
+
+    fn reload_slot(
+        &self,
+        slot: usize,
+        path: &Path,
+        apply: impl FnOnce(&Path) -> Result<(), String>,
+    ) -> ReloadOutcome {
+        let hash = content_hash(path);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if hash.is_some() && seen[slot] == hash {
+            return ReloadOutcome::Unchanged;
+        }
+        match apply(path) {
+            Ok(()) => {
+                seen[slot] = hash;
+                ReloadOutcome::Applied
+            }
+            Err(e) => ReloadOutcome::Failed(e),
+        }
+    }
+
+    fn count(
+        &self,
+        family: &prometheus_client::metrics::family::Family<
+            ResultLabels,
+            prometheus_client::metrics::counter::Counter,
+        >,
+        outcome: &ReloadOutcome,
+        what: &str,
+    ) {
+        let result = match outcome {
+            ReloadOutcome::Applied => {
+                tracing::info!(file = what, "reloaded");
+                "success"
+            }
+            ReloadOutcome::Unchanged => return,
+            ReloadOutcome::Failed(error) => {
+                tracing::error!(file = what, %error, "reload failed; keeping the last good version");
+                "failure"
+            }
+        };
+        family.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Watches the files' directories and reloads on change until `shutdown`.
+    /// Events are coalesced for `settle` so an editor's or kubelet's burst of
+    /// writes causes one reload.
+    pub async fn watch(
+        self: Arc<Self>,
+        settle: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> notify::Result<()> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    let _ = tx.send(());
+                }
+            })?;
+        let mut dirs: Vec<PathBuf> = [Some(&self.policy_path), self.posture_path.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|p| parent_dir(p))
+            .collect();
+        dirs.dedup();
+        for dir in &dirs {
+            watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+        }
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                got = rx.recv() => {
+                    if got.is_none() {
+                        return Ok(());
+                    }
+                    // Coalesce a burst: wait until no event arrives for `settle`.
+                    while let Ok(Some(())) = tokio::time::timeout(settle, rx.recv()).await {}
+                    let this = Arc::clone(&self);
+                    // File reads and YAML parsing are blocking work.
+                    let _ = tokio::task::spawn_blocking(move || this.reload_all()).await;
+                }
+            }
+        }
+    }
+}
+
+fn parent_dir(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn content_hash(path: &Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
+}

@@ -1,0 +1,204 @@
+//! Wiring of one running service: load the policy and the posture, build the
+//! `Authorizer`, bind both listeners and serve until shut down. `main` and the
+//! integration tests both start the service through [`start`].
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::{
+    authz::{Authorizer, AuthzService},
+    config::Config,
+    http::{self, HttpState},
+    metrics::Metrics,
+    policy::load_policy,
+    posture::{PostureStore, load_posture_file},
+    reload::Reloader,
+};
+
+/// A service that is serving. Drop does not stop it: call [`shutdown`](Self::shutdown).
+#[derive(Debug)]
+pub struct RunningServer {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: JoinSet<anyhow::Result<()>>,
+    grace: Duration,
+    /// Shared state, for tests and the admin API.
+    pub authorizer: Arc<Authorizer>,
+    pub reloader: Arc<Reloader>,
+    health: tonic_health::server::HealthReporter,
+}
+
+/// Loads everything `config` names, binds its listeners and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    let metrics = Arc::new(Metrics::new());
+    let policy = load_policy(&config.policy_file)?;
+    let policy = Arc::new(ArcSwap::from_pointee(policy));
+    let store = Arc::new(PostureStore::new());
+    if let Some(path) = &config.posture_file {
+        let now = SystemTime::now();
+        let file = load_posture_file(path, now)?;
+        store.replace_all(file.hosts, now);
+    }
+    let authorizer = Arc::new(Authorizer {
+        store: Arc::clone(&store),
+        policy: Arc::clone(&policy),
+        identity: config.identity.clone(),
+        remediation_url: config.remediation_url.clone(),
+        max_staleness: config.max_staleness(),
+        metrics: Arc::clone(&metrics),
+        refresh: None,
+        grants: None,
+    });
+    let reloader = Arc::new(Reloader::new(
+        config.policy_file.clone(),
+        Arc::clone(&policy),
+        config.posture_file.clone(),
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+    ));
+
+    let grpc_listener = TcpListener::bind(config.listen.grpc)
+        .await
+        .with_context(|| format!("listen.grpc: cannot bind {}", config.listen.grpc))?;
+    let http_listener = TcpListener::bind(config.listen.http)
+        .await
+        .with_context(|| format!("listen.http: cannot bind {}", config.listen.http))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shutdown = move || {
+        let mut rx = shutdown_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut tasks = JoinSet::new();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_not_serving::<AuthorizationServer<AuthzService>>()
+        .await;
+    {
+        let (health, store) = (health.clone(), Arc::clone(&store));
+        let stop = shutdown();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = store.wait_loaded() => {
+                    health.set_serving::<AuthorizationServer<AuthzService>>().await;
+                    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+                }
+                _ = stop => {}
+            }
+            Ok(())
+        });
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(AuthorizationServer::new(AuthzService::new(Arc::clone(
+            &authorizer,
+        ))))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown());
+    tasks.spawn(async move { grpc.await.context("grpc server failed") });
+
+    let http_state = HttpState {
+        store: Arc::clone(&store),
+        metrics: Arc::clone(&metrics),
+        source_status: Arc::new(|| None),
+    };
+    let app = http::router(http_state);
+    let stop = shutdown();
+    tasks.spawn(async move {
+        axum::serve(http_listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+            .context("http server failed")
+    });
+
+    let watcher = Arc::clone(&reloader);
+    let stop = shutdown();
+    tasks.spawn(async move {
+        if let Err(error) = watcher.watch(Duration::from_millis(200), stop).await {
+            tracing::error!(%error, "file watch failed; reload on SIGHUP only");
+        }
+        Ok(())
+    });
+
+    tracing::info!(%grpc_addr, %http_addr, hosts = store.host_count(), "serving");
+    Ok(RunningServer {
+        grpc_addr,
+        http_addr,
+        shutdown_tx,
+        tasks,
+        grace: config.shutdown.grace,
+        authorizer,
+        reloader,
+        health,
+    })
+}
+
+impl RunningServer {
+    /// Where the gRPC services listen.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where the HTTP endpoints listen.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Graceful shutdown: health goes NOT_SERVING first, then the listeners
+    /// stop accepting, in-flight requests finish, and every task is awaited,
+    /// all within the configured grace period.
+    pub async fn shutdown(mut self) {
+        self.health
+            .set_not_serving::<AuthorizationServer<AuthzService>>()
+            .await;
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let _ = self.shutdown_tx.send(true);
+        let drain = async {
+            while let Some(joined) = self.tasks.join_next().await {
+                match joined {
+                    Ok(Err(error)) => tracing::error!(%error, "task failed during shutdown"),
+                    Err(error) => tracing::error!(%error, "task panicked during shutdown"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        };
+        if tokio::time::timeout(self.grace, drain).await.is_err() {
+            tracing::warn!(grace = ?self.grace, "shutdown grace period over; aborting remaining tasks");
+            self.tasks.abort_all();
+        }
+    }
+
+    /// Resolves when a task fails (tasks that finish their job cleanly, such
+    /// as the readiness latch, are not failures).
+    pub async fn wait_for_failure(&mut self) -> anyhow::Error {
+        loop {
+            match self.tasks.join_next().await {
+                Some(Ok(Ok(()))) => continue,
+                Some(Ok(Err(e))) => return e,
+                Some(Err(e)) => return anyhow::anyhow!("a service task panicked: {e}"),
+                None => return anyhow::anyhow!("every service task stopped"),
+            }
+        }
+    }
+}
