@@ -336,15 +336,26 @@ fn deploy_configs_pass_check_config() {
 }
 
 #[test]
-fn check_config_rejects_an_unknown_key_in_a_deploy_config() {
+fn check_config_rejects_unknown_keys_in_a_deploy_config_and_its_policy() {
     use deploy_support::fleet_authz::{check_config, prepare};
     let source = deploy_dir().join("kubernetes/base/config/config.yaml");
     let prepared = prepare(&source, &|config| {
         config["listen"]["grcp"] = Value::from("0.0.0.0:9191");
     });
     let out = check_config(&prepared.config);
-    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("grcp"), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("grcp"), "{stderr}");
+    // The policy the config names is read too.
+    let prepared = prepare(&source, &|_| {});
+    let config = read_yaml(&prepared.config);
+    let policy = PathBuf::from(str_at(&config, "policy_file", "config"));
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(&policy, text.replace("unknown_device: deny", "unknown_devices: deny")).unwrap();
+    let out = check_config(&prepared.config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("unknown_devices"), "{stderr}");
 }
 
 // === Dockerfile ===
