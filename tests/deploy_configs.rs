@@ -36,11 +36,17 @@ fn overlay(name: &str) -> PathBuf {
 }
 
 fn files_of_kind(kind: FileKind) -> Vec<PathBuf> {
-    yaml_files(&deploy_dir()).into_iter().filter(|p| classify(p) == kind).collect()
+    yaml_files(&deploy_dir())
+        .into_iter()
+        .filter(|p| classify(p) == kind)
+        .collect()
 }
 
 fn rel(path: &Path) -> String {
-    path.strip_prefix(repo_root()).unwrap_or(path).display().to_string()
+    path.strip_prefix(repo_root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 // === Envoy ===
@@ -58,14 +64,28 @@ fn every_envoy_config_passes_envoy_validate() {
     for path in &configs {
         let config = envoy_check::with_demo_certs(&read_yaml(path), &certs);
         let result = envoy_check::validate(&config, &rel(path), &certs);
-        assert!(result.ok, "{} fails envoy --mode validate:\n{}", rel(path), result.output);
-        assert!(result.output.contains("OK"), "{}: {}", rel(path), result.output);
+        assert!(
+            result.ok,
+            "{} fails envoy --mode validate:\n{}",
+            rel(path),
+            result.output
+        );
+        assert!(
+            result.output.contains("OK"),
+            "{}: {}",
+            rel(path),
+            result.output
+        );
     }
     // The same check must catch a broken config, or it proves nothing.
     let mut broken = envoy_check::with_demo_certs(&read_yaml(&configs[0]), &certs);
     broken["static_resources"]["clusters"][0]["connect_timeout"] = Value::from("soon");
     let result = envoy_check::validate(&broken, "broken", &certs);
-    assert!(!result.ok, "envoy accepted a bad connect_timeout:\n{}", result.output);
+    assert!(
+        !result.ok,
+        "envoy accepted a bad connect_timeout:\n{}",
+        result.output
+    );
 }
 
 #[test]
@@ -85,7 +105,10 @@ fn sidecar_envoy_is_root_envoy_with_the_cert_dir_changed() {
     let files = envoy_check::cert_files(&sidecar);
     assert_eq!(files.len(), 3, "{files:?}");
     for (key, file) in &files {
-        assert!(file.starts_with("/etc/envoy-tls/"), "{key}: {file} is not on the TLS Secret mount");
+        assert!(
+            file.starts_with("/etc/envoy-tls/"),
+            "{key}: {file} is not on the TLS Secret mount"
+        );
     }
 }
 
@@ -149,8 +172,15 @@ fn rendered_manifests_pass_kubernetes_schemas() {
         let file = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&file, &rendered).unwrap();
         let report = kube::validate_schema(&file);
-        assert!(report.ok && report.problems.is_empty(), "{name}: {:?}", report.problems);
-        assert_eq!(report.passed, count, "{name}: every object must be checked against a schema");
+        assert!(
+            report.ok && report.problems.is_empty(),
+            "{name}: {:?}",
+            report.problems
+        );
+        assert_eq!(
+            report.passed, count,
+            "{name}: every object must be checked against a schema"
+        );
     }
     // Strict mode must reject a misspelled field, or the check proves nothing.
     let typo = dir.path().join("typo.yaml");
@@ -163,7 +193,11 @@ fn rendered_manifests_pass_kubernetes_schemas() {
     .unwrap();
     let report = kube::validate_schema(&typo);
     assert!(!report.ok, "kubernetes-validate accepted spec.replica");
-    assert!(report.problems.iter().any(|l| l.contains("replica")), "{:?}", report.problems);
+    assert!(
+        report.problems.iter().any(|l| l.contains("replica")),
+        "{:?}",
+        report.problems
+    );
 }
 
 #[test]
@@ -172,12 +206,24 @@ fn every_kubernetes_manifest_is_rendered_by_a_kustomization() {
     for kustomization in files_of_kind(FileKind::Kustomization) {
         let k = read_yaml(&kustomization);
         let base = kustomization.parent().unwrap();
-        let resources = k.get("resources").and_then(Value::as_sequence).cloned().unwrap_or_default();
-        let patches = k.get("patches").and_then(Value::as_sequence).cloned().unwrap_or_default();
+        let resources = k
+            .get("resources")
+            .and_then(Value::as_sequence)
+            .cloned()
+            .unwrap_or_default();
+        let patches = k
+            .get("patches")
+            .and_then(Value::as_sequence)
+            .cloned()
+            .unwrap_or_default();
         for r in resources.iter().filter_map(Value::as_str) {
             referenced.insert(base.join(r));
         }
-        for p in patches.iter().filter_map(|p| p.get("path")).filter_map(Value::as_str) {
+        for p in patches
+            .iter()
+            .filter_map(|p| p.get("path"))
+            .filter_map(Value::as_str)
+        {
             referenced.insert(base.join(p));
         }
     }
@@ -228,13 +274,19 @@ fn generated_configmaps_and_secrets_hold_the_files() {
     }
     for (name, key, file) in [
         ("fleet-authz-fleet-token", "token", "secrets/fleet-token"),
-        ("fleet-authz-admin-token", "admin-token", "secrets/admin-token"),
+        (
+            "fleet-authz-admin-token",
+            "admin-token",
+            "secrets/admin-token",
+        ),
     ] {
         let secret = find(&objects, "Secret", name);
         let encoded = kube::data(secret, key);
         // kustomize wraps long base64 values over several lines.
         let encoded: String = encoded.split_whitespace().collect();
-        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap();
         let expected = std::fs::read(base.join(file)).unwrap();
         assert_eq!(decoded, expected, "{name}.data.{key} differs from {file}");
         assert!(
@@ -256,7 +308,10 @@ fn istio_resources_match_istio_api_and_each_other() {
     let text = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
 
     let operator = istio::parse::<OperatorSpec>(&text("meshconfig.yaml")).unwrap();
-    assert_eq!((operator.api_version.as_str(), operator.kind.as_str()), ("install.istio.io/v1alpha1", "IstioOperator"));
+    assert_eq!(
+        (operator.api_version.as_str(), operator.kind.as_str()),
+        ("install.istio.io/v1alpha1", "IstioOperator")
+    );
     let [provider] = operator.spec.mesh_config.extension_providers.as_slice() else {
         panic!("meshconfig.yaml: expected one extension provider");
     };
@@ -270,43 +325,111 @@ fn istio_resources_match_istio_api_and_each_other() {
         str_at(service, "metadata.namespace", "service")
     );
     assert_eq!(grpc.service, service_host);
-    assert_eq!(Some(u64::from(grpc.port)), at(service, "spec.ports").and_then(|p| p[0].get("port")).and_then(Value::as_u64));
-    let timeout = grpc.timeout.as_deref().and_then(istio::duration_secs).expect("an explicit timeout");
-    assert!(timeout > 0.15 && timeout <= 1.0, "timeout {timeout}s: above the 150ms recheck budget, well below Istio's 600s default");
+    assert_eq!(
+        Some(u64::from(grpc.port)),
+        at(service, "spec.ports")
+            .and_then(|p| p[0].get("port"))
+            .and_then(Value::as_u64)
+    );
+    let timeout = grpc
+        .timeout
+        .as_deref()
+        .and_then(istio::duration_secs)
+        .expect("an explicit timeout");
+    assert!(
+        timeout > 0.15 && timeout <= 1.0,
+        "timeout {timeout}s: above the 150ms recheck budget, well below Istio's 600s default"
+    );
     assert_eq!(grpc.fail_open, Some(false), "must fail closed");
     assert_eq!(grpc.status_on_error.as_deref(), Some("503"));
-    assert!(grpc.include_request_body_in_check.is_none(), "fleet-authz never reads bodies");
-    let topology = operator.spec.mesh_config.default_config.and_then(|c| c.gateway_topology).unwrap();
-    assert_eq!(topology.forward_client_cert_details, Some(ForwardClientCertDetails::SanitizeSet));
+    assert!(
+        grpc.include_request_body_in_check.is_none(),
+        "fleet-authz never reads bodies"
+    );
+    let topology = operator
+        .spec
+        .mesh_config
+        .default_config
+        .and_then(|c| c.gateway_topology)
+        .unwrap();
+    assert_eq!(
+        topology.forward_client_cert_details,
+        Some(ForwardClientCertDetails::SanitizeSet)
+    );
 
-    let policy = istio::parse::<AuthorizationPolicySpec>(&text("authorizationpolicy.yaml")).unwrap();
-    assert_eq!((policy.api_version.as_str(), policy.kind.as_str()), ("security.istio.io/v1", "AuthorizationPolicy"));
+    let policy =
+        istio::parse::<AuthorizationPolicySpec>(&text("authorizationpolicy.yaml")).unwrap();
+    assert_eq!(
+        (policy.api_version.as_str(), policy.kind.as_str()),
+        ("security.istio.io/v1", "AuthorizationPolicy")
+    );
     assert_eq!(policy.spec.action, Some(Action::Custom));
-    assert_eq!(policy.spec.provider.as_ref().map(|p| p.name.as_str()), Some(provider.name.as_str()));
-    assert!(!policy.spec.rules.is_empty(), "a CUSTOM policy without rules checks nothing");
+    assert_eq!(
+        policy.spec.provider.as_ref().map(|p| p.name.as_str()),
+        Some(provider.name.as_str())
+    );
+    assert!(
+        !policy.spec.rules.is_empty(),
+        "a CUSTOM policy without rules checks nothing"
+    );
 
     let gateway = istio::parse::<GatewaySpec>(&text("gateway.yaml")).unwrap();
-    assert_eq!((gateway.api_version.as_str(), gateway.kind.as_str()), ("networking.istio.io/v1", "Gateway"));
+    assert_eq!(
+        (gateway.api_version.as_str(), gateway.kind.as_str()),
+        ("networking.istio.io/v1", "Gateway")
+    );
     let server = &gateway.spec.servers[0];
     let tls = server.tls.as_ref().unwrap();
     assert_eq!(tls.mode, Some(TlsMode::Mutual));
-    assert!(tls.credential_name.as_deref().is_some_and(|n| !n.is_empty()));
+    assert!(
+        tls.credential_name
+            .as_deref()
+            .is_some_and(|n| !n.is_empty())
+    );
     // The policy runs on the gateway's Pods, for the gateway's hosts.
-    assert_eq!(policy.spec.selector.map(|s| s.match_labels), Some(gateway.spec.selector));
+    assert_eq!(
+        policy.spec.selector.map(|s| s.match_labels),
+        Some(gateway.spec.selector)
+    );
     assert_eq!(policy.metadata.namespace, gateway.metadata.namespace);
-    let hosts: Vec<String> = policy.spec.rules.iter().flat_map(|r| r.to.iter().flatten()).flat_map(|t| t.operation.hosts.clone().unwrap_or_default()).collect();
-    assert!(!hosts.is_empty() && hosts.iter().all(|h| server.hosts.contains(h)), "{hosts:?} vs {:?}", server.hosts);
+    let hosts: Vec<String> = policy
+        .spec
+        .rules
+        .iter()
+        .flat_map(|r| r.to.iter().flatten())
+        .flat_map(|t| t.operation.hosts.clone().unwrap_or_default())
+        .collect();
+    assert!(
+        !hosts.is_empty() && hosts.iter().all(|h| server.hosts.contains(h)),
+        "{hosts:?} vs {:?}",
+        server.hosts
+    );
 
     // The structure check must reject what Istio would: an unknown field
     // (includeRequestHeadersInCheck exists only on the HTTP provider) and a
     // value outside an enum.
-    let http_only = text("meshconfig.yaml").replace("failOpen: false", "includeRequestHeadersInCheck: [accept]");
-    assert!(istio::parse::<OperatorSpec>(&http_only).unwrap_err().contains("includeRequestHeadersInCheck"));
+    let http_only = text("meshconfig.yaml")
+        .replace("failOpen: false", "includeRequestHeadersInCheck: [accept]");
+    assert!(
+        istio::parse::<OperatorSpec>(&http_only)
+            .unwrap_err()
+            .contains("includeRequestHeadersInCheck")
+    );
     let bad_mode = text("gateway.yaml").replace("mode: MUTUAL", "mode: MUTAL");
-    assert!(istio::parse::<GatewaySpec>(&bad_mode).unwrap_err().contains("MUTAL"));
+    assert!(
+        istio::parse::<GatewaySpec>(&bad_mode)
+            .unwrap_err()
+            .contains("MUTAL")
+    );
 
     let rendered: Vec<String> = kube::render_objects(&dir).iter().map(kube::id).collect();
-    assert_eq!(rendered, ["Gateway/fleet-authz-mtls", "AuthorizationPolicy/fleet-authz"]);
+    assert_eq!(
+        rendered,
+        [
+            "Gateway/fleet-authz-mtls",
+            "AuthorizationPolicy/fleet-authz"
+        ]
+    );
 }
 
 // === fleet-authz configs ===
@@ -315,7 +438,10 @@ fn istio_resources_match_istio_api_and_each_other() {
 fn deploy_configs_pass_check_config() {
     use deploy_support::fleet_authz::{check_config, prepare};
     let configs = files_of_kind(FileKind::FleetAuthzConfig);
-    assert!(configs.contains(&deploy_dir().join("kubernetes/base/config/config.yaml")), "{configs:?}");
+    assert!(
+        configs.contains(&deploy_dir().join("kubernetes/base/config/config.yaml")),
+        "{configs:?}"
+    );
     let mut policies_used = BTreeSet::new();
     for config in &configs {
         let prepared = prepare(config, &|_| {});
@@ -331,7 +457,11 @@ fn deploy_configs_pass_check_config() {
         policies_used.extend(prepared.policy);
     }
     for policy in files_of_kind(FileKind::Policy) {
-        assert!(policies_used.contains(&policy), "{} is used by no config, so check-config never reads it", rel(&policy));
+        assert!(
+            policies_used.contains(&policy),
+            "{} is used by no config, so check-config never reads it",
+            rel(&policy)
+        );
     }
 }
 
@@ -351,7 +481,11 @@ fn check_config_rejects_unknown_keys_in_a_deploy_config_and_its_policy() {
     let config = read_yaml(&prepared.config);
     let policy = PathBuf::from(str_at(&config, "policy_file", "config"));
     let text = std::fs::read_to_string(&policy).unwrap();
-    std::fs::write(&policy, text.replace("unknown_device: deny", "unknown_devices: deny")).unwrap();
+    std::fs::write(
+        &policy,
+        text.replace("unknown_device: deny", "unknown_devices: deny"),
+    )
+    .unwrap();
     let out = check_config(&prepared.config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
@@ -372,7 +506,11 @@ fn dockerfile_builds_from_the_context_and_runs_as_non_root() {
     // The builder's Rust is the crate's rust-version; bookworm matches the
     // runtime's Debian 12 glibc.
     let manifest = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
-    let rust_version = manifest.lines().find_map(|l| l.strip_prefix("rust-version = ")).unwrap().trim_matches('"');
+    let rust_version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .unwrap()
+        .trim_matches('"');
     assert_eq!(builder.image, format!("rust:{rust_version}-bookworm"));
     assert!(runtime.image.contains("debian12"), "{}", runtime.image);
 
@@ -381,8 +519,14 @@ fn dockerfile_builds_from_the_context_and_runs_as_non_root() {
     let mut copied = Vec::new();
     for args in builder.all("COPY") {
         for source in parse_copy(args).sources {
-            assert!(repo_root().join(&source).exists(), "COPY {source}: not in the repository");
-            assert!(!ignored(&dockerignore, &source), "COPY {source}: excluded by .dockerignore");
+            assert!(
+                repo_root().join(&source).exists(),
+                "COPY {source}: not in the repository"
+            );
+            assert!(
+                !ignored(&dockerignore, &source),
+                "COPY {source}: excluded by .dockerignore"
+            );
             copied.push(source.trim_end_matches('/').to_owned());
         }
     }
@@ -391,17 +535,33 @@ fn dockerfile_builds_from_the_context_and_runs_as_non_root() {
         .filter_map(|l| l.trim().strip_prefix("path = \""))
         .map(|p| p.trim_end_matches('"').to_owned())
         .collect();
-    needed.extend(["Cargo.lock".to_owned(), "build.rs".to_owned(), "proto/fleet_authz/v1/admin.proto".to_owned()]);
+    needed.extend([
+        "Cargo.lock".to_owned(),
+        "build.rs".to_owned(),
+        "proto/fleet_authz/v1/admin.proto".to_owned(),
+    ]);
     for file in &needed {
-        assert!(copied.iter().any(|c| file == c || file.starts_with(&format!("{c}/"))), "{file} is not copied into the builder");
+        assert!(
+            copied
+                .iter()
+                .any(|c| file == c || file.starts_with(&format!("{c}/"))),
+            "{file} is not copied into the builder"
+        );
     }
     for src in files_with_ext(&repo_root().join("src"), &["rs"]) {
         let code = std::fs::read_to_string(&src).unwrap();
-        assert!(!code.contains("include_str!(\"../") && !code.contains("include_bytes!(\"../"), "{}: includes a file outside src/, check the Docker context", rel(&src));
+        assert!(
+            !code.contains("include_str!(\"../") && !code.contains("include_bytes!(\"../"),
+            "{}: includes a file outside src/, check the Docker context",
+            rel(&src)
+        );
     }
 
     let user = runtime.last("USER").expect("runtime USER");
-    assert!(!["root", "0", "0:0"].contains(&user) && !user.starts_with("0:"), "USER {user}");
+    assert!(
+        !["root", "0", "0:0"].contains(&user) && !user.starts_with("0:"),
+        "USER {user}"
+    );
     let exposed: Vec<&str> = runtime.last("EXPOSE").unwrap().split_whitespace().collect();
     assert_eq!(exposed, ["9191", "9090"]);
     let entrypoint = exec_form(runtime.last("ENTRYPOINT").unwrap());
@@ -416,7 +576,15 @@ fn dockerfile_builds_from_the_context_and_runs_as_non_root() {
     // The snapshot directory is a volume, and the same path the Kubernetes
     // config uses; the config path matches the Deployment's.
     let config = read_yaml(&deploy_dir().join("kubernetes/base/config/config.yaml"));
-    let snapshot_dir = Path::new(str_at(&config, "snapshot.path", "config.yaml")).parent().unwrap().to_str().unwrap().to_owned();
+    let snapshot_dir = Path::new(str_at(&config, "snapshot.path", "config.yaml"))
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(exec_form(runtime.last("VOLUME").unwrap()), [snapshot_dir]);
-    assert_eq!(runtime.last("ENV"), Some("FLEET_AUTHZ_CONFIG=/etc/fleet-authz/config.yaml"));
+    assert_eq!(
+        runtime.last("ENV"),
+        Some("FLEET_AUTHZ_CONFIG=/etc/fleet-authz/config.yaml")
+    );
 }

@@ -17,7 +17,11 @@ pub struct Stage {
 impl Stage {
     /// Arguments of every instruction named `name`.
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.instructions.iter().filter(|(i, _)| i == name).map(|(_, a)| a.as_str()).collect()
+        self.instructions
+            .iter()
+            .filter(|(i, _)| i == name)
+            .map(|(_, a)| a.as_str())
+            .collect()
     }
 
     /// Arguments of the last instruction named `name` (the one that wins).
@@ -58,7 +62,11 @@ pub fn parse(text: &str) -> Vec<Stage> {
                 [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => Some((*name).to_owned()),
                 _ => None,
             };
-            stages.push(Stage { image: words.first().copied().unwrap_or("").to_owned(), name, instructions: vec![] });
+            stages.push(Stage {
+                image: words.first().copied().unwrap_or("").to_owned(),
+                name,
+                instructions: vec![],
+            });
         } else if let Some(stage) = stages.last_mut() {
             stage.instructions.push((instr, args));
         }
@@ -89,7 +97,11 @@ pub fn parse_copy(args: &str) -> Copy {
         }
     }
     let dest = paths.pop().unwrap_or_default();
-    Copy { from, sources: paths, dest }
+    Copy {
+        from,
+        sources: paths,
+        dest,
+    }
 }
 
 /// The strings of an exec-form instruction (`["a", "b"]`).

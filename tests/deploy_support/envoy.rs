@@ -49,7 +49,9 @@ impl DemoCerts {
 /// Every certificate `filename` in an Envoy config, as (key, filename).
 pub fn cert_files(config: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    visit_cert_files(config, &mut |key, file| out.push((key.to_owned(), file.clone())));
+    visit_cert_files(config, &mut |key, file| {
+        out.push((key.to_owned(), file.clone()))
+    });
     out
 }
 
@@ -58,7 +60,8 @@ fn visit_cert_files(value: &Value, f: &mut dyn FnMut(&str, &String)) {
         Value::Mapping(map) => {
             for (k, v) in map {
                 let key = k.as_str().unwrap_or_default();
-                if let (true, Some(Value::String(file))) = (CERT_KEYS.contains(&key), v.get("filename"))
+                if let (true, Some(Value::String(file))) =
+                    (CERT_KEYS.contains(&key), v.get("filename"))
                 {
                     f(key, file);
                 }
@@ -82,10 +85,10 @@ fn map_in_place(value: &mut Value, replace: &dyn Fn(&str, &str) -> String) {
         Value::Mapping(map) => {
             for (k, v) in map.iter_mut() {
                 let key = k.as_str().unwrap_or_default().to_owned();
-                if CERT_KEYS.contains(&key.as_str()) {
-                    if let Some(Value::String(file)) = v.get_mut("filename") {
-                        *file = replace(&key, file);
-                    }
+                if CERT_KEYS.contains(&key.as_str())
+                    && let Some(Value::String(file)) = v.get_mut("filename")
+                {
+                    *file = replace(&key, file);
                 }
                 map_in_place(v, replace);
             }
@@ -105,7 +108,10 @@ pub fn with_demo_certs(config: &Value, certs: &DemoCerts) -> Value {
 /// certificate path is reduced to `<certs>/<file name>`.
 pub fn normalise_cert_dirs(config: &Value) -> Value {
     map_cert_files(config, &|_, file| {
-        let name = Path::new(file).file_name().and_then(|n| n.to_str()).unwrap_or(file);
+        let name = Path::new(file)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(file);
         format!("<certs>/{name}")
     })
 }

@@ -29,36 +29,53 @@ fn is_missing_absolute(path: &str) -> bool {
 /// `edit` may change the parsed config before it is written.
 pub fn prepare(source: &Path, edit: &dyn Fn(&mut Value)) -> Prepared {
     let dir = tempfile::tempdir().unwrap();
-    let mut config: Value = yaml_serde::from_str(&std::fs::read_to_string(source).unwrap()).unwrap();
+    let mut config: Value =
+        yaml_serde::from_str(&std::fs::read_to_string(source).unwrap()).unwrap();
     let mut policy = None;
     if let Some(Value::String(p)) = config.get_mut("policy_file") {
         let local = if is_missing_absolute(p) {
-            source.parent().unwrap().join(Path::new(p.as_str()).file_name().unwrap())
+            source
+                .parent()
+                .unwrap()
+                .join(Path::new(p.as_str()).file_name().unwrap())
         } else {
             repo_root().join(p.as_str())
         };
-        assert!(local.exists(), "{}: policy_file {p} has no file {}", source.display(), local.display());
+        assert!(
+            local.exists(),
+            "{}: policy_file {p} has no file {}",
+            source.display(),
+            local.display()
+        );
         let copy = dir.path().join("policy.yaml");
         std::fs::copy(&local, &copy).unwrap();
         *p = copy.display().to_string();
         policy = Some(local);
     }
     for section in ["fleet", "admin"] {
-        if let Some(Value::String(token)) = config.get_mut(section).and_then(|s| s.get_mut("token_file")) {
-            if is_missing_absolute(token) {
-                let file = dir.path().join(format!("{section}-token"));
-                std::fs::write(&file, "test-token-not-a-secret").unwrap();
-                *token = file.display().to_string();
-            }
+        if let Some(Value::String(token)) = config
+            .get_mut(section)
+            .and_then(|s| s.get_mut("token_file"))
+            && is_missing_absolute(token)
+        {
+            let file = dir.path().join(format!("{section}-token"));
+            std::fs::write(&file, "test-token-not-a-secret").unwrap();
+            *token = file.display().to_string();
         }
     }
-    if let Some(Value::String(snapshot)) = config.get_mut("snapshot").and_then(|s| s.get_mut("path")) {
+    if let Some(Value::String(snapshot)) =
+        config.get_mut("snapshot").and_then(|s| s.get_mut("path"))
+    {
         *snapshot = dir.path().join("snapshot.pb").display().to_string();
     }
     edit(&mut config);
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, yaml_serde::to_string(&config).unwrap()).unwrap();
-    Prepared { _dir: dir, config: path, policy }
+    Prepared {
+        _dir: dir,
+        config: path,
+        policy,
+    }
 }
 
 /// `fleet-authz check-config --config FILE`, run from the repository root

@@ -15,7 +15,11 @@ pub const KUBE_VERSION: &str = "1.31.0";
 
 /// `kubectl kustomize DIR` output, or a panic with kustomize's error.
 pub fn render(dir: &Path) -> String {
-    let out = Command::new(tools::kubectl()).arg("kustomize").arg(dir).output().unwrap();
+    let out = Command::new(tools::kubectl())
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "kustomize {} failed: {}",
@@ -55,21 +59,39 @@ pub fn validate_schema(file: &Path) -> SchemaReport {
         .filter(|l| !l.trim().is_empty())
         .partition(|l| l.starts_with("INFO ") && l.contains(" passed for resource "));
     let mut problems: Vec<String> = problems.into_iter().map(str::to_owned).collect();
-    problems.extend(String::from_utf8_lossy(&out.stderr).lines().map(str::to_owned));
-    SchemaReport { ok: out.status.success(), passed: passed.len(), problems }
+    problems.extend(
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(str::to_owned),
+    );
+    SchemaReport {
+        ok: out.status.success(),
+        passed: passed.len(),
+        problems,
+    }
 }
 
 /// `kind/name` of an object.
 pub fn id(obj: &Value) -> String {
-    format!("{}/{}", str_at(obj, "kind", "object"), str_at(obj, "metadata.name", "object"))
+    format!(
+        "{}/{}",
+        str_at(obj, "kind", "object"),
+        str_at(obj, "metadata.name", "object")
+    )
 }
 
 /// Whether `name` is `base` itself or `base` with kustomize's hash suffix.
 pub fn is_generated(name: &str, base: &str) -> bool {
     name == base
-        || name.strip_prefix(base).and_then(|s| s.strip_prefix('-')).is_some_and(|hash| {
-            hash.len() == 10 && hash.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        })
+        || name
+            .strip_prefix(base)
+            .and_then(|s| s.strip_prefix('-'))
+            .is_some_and(|hash| {
+                hash.len() == 10
+                    && hash
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            })
 }
 
 /// The one object of `kind` whose name is `name` (hash suffix allowed).
@@ -79,7 +101,12 @@ pub fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .filter(|o| o.get("kind").and_then(Value::as_str) == Some(kind))
         .filter(|o| is_generated(str_at(o, "metadata.name", kind), name))
         .collect();
-    assert_eq!(found.len(), 1, "expected one {kind} named {name}, found {}", found.len());
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {kind} named {name}, found {}",
+        found.len()
+    );
     found[0]
 }
 

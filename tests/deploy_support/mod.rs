@@ -47,7 +47,12 @@ pub fn parse_docs(text: &str, origin: &str) -> Vec<Value> {
 pub fn read_yaml(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut docs = parse_docs(&text, &path.display().to_string());
-    assert_eq!(docs.len(), 1, "{}: expected one YAML document", path.display());
+    assert_eq!(
+        docs.len(),
+        1,
+        "{}: expected one YAML document",
+        path.display()
+    );
     docs.remove(0)
 }
 
@@ -65,7 +70,11 @@ pub fn files_with_ext(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.contains(&e)) {
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| exts.contains(&e))
+            {
                 out.push(path);
             }
         }

@@ -24,10 +24,19 @@ pub fn pip_install(dir_name: &str, requirement: &str, marker: &str) -> PathBuf {
         return final_dir;
     }
     std::fs::create_dir_all(&target).unwrap();
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     let tmp = target.join(format!(".{dir_name}.tmp-{}-{nanos}", std::process::id()));
     let output = Command::new(python())
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+        ])
         .args(["--quiet", "--no-warn-script-location", "--target"])
         .arg(&tmp)
         .arg(requirement)
@@ -38,10 +47,17 @@ pub fn pip_install(dir_name: &str, requirement: &str, marker: &str) -> PathBuf {
         "pip install {requirement} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(tmp.join(marker).exists(), "pip install {requirement}: {marker} missing");
+    assert!(
+        tmp.join(marker).exists(),
+        "pip install {requirement}: {marker} missing"
+    );
     if std::fs::rename(&tmp, &final_dir).is_err() {
         // Another test process installed it first; use theirs.
-        assert!(final_dir.join(marker).exists(), "cannot move {} into place", tmp.display());
+        assert!(
+            final_dir.join(marker).exists(),
+            "cannot move {} into place",
+            tmp.display()
+        );
         std::fs::remove_dir_all(&tmp).ok();
     }
     final_dir
