@@ -135,10 +135,13 @@ pub struct Provider {
     pub name: String,
 }
 
+/// `from[].source`: field name → values.
+pub type Sources = BTreeMap<String, BTreeMap<String, Vec<String>>>;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
-    pub from: Option<Vec<BTreeMap<String, BTreeMap<String, Vec<String>>>>>,
+    pub from: Option<Vec<Sources>>,
     pub to: Option<Vec<To>>,
     pub when: Option<Vec<Condition>>,
 }
