@@ -3,6 +3,12 @@
 //! decision, route, reason kinds, policy ids and CVEs. Files under `invalid/`
 //! must be refused with the error their first line names.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failure panics the test"
+)]
+
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
