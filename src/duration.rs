@@ -16,7 +16,12 @@ pub fn format_duration(d: Duration) -> String {
         return "0s".to_owned();
     }
     let (secs, ms) = (d.as_secs(), d.subsec_millis());
-    let parts = [(secs / 3600, "h"), (secs / 60 % 60, "m"), (secs % 60, "s"), (u64::from(ms), "ms")];
+    let parts = [
+        (secs / 3600, "h"),
+        (secs / 60 % 60, "m"),
+        (secs % 60, "s"),
+        (u64::from(ms), "ms"),
+    ];
     parts
         .iter()
         .filter(|(n, _)| *n > 0)
@@ -52,7 +57,9 @@ pub mod serde_human_opt {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
-            Some(s) => super::parse_duration(&s).map(Some).map_err(serde::de::Error::custom),
+            Some(s) => super::parse_duration(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -66,9 +73,16 @@ mod tests {
         assert_eq!(parse_duration("150ms"), Ok(Duration::from_millis(150)));
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("3d"), Ok(Duration::from_secs(3 * 86_400)));
-        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("not a duration")
+        );
         assert_eq!(format_duration(Duration::from_secs(4 * 3600)), "4h");
-        assert_eq!(format_duration(Duration::from_secs(86_400 + 90)), "24h1m30s");
+        assert_eq!(
+            format_duration(Duration::from_secs(86_400 + 90)),
+            "24h1m30s"
+        );
         assert_eq!(format_duration(Duration::from_millis(150)), "150ms");
     }
 }

@@ -14,4 +14,7 @@
 
 pub mod duration;
 pub mod fingerprint;
+pub mod fleet;
 pub mod posture;
+pub mod proto;
+pub mod snapshot;

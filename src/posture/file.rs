@@ -91,7 +91,9 @@ pub fn load_posture_file(path: &Path, now: SystemTime) -> Result<PostureFile, Po
         path: path.to_owned(),
         source,
     })?;
-    let json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
     parse_posture_file(&text, json, now).map_err(|message| PostureFileError::Invalid {
         path: path.to_owned(),
         message,
@@ -124,7 +126,10 @@ pub fn parse_posture_file(text: &str, json: bool, now: SystemTime) -> Result<Pos
         }
         let last_seen = match (&h.last_seen, &h.last_seen_ago) {
             (Some(_), Some(_)) => {
-                return Err(format!("{}: give last_seen or last_seen_ago, not both", at("last_seen")));
+                return Err(format!(
+                    "{}: give last_seen or last_seen_ago, not both",
+                    at("last_seen")
+                ));
             }
             (Some(t), None) => Some(
                 humantime::parse_rfc3339_weak(t)
@@ -139,7 +144,10 @@ pub fn parse_posture_file(text: &str, json: bool, now: SystemTime) -> Result<Pos
         let mut policies = Vec::with_capacity(h.policies.len());
         for (id, response) in h.policies {
             let (name, critical, resolution) = catalogue.get(&id).cloned().ok_or_else(|| {
-                format!("{}: policy {id} is not in the top-level policies list", at("policies"))
+                format!(
+                    "{}: policy {id} is not in the top-level policies list",
+                    at("policies")
+                )
             })?;
             policies.push(PolicyResult {
                 id,
@@ -211,7 +219,10 @@ hosts:
         assert_eq!(&*h.policies[0].name, "Gatekeeper enabled");
         assert!(h.policies[0].critical && h.policies[0].is_failing());
         assert_eq!(h.team_name(), Some("Workstations"));
-        assert_eq!(h.fingerprints[0].to_hex(), "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3");
+        assert_eq!(
+            h.fingerprints[0].to_hex(),
+            "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3"
+        );
     }
 
     #[test]
@@ -221,11 +232,18 @@ hosts:
         assert_eq!(parse_posture_file(ok, true, now).unwrap().hosts.len(), 1);
         let unknown_policy = "hosts: [{id: 3, policies: {9: fail}}]";
         let err = parse_posture_file(unknown_policy, false, now).unwrap_err();
-        assert!(err.contains("hosts[id=3].policies") && err.contains("policy 9"), "{err}");
+        assert!(
+            err.contains("hosts[id=3].policies") && err.contains("policy 9"),
+            "{err}"
+        );
         let typo = "hosts: [{id: 3, platfrom: darwin}]";
         let err = parse_posture_file(typo, false, now).unwrap_err();
         assert!(err.contains("platfrom"), "{err}");
         let bad_fp = "hosts: [{id: 3, fingerprints: [abc]}]";
-        assert!(parse_posture_file(bad_fp, false, now).unwrap_err().contains("fingerprint"));
+        assert!(
+            parse_posture_file(bad_fp, false, now)
+                .unwrap_err()
+                .contains("fingerprint")
+        );
     }
 }

@@ -27,7 +27,9 @@ use std::{sync::Arc, time::SystemTime};
 use crate::fingerprint::Fingerprint;
 
 /// A Fleet host id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct HostId(pub u64);
 

@@ -181,7 +181,11 @@ mod tests {
         h.policies.push(PolicyResult {
             id: 1,
             name: "disk encryption".into(),
-            response: if failing { PolicyResponse::Fail } else { PolicyResponse::Pass },
+            response: if failing {
+                PolicyResponse::Fail
+            } else {
+                PolicyResponse::Pass
+            },
             critical: true,
             resolution: None,
             failing_since: None,
@@ -200,7 +204,10 @@ mod tests {
         assert!(store.lookup(&fp(3)).is_none());
         assert_eq!(store.lookup(&fp(2)).unwrap().id, HostId(1));
         assert_eq!((store.host_count(), store.fingerprint_count()), (1, 1));
-        assert_eq!(store.age(t0 + Duration::from_secs(90)), Some(Duration::from_secs(30)));
+        assert_eq!(
+            store.age(t0 + Duration::from_secs(90)),
+            Some(Duration::from_secs(30))
+        );
     }
 
     #[test]
@@ -210,7 +217,10 @@ mod tests {
         let t1 = t0 + Duration::from_secs(600);
         store.replace_all(vec![host(1, &[1], true)], t0);
         store.replace_all(vec![host(1, &[1], true)], t1);
-        assert_eq!(store.host(HostId(1)).unwrap().policies[0].failing_since, Some(t0));
+        assert_eq!(
+            store.host(HostId(1)).unwrap().policies[0].failing_since,
+            Some(t0)
+        );
         store.replace_all(vec![host(1, &[1], false)], t1);
         store.replace_all(vec![host(1, &[1], true)], t1 + Duration::from_secs(5));
         assert_eq!(

@@ -1,0 +1,1 @@
+//! The Fleet REST API as a posture source (DESIGN.md §2).
