@@ -1,1 +1,13 @@
 //! The Fleet REST API as a posture source (DESIGN.md §2).
+//!
+//! Fleet's JSON is parsed into the DTOs of [`model`] and mapped to the domain's
+//! `HostPosture` at this edge; nothing outside `fleet/` (tests aside) uses the
+//! DTOs. [`FleetClient`] does HTTP (token, timeouts, paging, retries),
+//! [`Poller`] runs the sync cycle and publishes whole postures to the store,
+//! [`Recheck`] refreshes one host on a would-deny.
+
+mod config;
+mod error;
+
+pub use config::{FleetConfig, MembershipMode, RecheckConfig, Token};
+pub use error::FleetError;
