@@ -8,6 +8,9 @@
 
 mod config;
 mod error;
+mod map;
+pub mod model;
 
 pub use config::{FleetConfig, MembershipMode, RecheckConfig, Token};
 pub use error::FleetError;
+pub use map::{Catalogue, CatalogueEntry, Interner};
