@@ -6,11 +6,13 @@
 //! [`Poller`] runs the sync cycle and publishes whole postures to the store,
 //! [`Recheck`] refreshes one host on a would-deny.
 
+mod client;
 mod config;
 mod error;
 mod map;
 pub mod model;
 
+pub use client::{FleetClient, FleetStats, Observer, RetryPolicy};
 pub use config::{FleetConfig, MembershipMode, RecheckConfig, Token};
 pub use error::FleetError;
 pub use map::{Catalogue, CatalogueEntry, Interner};
