@@ -11,8 +11,12 @@ mod config;
 mod error;
 mod map;
 pub mod model;
+mod poller;
 
 pub use client::{FleetClient, FleetStats, Observer, RetryPolicy};
 pub use config::{FleetConfig, MembershipMode, RecheckConfig, Token};
 pub use error::FleetError;
 pub use map::{Catalogue, CatalogueEntry, Interner};
+pub use poller::{
+    GrantSource, POPULATE_POLICIES_MAX, Poller, PollerHandle, SyncReport, SyncStatus,
+};
