@@ -235,27 +235,27 @@ impl Poller {
         let duration = started.elapsed();
         let requests = self.client.stats().requests() - req0;
         let bytes = self.client.stats().bytes() - bytes0;
-        let mut status = lock(&self.shared.status);
-        status.last_duration = Some(duration);
-        status.requests = requests;
-        status.bytes = bytes;
-        status.clipped = matches!(result, Err(FleetError::ReportClipped(_)));
+        let clipped = matches!(result, Err(FleetError::ReportClipped(_)));
+        let update = |f: &dyn Fn(&mut SyncStatus)| {
+            let mut status = lock(&self.shared.status);
+            status.last_duration = Some(duration);
+            status.requests = requests;
+            status.bytes = bytes;
+            status.clipped = clipped;
+            f(&mut status);
+        };
         match result {
             Err(error) => {
-                status.failures += 1;
-                status.clipped_total += u64::from(status.clipped);
-                status.last_error = Some(error.to_string());
-                drop(status);
+                update(&|s| {
+                    s.failures += 1;
+                    s.clipped_total += u64::from(clipped);
+                    s.last_error = Some(error.to_string());
+                });
                 tracing::error!(%error, kind = error.kind(), "fleet sync failed; keeping the last good posture");
                 Err(error)
             }
             Ok((hosts, facts)) => {
                 let now = SystemTime::now();
-                status.successes += 1;
-                status.last_success = Some(now);
-                status.last_error = None;
-                status.skipped_rows = facts.skipped_rows;
-                drop(status);
                 let report = SyncReport {
                     hosts: hosts.len(),
                     fingerprints: hosts.iter().map(|h| h.fingerprints.len()).sum(),
@@ -267,6 +267,12 @@ impl Poller {
                     duration,
                 };
                 self.store.replace_all(hosts, now);
+                update(&|s| {
+                    s.successes += 1;
+                    s.last_success = Some(now);
+                    s.last_error = None;
+                    s.skipped_rows = facts.skipped_rows;
+                });
                 tracing::info!(
                     hosts = report.hosts,
                     fingerprints = report.fingerprints,
