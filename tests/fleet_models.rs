@@ -14,7 +14,7 @@ fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
 }
 
 fn rfc3339(s: &str) -> std::time::SystemTime {
-    humantime::parse_rfc3339(s).unwrap()
+    humantime::parse_rfc3339(s).unwrap_or_else(|e| panic!("{s}: {e}"))
 }
 
 #[test]

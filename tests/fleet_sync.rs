@@ -5,30 +5,18 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use common::fake_fleet::{CVE, FakeFleet, FakeSpec, Fault, fingerprint};
+use common::fake_fleet::{CVE, FakeFleet, FakeSpec, Fault, fast_retry, fingerprint};
 use fleet_authz::{
-    fleet::{FleetClient, FleetConfig, MembershipMode, Poller, RetryPolicy, Token},
+    fleet::{FleetClient, FleetConfig, MembershipMode, Poller, Token},
     posture::{HostId, PolicyResponse, PostureStore},
 };
 
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 3,
-        base_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(20),
-        max_retry_after: Duration::from_secs(1),
-    }
-}
-
 fn config(fake: &FakeFleet) -> FleetConfig {
-    let mut c = FleetConfig::new(fake.url(), 42);
-    c.page_size = 10;
-    c.request_timeout = Duration::from_millis(250);
-    c
+    fake.config()
 }
 
 fn poller_with(fake: &FakeFleet, config: FleetConfig) -> (Poller, Arc<PostureStore>) {
-    let client = FleetClient::new(&config, &Token::new(fake.token()), fast_retry()).unwrap();
+    let client = fake.client(&config);
     let store = Arc::new(PostureStore::new());
     (
         Poller::new(Arc::new(client), Arc::clone(&store), &config),
@@ -204,7 +192,8 @@ async fn transient_5xx_is_retried_within_the_cycle() {
 async fn wrong_token_is_not_retried_and_not_shown() {
     let fake = FakeFleet::start(FakeSpec::default()).await;
     let config = config(&fake);
-    let client = FleetClient::new(&config, &Token::new("wrong-secret"), fast_retry()).unwrap();
+    let client = FleetClient::new(&config, &Token::new("wrong-secret"), fast_retry())
+        .unwrap_or_else(|e| panic!("{e}"));
     let store = Arc::new(PostureStore::new());
     let poller = Poller::new(Arc::new(client), Arc::clone(&store), &config);
     let err = poller.poll_once().await.unwrap_err().to_string();

@@ -183,10 +183,10 @@ impl Host {
         let mut cves: Vec<Arc<str>> = Vec::new();
         for sw in self.software.iter().flatten() {
             for v in &sw.vulnerabilities {
-                if let Some(w) = watched.iter().find(|w| w.eq_ignore_ascii_case(&v.cve)) {
-                    if !cves.contains(w) {
-                        cves.push(Arc::clone(w));
-                    }
+                if let Some(w) = watched.iter().find(|w| w.eq_ignore_ascii_case(&v.cve))
+                    && !cves.contains(w)
+                {
+                    cves.push(Arc::clone(w));
                 }
             }
         }

@@ -11,6 +11,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
 };
 
 use axum::{
@@ -20,7 +21,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use fleet_authz::fingerprint::Fingerprint;
+use fleet_authz::{
+    fingerprint::Fingerprint,
+    fleet::{FleetClient, FleetConfig, RetryPolicy, Token},
+};
 use serde_json::{Value, json};
 
 /// The CVE every fourth host has.
@@ -123,6 +127,16 @@ type Shared = Arc<Mutex<State_>>;
 pub struct FakeFleet {
     addr: SocketAddr,
     state: Shared,
+}
+
+/// Retries that keep tests fast: 3 attempts, 5–20ms backoff, retry-after ≤ 1s.
+pub fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        max_retry_after: Duration::from_secs(1),
+    }
 }
 
 /// The fingerprint of host `host`'s certificate number `k`.
@@ -300,6 +314,19 @@ impl FakeFleet {
     /// Zeroes the request counts.
     pub fn reset_counts(&self) {
         self.lock().counts.clear();
+    }
+
+    /// A `fleet:` config for this fake: query 42, 10 per page, 250ms timeout.
+    pub fn config(&self) -> FleetConfig {
+        let mut c = FleetConfig::new(self.url(), 42);
+        c.page_size = 10;
+        c.request_timeout = Duration::from_millis(250);
+        c
+    }
+
+    /// A client with the right token and [`fast_retry`].
+    pub fn client(&self, config: &FleetConfig) -> FleetClient {
+        FleetClient::new(config, &Token::new(self.token()), fast_retry()).unwrap()
     }
 
     /// Adds a certificate report row with an arbitrary `sha1` value.

@@ -1,5 +1,10 @@
 //! Helpers shared by the integration tests. Each test binary uses a subset,
-//! so unused items are expected.
-#![allow(dead_code)]
+//! so unused items are expected; helpers are test code, so they may unwrap.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::result_large_err
+)]
 
 pub mod fake_fleet;
