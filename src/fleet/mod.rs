@@ -12,6 +12,7 @@ mod error;
 mod map;
 pub mod model;
 mod poller;
+mod recheck;
 
 pub use client::{FleetClient, FleetStats, Observer, RetryPolicy};
 pub use config::{FleetConfig, MembershipMode, RecheckConfig, Token};
@@ -20,3 +21,4 @@ pub use map::{Catalogue, CatalogueEntry, Interner};
 pub use poller::{
     GrantSource, POPULATE_POLICIES_MAX, Poller, PollerHandle, SyncReport, SyncStatus,
 };
+pub use recheck::{Recheck, RecheckOutcome, SkipReason};

@@ -119,6 +119,7 @@ struct State_ {
     faults: HashMap<String, (Fault, Option<u32>)>,
     counts: HashMap<String, usize>,
     extra_rows: Vec<Value>,
+    holds: HashMap<String, Arc<tokio::sync::Semaphore>>,
 }
 
 type Shared = Arc<Mutex<State_>>;
@@ -232,6 +233,7 @@ fn generate(spec: &FakeSpec) -> State_ {
         faults: HashMap::new(),
         counts: HashMap::new(),
         extra_rows: Vec::new(),
+        holds: HashMap::new(),
     }
 }
 
@@ -304,6 +306,21 @@ impl FakeFleet {
     /// Removes every fault.
     pub fn clear_faults(&self) {
         self.lock().faults.clear();
+    }
+
+    /// Holds every request to `endpoint` (after counting it) until [`Self::release`].
+    pub fn hold(&self, endpoint: &str) {
+        self.lock().holds.insert(
+            endpoint.to_owned(),
+            Arc::new(tokio::sync::Semaphore::new(0)),
+        );
+    }
+
+    /// Lets held requests to `endpoint` (and later ones) through.
+    pub fn release(&self, endpoint: &str) {
+        if let Some(gate) = self.lock().holds.remove(endpoint) {
+            gate.close();
+        }
     }
 
     /// Requests received on `endpoint` (faulted ones included).
@@ -418,6 +435,11 @@ async fn serve(
         Gate::Hang => std::future::pending().await,
         Gate::Pass(f) => f,
     };
+    let held = state.lock().unwrap().holds.get(label).cloned();
+    if let Some(gate) = held {
+        // Closed on release: every waiter wakes with an error, which is the signal.
+        let _released = gate.acquire().await;
+    }
     let body = {
         let st = state.lock().unwrap();
         match build(&st) {
