@@ -31,7 +31,7 @@ async fn setup(max_concurrent: u32) -> Setup {
     let client = Arc::new(fake.client(&config));
     let store = Arc::new(PostureStore::new());
     let poller = Poller::new(Arc::clone(&client), Arc::clone(&store), &config);
-    poller.poll_once().await.unwrap();
+    poller.poll_once().await.unwrap_or_else(|e| panic!("{e}"));
     let recheck = Recheck::new(client, Arc::clone(&store), &config.recheck)
         .with_watched_cves(poller.handle());
     Setup {
@@ -48,7 +48,7 @@ fn failing_host(s: &Setup) -> HostId {
         .host_ids()
         .into_iter()
         .find(|id| !s.fake.host(*id).failing().is_empty())
-        .unwrap();
+        .unwrap_or_else(|| panic!("the fake has no failing host"));
     HostId(id)
 }
 

@@ -152,10 +152,11 @@ impl Recheck {
                         if detail.software.is_none() {
                             fresh.cves.clone_from(&p.cves);
                         }
-                        if let (Some(t), Some(old)) = (&mut fresh.team, &p.team) {
-                            if t.name.is_empty() && t.id == old.id {
-                                t.name = Arc::clone(&old.name);
-                            }
+                        if let (Some(t), Some(old)) = (&mut fresh.team, &p.team)
+                            && t.name.is_empty()
+                            && t.id == old.id
+                        {
+                            t.name = Arc::clone(&old.name);
                         }
                     }
                     let now = SystemTime::now();
