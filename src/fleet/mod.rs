@@ -13,8 +13,9 @@ mod map;
 pub mod model;
 mod poller;
 mod recheck;
+mod retry;
 
-pub use client::{FleetClient, FleetStats, Observer, RetryPolicy};
+pub use client::FleetClient;
 pub use config::{FleetConfig, MembershipMode, RecheckConfig, Token};
 pub use error::FleetError;
 pub use map::{Catalogue, CatalogueEntry, Interner};
@@ -22,3 +23,4 @@ pub use poller::{
     GrantSource, POPULATE_POLICIES_MAX, Poller, PollerHandle, SyncReport, SyncStatus,
 };
 pub use recheck::{Recheck, RecheckOutcome, SkipReason};
+pub use retry::{FleetStats, Observer, RetryPolicy};
