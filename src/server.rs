@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tokio_stream::wrappers::TcpListenerStream;
+use tracing::Instrument;
 
 use crate::{
     authz::{Authorizer, AuthzService},
@@ -35,6 +36,8 @@ pub struct RunningServer {
     /// Shared state, for tests and the admin API.
     pub authorizer: Arc<Authorizer>,
     pub reloader: Arc<Reloader>,
+    /// The Fleet poller's handle (status, `sync_now`), when Fleet is the source.
+    pub fleet: Option<crate::fleet::PollerHandle>,
     health: tonic_health::server::HealthReporter,
 }
 
@@ -49,6 +52,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         let file = load_posture_file(path, now)?;
         store.replace_all(file.hosts, now);
     }
+    let fleet = match &config.fleet {
+        None => None,
+        Some(fleet) => {
+            if let Some(snap) = &config.snapshot {
+                restore_snapshot(&snap.path, &store);
+            }
+            let snapshot = config.snapshot.as_ref().map(|s| (s.path.clone(), None));
+            let source = crate::fleet::adapter::build(fleet, &store, &metrics, snapshot)?;
+            source
+                .handle
+                .set_cves(policy.load().cves().iter().map(|c| c.to_string()).collect());
+            Some(source)
+        }
+    };
     let authorizer = Arc::new(Authorizer {
         store: Arc::clone(&store),
         policy: Arc::clone(&policy),
@@ -56,16 +73,23 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         remediation_url: config.remediation_url.clone(),
         max_staleness: config.max_staleness(),
         metrics: Arc::clone(&metrics),
-        refresh: None,
+        refresh: fleet.as_ref().and_then(|f| f.refresh.clone()),
         grants: None,
     });
-    let reloader = Arc::new(Reloader::new(
+    let mut reloader = Reloader::new(
         config.policy_file.clone(),
         Arc::clone(&policy),
         config.posture_file.clone(),
         Arc::clone(&store),
         Arc::clone(&metrics),
-    ));
+    );
+    if let Some(handle) = fleet.as_ref().map(|f| f.handle.clone()) {
+        // The poller asks Fleet about exactly the CVEs the policy names.
+        reloader.on_policy = Some(Box::new(move |p| {
+            handle.set_cves(p.cves().iter().map(|c| c.to_string()).collect())
+        }));
+    }
+    let reloader = Arc::new(reloader);
 
     let grpc_listener = TcpListener::bind(config.listen.grpc)
         .await
@@ -116,10 +140,26 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown());
     tasks.spawn(async move { grpc.await.context("grpc server failed") });
 
+    let source_status: Arc<dyn Fn() -> Option<String> + Send + Sync> = match &fleet {
+        None => Arc::new(|| None),
+        Some(f) => {
+            let handle = f.handle.clone();
+            Arc::new(move || {
+                let status = handle.status();
+                status.last_error.map(|e| {
+                    if status.clipped {
+                        format!("fleet certificate report clipped, fingerprints are missing: {e}")
+                    } else {
+                        format!("fleet sync failed: {e}")
+                    }
+                })
+            })
+        }
+    };
     let http_state = HttpState {
         store: Arc::clone(&store),
         metrics: Arc::clone(&metrics),
-        source_status: Arc::new(|| None),
+        source_status,
     };
     let app = http::router(http_state);
     let stop = shutdown();
@@ -139,6 +179,18 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         Ok(())
     });
 
+    let fleet_handle = fleet.as_ref().map(|f| f.handle.clone());
+    if let Some(source) = fleet {
+        let stop = shutdown();
+        tasks.spawn(
+            async move {
+                source.poller.run(stop).await;
+                Ok(())
+            }
+            .instrument(tracing::info_span!("fleet_poller")),
+        );
+    }
+
     tracing::info!(%grpc_addr, %http_addr, hosts = store.host_count(), "serving");
     Ok(RunningServer {
         grpc_addr,
@@ -148,8 +200,28 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         grace: config.shutdown.grace,
         authorizer,
         reloader,
+        fleet: fleet_handle,
         health,
     })
+}
+
+/// Loads a snapshot into `store` so a restart serves at once, also while
+/// Fleet is down. A missing, truncated or corrupt snapshot is reported and
+/// ignored: the first sync fills the store instead.
+fn restore_snapshot(path: &std::path::Path, store: &PostureStore) {
+    if !path.exists() {
+        tracing::info!(path = %path.display(), "no snapshot yet; waiting for the first Fleet sync");
+        return;
+    }
+    match crate::snapshot::load(path) {
+        Ok(loaded) => {
+            tracing::info!(path = %path.display(), hosts = loaded.hosts.len(), "posture restored from snapshot");
+            store.replace_all(loaded.hosts, loaded.synced_at);
+        }
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error, "snapshot unusable; ignoring it")
+        }
+    }
 }
 
 impl RunningServer {

@@ -6,6 +6,7 @@
 //! [`Poller`] runs the sync cycle and publishes whole postures to the store,
 //! [`Recheck`] refreshes one host on a would-deny.
 
+pub mod adapter;
 mod client;
 mod config;
 mod error;

@@ -108,6 +108,14 @@ pub struct PollerHandle {
     trigger: mpsc::Sender<Reply>,
 }
 
+impl std::fmt::Debug for PollerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PollerHandle")
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
 impl PollerHandle {
     /// The status after the last cycle.
     pub fn status(&self) -> SyncStatus {
@@ -147,6 +155,7 @@ pub struct Poller {
     shared: Arc<Shared>,
     trigger_tx: mpsc::Sender<Reply>,
     trigger_rx: mpsc::Receiver<Reply>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -178,7 +187,14 @@ impl Poller {
             shared: Arc::default(),
             trigger_tx,
             trigger_rx,
+            metrics: None,
         }
+    }
+
+    /// Records cycle durations and outcomes in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Writes a snapshot to `path` after each good cycle, with `grants`' grants.
@@ -227,6 +243,7 @@ impl Poller {
     }
 
     /// Runs one cycle: on success publishes into the store (and the snapshot).
+    #[tracing::instrument(name = "sync", skip_all, fields(query_id = self.query_id))]
     pub async fn poll_once(&self) -> Result<SyncReport, FleetError> {
         let started = tokio::time::Instant::now();
         let (req0, bytes0) = (self.client.stats().requests(), self.client.stats().bytes());
@@ -236,6 +253,16 @@ impl Poller {
         let requests = self.client.stats().requests() - req0;
         let bytes = self.client.stats().bytes() - bytes0;
         let clipped = matches!(result, Err(FleetError::ReportClipped(_)));
+        if let Some(m) = &self.metrics {
+            m.sync_duration.observe(duration.as_secs_f64());
+            let result = if result.is_ok() { "success" } else { "failure" };
+            m.syncs
+                .get_or_create(&crate::metrics::ResultLabels { result })
+                .inc();
+            if clipped {
+                m.report_clipped.inc();
+            }
+        }
         let update = |f: &dyn Fn(&mut SyncStatus)| {
             let mut status = lock(&self.shared.status);
             status.last_duration = Some(duration);

@@ -7,7 +7,7 @@
     clippy::result_large_err
 )]
 
-pub mod fake_fleet;
 pub mod certs;
 pub mod echo;
 pub mod envoy;
+pub mod fake_fleet;
