@@ -112,6 +112,7 @@ fn authorizer(store: Arc<PostureStore>) -> Authorizer {
         metrics: Arc::new(Metrics::new()),
         refresh: None,
         grants: None,
+        fingerprints: Default::default(),
     }
 }
 

@@ -75,6 +75,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         metrics: Arc::clone(&metrics),
         refresh: fleet.as_ref().and_then(|f| f.refresh.clone()),
         grants: None,
+        fingerprints: Default::default(),
     });
     let mut reloader = Reloader::new(
         config.policy_file.clone(),

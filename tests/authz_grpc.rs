@@ -496,6 +496,7 @@ fn handler(pki_leaf: &Leaf, age: Duration, grants: Option<Arc<dyn Grants>>) -> A
         metrics: Arc::new(Metrics::new()),
         refresh: None,
         grants,
+        fingerprints: Default::default(),
     }))
 }
 

@@ -6,6 +6,7 @@
 //! fleet-authz itself is down.
 
 pub mod body;
+pub mod cache;
 pub mod convert;
 
 use std::{
@@ -24,7 +25,7 @@ use tonic::{Request, Response, Status};
 use self::{body::BodyContext, convert::CheckFacts};
 use crate::{
     fingerprint::Fingerprint,
-    identity::{self, IdentityConfig},
+    identity::IdentityConfig,
     metrics::{DecisionLabels, Metrics, ReasonLabels},
     policy::{self, Decision, Policy, Reason, RequestFacts, Subject},
     posture::{HostId, HostPosture, PostureStore},
@@ -65,6 +66,8 @@ pub struct Authorizer {
     pub metrics: Arc<Metrics>,
     pub refresh: Option<Arc<dyn Refresh>>,
     pub grants: Option<Arc<dyn Grants>>,
+    /// Raw certificate value → fingerprint, so repeat requests skip decoding.
+    pub fingerprints: cache::FingerprintCache,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -168,8 +171,9 @@ impl Authorizer {
     pub async fn check(&self, request: &CheckRequest) -> CheckResponse {
         let started = tokio::time::Instant::now();
         let facts = CheckFacts::from_request(request);
-        let identity = identity::identify(&self.identity, facts.peer_certificate, facts.headers)
-            .map(|cert| cert.sha1)
+        let identity = self
+            .fingerprints
+            .fingerprint(&self.identity, facts.peer_certificate, facts.headers)
             .map_err(|e| (e.is_missing(), e.to_string()));
         let target = Target {
             context: facts.context,
