@@ -25,7 +25,7 @@ use fleet_authz::{
     identity::{IdentityConfig, identify},
     metrics::Metrics,
     policy::{RequestFacts, Subject, evaluate, parse_policy},
-    posture::{HostId, HostPosture, PolicyResponse, PolicyResult, PostureStore, Team},
+    posture::{HostId, HostPosture, PolicyMeta, PolicyResponse, PolicyResult, PostureStore, Team},
 };
 
 const HOSTS: u64 = 100_000;
@@ -52,7 +52,9 @@ fn certificate() -> (String, Fingerprint) {
 }
 
 fn fill_store(real: Fingerprint, failing: bool) -> Arc<PostureStore> {
-    let names: Vec<Arc<str>> = (0..20).map(|i| Arc::from(format!("policy {i}"))).collect();
+    let metas: Vec<Arc<PolicyMeta>> = (0..20u64)
+        .map(|i| PolicyMeta::new(i + 1, format!("policy {i}"), i == 0, None))
+        .collect();
     let team = Team {
         id: Some(1),
         name: Arc::from("Workstations"),
@@ -65,20 +67,16 @@ fn fill_store(real: Fingerprint, failing: bool) -> Arc<PostureStore> {
             h.platform = "darwin".into();
             h.last_seen = Some(now - Duration::from_secs(60));
             let fail = (id % 20 == 0) || (id == 1 && failing);
-            h.policies = names
+            h.policies = metas
                 .iter()
                 .enumerate()
-                .map(|(i, n)| PolicyResult {
-                    id: i as u64 + 1,
-                    name: n.clone(),
-                    response: if fail && i == 0 {
+                .map(|(i, m)| {
+                    let response = if fail && i == 0 {
                         PolicyResponse::Fail
                     } else {
                         PolicyResponse::Pass
-                    },
-                    critical: i == 0,
-                    resolution: None,
-                    failing_since: None,
+                    };
+                    PolicyResult::new(Arc::clone(m), response)
                 })
                 .collect();
             h.fingerprints = (0..3u64)

@@ -251,23 +251,23 @@ fn host_to_proto(h: &HostPosture) -> v1::Host {
             .as_ref()
             .map(|t| t.name.to_string())
             .unwrap_or_default(),
-        platform: h.platform.clone(),
-        os_version: h.os_version.clone(),
+        platform: h.platform.to_string(),
+        os_version: h.os_version.to_string(),
         last_seen_unix_ms: h.last_seen.map(to_ms),
         policies: h
             .policies
             .iter()
             .map(|p| v1::PolicyResult {
-                id: p.id,
-                name: p.name.to_string(),
+                id: p.meta.id,
+                name: p.meta.name.to_string(),
                 response: match p.response {
                     PolicyResponse::NotRun => 0,
                     PolicyResponse::Pass => 1,
                     PolicyResponse::Fail => 2,
                 },
-                critical: p.critical,
-                resolution: p.resolution.as_deref().unwrap_or_default().to_owned(),
-                failing_since_unix_ms: p.failing_since.map(to_ms),
+                critical: p.meta.critical,
+                resolution: p.meta.resolution.as_deref().unwrap_or_default().to_owned(),
+                failing_since_unix_ms: p.failing_since().map(to_ms),
             })
             .collect(),
         cves: h.cves.iter().map(|c| c.to_string()).collect(),
@@ -306,14 +306,9 @@ fn host_from_proto(h: v1::Host, interner: &mut Interner) -> Result<HostPosture, 
                     )));
                 }
             };
-            Ok(PolicyResult {
-                id: p.id,
-                name: interner.intern(&p.name),
-                response,
-                critical: p.critical,
-                resolution: (!p.resolution.is_empty()).then(|| interner.intern(&p.resolution)),
-                failing_since: p.failing_since_unix_ms.map(from_ms),
-            })
+            let meta = interner.policy(p.id, &p.name, p.critical, &p.resolution);
+            Ok(PolicyResult::new(meta, response)
+                .with_failing_since(p.failing_since_unix_ms.map(from_ms)))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let team = match (h.team_id, h.team_name.as_str()) {
@@ -328,8 +323,8 @@ fn host_from_proto(h: v1::Host, interner: &mut Interner) -> Result<HostPosture, 
         uuid: h.uuid,
         display_name: h.display_name,
         team,
-        platform: h.platform,
-        os_version: h.os_version,
+        platform: interner.intern(&h.platform),
+        os_version: interner.intern(&h.os_version),
         last_seen: h.last_seen_unix_ms.map(from_ms),
         policies,
         cves: h.cves.iter().map(|c| interner.intern(c)).collect(),

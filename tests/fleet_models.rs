@@ -50,7 +50,7 @@ fn hosts_list() {
     assert_eq!(p.team, None);
     assert_eq!(p.policies[0].response, PolicyResponse::Fail);
     assert_eq!(
-        p.policies[0].resolution.as_deref(),
+        p.policies[0].meta.resolution.as_deref(),
         Some("Fix with these steps...")
     );
     assert_eq!(p.cves.len(), 1);
@@ -97,7 +97,7 @@ fn host_detail() {
     assert_eq!(
         p.policies
             .iter()
-            .map(|p| (p.id, p.response))
+            .map(|p| (p.id(), p.response))
             .collect::<Vec<_>>(),
         [
             (1, PolicyResponse::Pass),
@@ -105,7 +105,10 @@ fn host_detail() {
             (3, PolicyResponse::NotRun)
         ]
     );
-    assert_eq!(p.policies[2].resolution, None, "empty resolution is none");
+    assert_eq!(
+        p.policies[2].meta.resolution, None,
+        "empty resolution is none"
+    );
     assert_eq!(p.last_seen, Some(rfc3339("2021-08-19T21:14:58Z")));
 }
 

@@ -63,7 +63,7 @@ async fn good_sync_fills_the_store() {
     assert_eq!(h.display_name, "host-8");
     assert_eq!(h.team_name(), Some("Team 2"));
     assert_eq!(
-        h.failing_policies().map(|p| p.id).collect::<Vec<_>>(),
+        h.failing_policies().map(|p| p.id()).collect::<Vec<_>>(),
         expected.failing()
     );
     assert_eq!(h.policies.len(), expected.responses.len());
@@ -72,10 +72,10 @@ async fn good_sync_fills_the_store() {
         [CVE]
     );
     assert!(store.host(HostId(7)).unwrap().cves.is_empty());
-    let resolution = h.policies[0].resolution.as_deref();
+    let resolution = h.policies[0].meta.resolution.as_deref();
     assert_eq!(
         resolution,
-        Some(format!("Fix Policy {}", h.policies[0].id).as_str())
+        Some(format!("Fix Policy {}", h.policies[0].id()).as_str())
     );
     assert!(
         store.host(HostId(3)).unwrap().team.is_none(),
@@ -237,7 +237,7 @@ async fn large_catalogue_uses_per_policy_membership() {
     for id in fake.host_ids() {
         let held = store.host(HostId(id)).unwrap();
         assert_eq!(
-            held.policies.iter().map(|p| p.id).collect::<Vec<_>>(),
+            held.policies.iter().map(|p| p.id()).collect::<Vec<_>>(),
             fake.host(id).failing(),
             "host {id}"
         );
@@ -252,8 +252,8 @@ async fn large_catalogue_uses_per_policy_membership() {
         .unwrap()
         .policies
         .iter()
-        .filter(|p| p.id % 3 == 0)
-        .all(|p| p.critical);
+        .filter(|p| p.id() % 3 == 0)
+        .all(|p| p.meta.critical);
     assert!(critical, "criticality comes from the catalogue");
 }
 

@@ -12,7 +12,7 @@ use common::fake_fleet::{FakeFleet, FakeSpec, Fault};
 use fleet_authz::{
     fingerprint::Fingerprint,
     fleet::Poller,
-    posture::{HostId, HostPosture, PolicyResponse, PolicyResult, PostureStore, Team},
+    posture::{HostId, HostPosture, PolicyMeta, PolicyResponse, PolicyResult, PostureStore, Team},
     proto::v1,
     snapshot::{self, SnapshotError, SnapshotGrant},
 };
@@ -35,22 +35,15 @@ fn host(id: u64, failing_since: Option<SystemTime>) -> HostPosture {
     h.cves = vec!["CVE-2024-3094".into()];
     h.fingerprints = vec![Fingerprint::of_der(format!("cert-{id}").as_bytes())];
     h.policies = vec![
-        PolicyResult {
-            id: 1,
-            name: "Gatekeeper enabled".into(),
-            response: PolicyResponse::Fail,
-            critical: true,
-            resolution: Some("Turn it on".into()),
-            failing_since,
-        },
-        PolicyResult {
-            id: 2,
-            name: "Disk encrypted".into(),
-            response: PolicyResponse::NotRun,
-            critical: false,
-            resolution: None,
-            failing_since: None,
-        },
+        PolicyResult::new(
+            PolicyMeta::new(1, "Gatekeeper enabled", true, Some("Turn it on".into())),
+            PolicyResponse::Fail,
+        )
+        .with_failing_since(failing_since),
+        PolicyResult::new(
+            PolicyMeta::new(2, "Disk encrypted", false, None),
+            PolicyResponse::NotRun,
+        ),
     ];
     h
 }
@@ -89,20 +82,20 @@ fn save_then_load_round_trips_hosts_failing_since_and_grants() {
     let held: Vec<HostPosture> = store.all_hosts().iter().map(|h| (**h).clone()).collect();
     assert_eq!(loaded.hosts, held);
     assert_eq!(
-        loaded.hosts[0].policies[0].failing_since,
+        loaded.hosts[0].policies[0].failing_since(),
         Some(t(1_600_000_000))
     );
     // Host 2's failure had no start time: the store stamped the sync time.
     assert_eq!(
-        loaded.hosts[1].policies[0].failing_since,
+        loaded.hosts[1].policies[0].failing_since(),
         Some(t(1_700_000_000))
     );
     assert_eq!(loaded.hosts[2].team, None);
     assert_eq!(loaded.grants, vec![grant()]);
     // Names repeated across hosts are shared again after loading.
     assert!(Arc::ptr_eq(
-        &loaded.hosts[0].policies[0].name,
-        &loaded.hosts[1].policies[0].name
+        &loaded.hosts[0].policies[0].meta.name,
+        &loaded.hosts[1].policies[0].meta.name
     ));
     // No temporary file is left behind.
     let names: Vec<_> = std::fs::read_dir(dir.path())
@@ -116,7 +109,7 @@ fn save_then_load_round_trips_hosts_failing_since_and_grants() {
     restored.replace_all(loaded.hosts, loaded.synced_at);
     assert_eq!(restored.synced_at(), Some(t(1_700_000_000)));
     let h1 = restored.lookup(&Fingerprint::of_der(b"cert-1")).unwrap();
-    assert_eq!(h1.policies[0].failing_since, Some(t(1_600_000_000)));
+    assert_eq!(h1.policies[0].failing_since(), Some(t(1_600_000_000)));
 }
 
 #[test]

@@ -5,15 +5,42 @@
 use std::{collections::HashMap, sync::Arc};
 
 use super::model::{Host, HostPolicy, Policy, Response};
-use crate::posture::{HostId, HostPosture, PolicyResponse, PolicyResult, Team};
+use crate::posture::{HostId, HostPosture, PolicyMeta, PolicyResponse, PolicyResult, Team};
 
-/// Hands out one shared `Arc<str>` per distinct string.
+/// Hands out one shared `Arc<str>` per distinct string, and one shared
+/// [`PolicyMeta`] per policy.
 #[derive(Debug, Default)]
 pub struct Interner {
     map: HashMap<Box<str>, Arc<str>>,
+    policies: HashMap<u64, Arc<PolicyMeta>>,
 }
 
 impl Interner {
+    /// The shared catalogue entry for a policy seen only on a host row.
+    pub fn policy(
+        &mut self,
+        id: u64,
+        name: &str,
+        critical: bool,
+        resolution: &str,
+    ) -> Arc<PolicyMeta> {
+        if let Some(meta) = self.policies.get(&id) {
+            return Arc::clone(meta);
+        }
+        let name = self.intern(name);
+        let resolution = non_empty(resolution).map(|r| self.intern(r));
+        let meta = PolicyMeta::new(id, name, critical, resolution);
+        self.policies.insert(id, Arc::clone(&meta));
+        meta
+    }
+
+    /// Seeds a policy entry already held (so a recheck reuses it).
+    pub fn seed_policy(&mut self, meta: &Arc<PolicyMeta>) {
+        self.policies
+            .entry(meta.id)
+            .or_insert_with(|| Arc::clone(meta));
+    }
+
     /// The shared copy of `s`.
     pub fn intern(&mut self, s: &str) -> Arc<str> {
         if let Some(shared) = self.map.get(s) {
@@ -42,18 +69,9 @@ impl Interner {
     }
 }
 
-/// What the catalogue knows about one policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CatalogueEntry {
-    /// Policy id.
-    pub id: u64,
-    /// Name.
-    pub name: Arc<str>,
-    /// Fleet Premium's `critical`.
-    pub critical: bool,
-    /// `None` when Fleet's resolution is empty.
-    pub resolution: Option<Arc<str>>,
-}
+/// What the catalogue knows about one policy: one shared entry that every
+/// host's result points at.
+pub type CatalogueEntry = Arc<PolicyMeta>;
 
 /// Every policy (global and each team's) by id.
 #[derive(Debug, Default)]
@@ -64,12 +82,12 @@ pub struct Catalogue {
 impl Catalogue {
     /// Adds (or replaces) a policy from Fleet's list.
     pub fn add(&mut self, policy: &Policy, interner: &mut Interner) {
-        let entry = CatalogueEntry {
-            id: policy.id,
-            name: interner.intern(&policy.name),
-            critical: policy.critical,
-            resolution: non_empty(&policy.resolution).map(|r| interner.intern(r)),
-        };
+        let entry = PolicyMeta::new(
+            policy.id,
+            interner.intern(&policy.name),
+            policy.critical,
+            non_empty(&policy.resolution).map(|r| interner.intern(r)),
+        );
         self.entries.insert(policy.id, entry);
     }
 
@@ -112,14 +130,7 @@ pub fn to_response(r: Response) -> PolicyResponse {
 
 /// A failing result for catalogue policy `entry` (per-policy membership).
 pub fn failing_result(entry: &CatalogueEntry) -> PolicyResult {
-    PolicyResult {
-        id: entry.id,
-        name: Arc::clone(&entry.name),
-        response: PolicyResponse::Fail,
-        critical: entry.critical,
-        resolution: entry.resolution.clone(),
-        failing_since: None,
-    }
+    PolicyResult::new(Arc::clone(entry), PolicyResponse::Fail)
 }
 
 fn to_policy_result(
@@ -130,22 +141,11 @@ fn to_policy_result(
     // The catalogue is authoritative for names and criticality (it is what the
     // deny page shows); the host row's copy is a fallback for policies created
     // between the catalogue fetch and the host fetch.
-    let (name, critical, resolution) = match catalogue.get(p.id) {
-        Some(e) => (Arc::clone(&e.name), e.critical, e.resolution.clone()),
-        None => (
-            interner.intern(&p.name),
-            p.critical,
-            non_empty(&p.resolution).map(|r| interner.intern(r)),
-        ),
+    let meta = match catalogue.get(p.id) {
+        Some(e) => Arc::clone(e),
+        None => interner.policy(p.id, &p.name, p.critical, &p.resolution),
     };
-    PolicyResult {
-        id: p.id,
-        name,
-        response: to_response(p.response),
-        critical,
-        resolution,
-        failing_since: None,
-    }
+    PolicyResult::new(meta, to_response(p.response))
 }
 
 impl Host {
@@ -179,7 +179,7 @@ impl Host {
             .flatten()
             .map(|p| to_policy_result(p, catalogue, interner))
             .collect();
-        policies.sort_by_key(|p| p.id);
+        policies.sort_by_key(PolicyResult::id);
         let mut cves: Vec<Arc<str>> = Vec::new();
         for sw in self.software.iter().flatten() {
             for v in &sw.vulnerabilities {
@@ -195,8 +195,8 @@ impl Host {
             uuid: self.uuid.clone(),
             display_name: self.best_name().to_owned(),
             team,
-            platform: self.platform.clone(),
-            os_version: self.os_version.clone(),
+            platform: interner.intern(&self.platform),
+            os_version: interner.intern(&self.os_version),
             last_seen: self.seen_time,
             policies,
             cves,
@@ -248,18 +248,18 @@ mod tests {
                 name: "Workstations".into()
             })
         );
-        assert_eq!(p.policies.iter().map(|p| p.id).collect::<Vec<_>>(), [2, 9]);
+        assert_eq!(
+            p.policies.iter().map(PolicyResult::id).collect::<Vec<_>>(),
+            [2, 9]
+        );
         assert_eq!(p.policies[0].response, PolicyResponse::NotRun);
         assert_eq!(
-            p.policies[0].resolution.as_deref(),
+            p.policies[0].meta.resolution.as_deref(),
             Some("Turn on FileVault")
         );
-        assert_eq!(&*p.policies[1].name, "Gatekeeper");
-        assert!(p.policies[1].critical && p.policies[1].is_failing());
-        assert!(Arc::ptr_eq(
-            &p.policies[1].name,
-            &catalogue.get(9).unwrap().name
-        ));
+        assert_eq!(&*p.policies[1].meta.name, "Gatekeeper");
+        assert!(p.policies[1].meta.critical && p.policies[1].is_failing());
+        assert!(Arc::ptr_eq(&p.policies[1].meta, catalogue.get(9).unwrap()));
         assert_eq!(p.cves, vec![Arc::<str>::from("CVE-2024-3094")]);
         assert_eq!(
             p.last_seen,

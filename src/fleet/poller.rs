@@ -33,7 +33,7 @@ use super::{
 };
 use crate::{
     fingerprint::Fingerprint,
-    posture::{HostId, HostPosture, PostureStore},
+    posture::{HostId, HostPosture, PolicyResult, PostureStore},
     snapshot::SnapshotGrant,
 };
 
@@ -388,7 +388,7 @@ impl Poller {
                 }
             }
             for h in hosts.values_mut() {
-                h.policies.sort_by_key(|p| p.id);
+                h.policies.sort_by_key(PolicyResult::id);
             }
         }
 

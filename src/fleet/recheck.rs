@@ -188,11 +188,14 @@ impl Recheck {
 
 fn seed(interner: &mut Interner, host: &HostPosture) {
     for p in &host.policies {
-        interner.seed(&p.name);
-        if let Some(r) = &p.resolution {
+        interner.seed_policy(&p.meta);
+        interner.seed(&p.meta.name);
+        if let Some(r) = &p.meta.resolution {
             interner.seed(r);
         }
     }
+    interner.seed(&host.platform);
+    interner.seed(&host.os_version);
     for c in &host.cves {
         interner.seed(c);
     }

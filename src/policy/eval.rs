@@ -114,7 +114,7 @@ fn check_requirements(route: &RoutePolicy, host: &HostPosture, reasons: &mut Vec
         reasons.push(Reason::Requirement {
             requirement: RequirementKind::Platform,
             expected: req.platforms.clone(),
-            actual: Some(host.platform.clone()).filter(|p| !p.is_empty()),
+            actual: Some(host.platform.to_string()).filter(|p| !p.is_empty()),
         });
     }
 }
@@ -134,15 +134,16 @@ fn check_policies(
         if within_grace(policy, route.grace, now) {
             continue;
         }
+        let meta = &policy.meta;
         let failure = || PolicyFailure {
-            policy_id: policy.id,
-            name: policy.name.clone(),
-            critical: policy.critical,
-            resolution: policy.resolution.clone(),
+            policy_id: meta.id,
+            name: meta.name.clone(),
+            critical: meta.critical,
+            resolution: meta.resolution.clone(),
         };
-        if deny.failing_policies.contains(&policy.id) {
+        if deny.failing_policies.contains(&meta.id) {
             reasons.push(Reason::FailingPolicy(failure()));
-        } else if deny.failing_critical_policy && policy.critical {
+        } else if deny.failing_critical_policy && meta.critical {
             reasons.push(Reason::FailingCriticalPolicy(failure()));
         } else if deny.failing_any_policy {
             reasons.push(Reason::FailingAnyPolicy(failure()));
@@ -153,7 +154,7 @@ fn check_policies(
 /// True while a failing policy is still inside the route's grace period.
 /// Without a known start the failure counts at once (fail closed).
 fn within_grace(policy: &PolicyResult, grace: Option<Duration>, now: SystemTime) -> bool {
-    match (grace, policy.failing_since) {
+    match (grace, policy.failing_since()) {
         (Some(grace), Some(since)) => now.duration_since(since).unwrap_or(Duration::ZERO) < grace,
         _ => false,
     }

@@ -15,7 +15,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::{HostId, HostPosture, PolicyResponse, PolicyResult, Team};
+use super::{HostId, HostPosture, PolicyMeta, PolicyResponse, PolicyResult, Team};
 use crate::{duration::parse_duration, fingerprint::Fingerprint};
 
 /// Why a posture file could not be used.
@@ -86,7 +86,11 @@ struct RawHost {
 }
 
 /// A policy's name, critical flag and resolution.
-type CatalogueEntry = (Arc<str>, bool, Option<Arc<str>>);
+type CatalogueEntry = Arc<PolicyMeta>;
+
+fn intern(pool: &mut HashMap<String, Arc<str>>, s: String) -> Arc<str> {
+    Arc::clone(pool.entry(s.clone()).or_insert_with(|| Arc::from(s)))
+}
 
 /// Reads and parses a posture file. `now` anchors `last_seen_ago`.
 pub fn load_posture_file(path: &Path, now: SystemTime) -> Result<PostureFile, PostureFileError> {
@@ -112,7 +116,7 @@ pub fn parse_posture_file(text: &str, json: bool, now: SystemTime) -> Result<Pos
     };
     let mut catalogue: HashMap<u64, CatalogueEntry> = HashMap::new();
     for p in raw.policies {
-        let entry = (Arc::from(p.name), p.critical, p.resolution.map(Arc::from));
+        let entry = PolicyMeta::new(p.id, p.name, p.critical, p.resolution.map(Arc::from));
         if catalogue.insert(p.id, entry).is_some() {
             return Err(format!("policies: policy id {} is listed twice", p.id));
         }
@@ -146,20 +150,13 @@ pub fn parse_posture_file(text: &str, json: bool, now: SystemTime) -> Result<Pos
         };
         let mut policies = Vec::with_capacity(h.policies.len());
         for (id, response) in h.policies {
-            let (name, critical, resolution) = catalogue.get(&id).cloned().ok_or_else(|| {
+            let meta = catalogue.get(&id).cloned().ok_or_else(|| {
                 format!(
                     "{}: policy {id} is not in the top-level policies list",
                     at("policies")
                 )
             })?;
-            policies.push(PolicyResult {
-                id,
-                name,
-                response,
-                critical,
-                resolution,
-                failing_since: None,
-            });
+            policies.push(PolicyResult::new(meta, response));
         }
         for fp in &h.fingerprints {
             if let Some(other) = seen_fps.insert(*fp, h.id) {
@@ -183,8 +180,8 @@ pub fn parse_posture_file(text: &str, json: bool, now: SystemTime) -> Result<Pos
             uuid: h.uuid,
             display_name: h.display_name,
             team,
-            platform: h.platform,
-            os_version: h.os_version,
+            platform: intern(&mut teams, h.platform),
+            os_version: intern(&mut teams, h.os_version),
             last_seen,
             policies,
             cves,
@@ -219,8 +216,8 @@ hosts:
         let file = parse_posture_file(text, false, now).unwrap();
         let h = &file.hosts[0];
         assert_eq!(h.last_seen, Some(now - Duration::from_secs(7200)));
-        assert_eq!(&*h.policies[0].name, "Gatekeeper enabled");
-        assert!(h.policies[0].critical && h.policies[0].is_failing());
+        assert_eq!(&*h.policies[0].meta.name, "Gatekeeper enabled");
+        assert!(h.policies[0].meta.critical && h.policies[0].is_failing());
         assert_eq!(h.team_name(), Some("Workstations"));
         assert_eq!(
             h.fingerprints[0].to_hex(),

@@ -57,25 +57,86 @@ pub enum PolicyResponse {
     NotRun,
 }
 
-/// One Fleet policy's result on one host, with the catalogue facts a deny
-/// page needs. Names and resolutions are `Arc<str>` so one copy serves every
-/// host (interned by whoever builds the posture).
+/// A Fleet policy as the catalogue describes it. One `Arc` per policy serves
+/// every host's result, so a host's results cost 16 bytes each.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyResult {
+pub struct PolicyMeta {
     pub id: u64,
     pub name: Arc<str>,
-    pub response: PolicyResponse,
     pub critical: bool,
     pub resolution: Option<Arc<str>>,
-    /// When this policy was first seen failing on this host (for `grace`).
-    /// The store fills it in on publish when the source does not know it.
-    pub failing_since: Option<SystemTime>,
+}
+
+impl PolicyMeta {
+    /// A shared catalogue entry.
+    pub fn new(
+        id: u64,
+        name: impl Into<Arc<str>>,
+        critical: bool,
+        resolution: Option<Arc<str>>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            name: name.into(),
+            critical,
+            resolution,
+        })
+    }
+}
+
+/// One Fleet policy's result on one host. Kept small on purpose (16 bytes):
+/// a million hosts hold twenty million of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyResult {
+    /// The catalogue entry: id, name, critical, resolution.
+    pub meta: Arc<PolicyMeta>,
+    pub response: PolicyResponse,
+    /// Seconds since the Unix epoch at which this policy was first seen
+    /// failing on this host (for `grace`); `u32` lasts until 2106.
+    failing_since: Option<std::num::NonZeroU32>,
 }
 
 impl PolicyResult {
+    /// A result with no `failing_since` yet (the store fills it in).
+    pub fn new(meta: Arc<PolicyMeta>, response: PolicyResponse) -> Self {
+        Self {
+            meta,
+            response,
+            failing_since: None,
+        }
+    }
+
+    /// The policy id.
+    pub fn id(&self) -> u64 {
+        self.meta.id
+    }
+
     /// True when the policy's last result is a failure.
     pub fn is_failing(&self) -> bool {
         self.response == PolicyResponse::Fail
+    }
+
+    /// When this policy was first seen failing on this host.
+    pub fn failing_since(&self) -> Option<SystemTime> {
+        self.failing_since
+            .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(s.get())))
+    }
+
+    /// Sets (to whole seconds) or clears `failing_since`.
+    pub fn set_failing_since(&mut self, at: Option<SystemTime>) {
+        self.failing_since = at.map(|t| {
+            let secs = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs());
+            std::num::NonZeroU32::new(u32::try_from(secs).unwrap_or(u32::MAX))
+                .unwrap_or(std::num::NonZeroU32::MIN)
+        });
+    }
+
+    /// Builder form of [`set_failing_since`](Self::set_failing_since).
+    pub fn with_failing_since(mut self, at: Option<SystemTime>) -> Self {
+        self.set_failing_since(at);
+        self
     }
 }
 
@@ -87,8 +148,10 @@ pub struct HostPosture {
     pub display_name: String,
     pub team: Option<Team>,
     /// Fleet's platform string: `darwin`, `windows`, `ubuntu`, `rhel`, `chrome`, …
-    pub platform: String,
-    pub os_version: String,
+    /// Interned: a few distinct values serve every host.
+    pub platform: Arc<str>,
+    /// Interned like `platform`.
+    pub os_version: Arc<str>,
     /// Last check-in (`seen_time`); `None` when Fleet never saw it.
     pub last_seen: Option<SystemTime>,
     pub policies: Vec<PolicyResult>,
@@ -105,8 +168,8 @@ impl HostPosture {
             uuid: String::new(),
             display_name: display_name.into(),
             team: None,
-            platform: String::new(),
-            os_version: String::new(),
+            platform: Arc::from(""),
+            os_version: Arc::from(""),
             last_seen: None,
             policies: Vec::new(),
             cves: Vec::new(),

@@ -12,7 +12,7 @@ use std::{
 
 use dashmap::DashMap;
 
-use super::{HostId, HostPosture};
+use super::{HostId, HostPosture, PolicyResult};
 use crate::fingerprint::Fingerprint;
 
 /// In-memory posture of every host. Cheap to share behind an `Arc`.
@@ -168,17 +168,17 @@ impl PostureStore {
 fn carry_failing_since(host: &mut HostPosture, previous: Option<&HostPosture>, now: SystemTime) {
     for policy in host.policies.iter_mut() {
         if !policy.is_failing() {
-            policy.failing_since = None;
+            policy.set_failing_since(None);
             continue;
         }
-        if policy.failing_since.is_some() {
+        if policy.failing_since().is_some() {
             continue;
         }
         let earlier = previous
-            .and_then(|p| p.policies.iter().find(|q| q.id == policy.id))
+            .and_then(|p| p.policies.iter().find(|q| q.id() == policy.id()))
             .filter(|q| q.is_failing())
-            .and_then(|q| q.failing_since);
-        policy.failing_since = Some(earlier.unwrap_or(now));
+            .and_then(PolicyResult::failing_since);
+        policy.set_failing_since(Some(earlier.unwrap_or(now)));
     }
 }
 
@@ -193,7 +193,7 @@ pub fn unix_ms(t: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::posture::{PolicyResponse, PolicyResult};
+    use crate::posture::{PolicyMeta, PolicyResponse, PolicyResult};
 
     fn fp(n: u8) -> Fingerprint {
         Fingerprint::from_bytes([n; 20])
@@ -202,18 +202,15 @@ mod tests {
     fn host(id: u64, fps: &[u8], failing: bool) -> HostPosture {
         let mut h = HostPosture::new(id, format!("host-{id}"));
         h.fingerprints = fps.iter().map(|n| fp(*n)).collect();
-        h.policies.push(PolicyResult {
-            id: 1,
-            name: "disk encryption".into(),
-            response: if failing {
-                PolicyResponse::Fail
-            } else {
-                PolicyResponse::Pass
-            },
-            critical: true,
-            resolution: None,
-            failing_since: None,
-        });
+        let response = if failing {
+            PolicyResponse::Fail
+        } else {
+            PolicyResponse::Pass
+        };
+        h.policies.push(PolicyResult::new(
+            PolicyMeta::new(1, "disk encryption", true, None),
+            response,
+        ));
         h
     }
 
@@ -242,13 +239,13 @@ mod tests {
         store.replace_all(vec![host(1, &[1], true)], t0);
         store.replace_all(vec![host(1, &[1], true)], t1);
         assert_eq!(
-            store.host(HostId(1)).unwrap().policies[0].failing_since,
+            store.host(HostId(1)).unwrap().policies[0].failing_since(),
             Some(t0)
         );
         store.replace_all(vec![host(1, &[1], false)], t1);
         store.replace_all(vec![host(1, &[1], true)], t1 + Duration::from_secs(5));
         assert_eq!(
-            store.host(HostId(1)).unwrap().policies[0].failing_since,
+            store.host(HostId(1)).unwrap().policies[0].failing_since(),
             Some(t1 + Duration::from_secs(5))
         );
     }
