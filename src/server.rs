@@ -15,14 +15,39 @@ use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
-    authz::{Authorizer, AuthzService},
+    admin::{self, AdminState, AdminToken, GrantStore, SyncTrigger},
+    authz::{Authorizer, AuthzService, Refresh},
     config::Config,
     http::{self, HttpState},
     metrics::Metrics,
     policy::load_policy,
     posture::{PostureStore, load_posture_file},
-    reload::Reloader,
+    reload::{FileSync, Reloader},
 };
+
+/// Parts a posture source (or a test) plugs into the service.
+#[derive(Default)]
+pub struct Extensions {
+    /// Live recheck of one host (the Fleet adapter).
+    pub refresh: Option<Arc<dyn Refresh>>,
+    /// Forced sync for `POST /v1/sync` and `Admin.Sync`. Without one, a
+    /// posture-file source re-reads its file; otherwise the answer is
+    /// "no Fleet source configured".
+    pub sync: Option<Arc<dyn SyncTrigger>>,
+    /// A store the caller fills (e.g. a poller). When given, `posture_file`
+    /// is not loaded at start, so readiness waits for the caller's publish.
+    pub store: Option<Arc<PostureStore>>,
+}
+
+impl std::fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extensions")
+            .field("refresh", &self.refresh.is_some())
+            .field("sync", &self.sync.is_some())
+            .field("store", &self.store.is_some())
+            .finish()
+    }
+}
 
 /// A service that is serving. Drop does not stop it: call [`shutdown`](Self::shutdown).
 #[derive(Debug)]
@@ -35,20 +60,41 @@ pub struct RunningServer {
     /// Shared state, for tests and the admin API.
     pub authorizer: Arc<Authorizer>,
     pub reloader: Arc<Reloader>,
+    pub admin: AdminState,
     health: tonic_health::server::HealthReporter,
 }
 
 /// Loads everything `config` names, binds its listeners and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    start_with(config, Extensions::default()).await
+}
+
+/// [`start`], with parts supplied by the caller.
+pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<RunningServer> {
     let metrics = Arc::new(Metrics::new());
     let policy = load_policy(&config.policy_file)?;
     let policy = Arc::new(ArcSwap::from_pointee(policy));
-    let store = Arc::new(PostureStore::new());
-    if let Some(path) = &config.posture_file {
-        let now = SystemTime::now();
-        let file = load_posture_file(path, now)?;
-        store.replace_all(file.hosts, now);
-    }
+    let store = match ext.store {
+        Some(store) => store,
+        None => {
+            let store = Arc::new(PostureStore::new());
+            if let Some(path) = &config.posture_file {
+                let now = SystemTime::now();
+                let file = load_posture_file(path, now)?;
+                store.replace_all(file.hosts, now);
+            }
+            store
+        }
+    };
+    let admin_config = config.admin.clone().unwrap_or_default();
+    let token = match &admin_config.token_file {
+        Some(path) => Some(AdminToken::from_file(path)?),
+        None => None,
+    };
+    let grants = Arc::new(match &admin_config.grants_file {
+        Some(path) => GrantStore::open(path)?,
+        None => GrantStore::in_memory(),
+    });
     let authorizer = Arc::new(Authorizer {
         store: Arc::clone(&store),
         policy: Arc::clone(&policy),
@@ -56,8 +102,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         remediation_url: config.remediation_url.clone(),
         max_staleness: config.max_staleness(),
         metrics: Arc::clone(&metrics),
-        refresh: None,
-        grants: None,
+        refresh: ext.refresh,
+        grants: Some(Arc::clone(&grants) as Arc<dyn crate::authz::Grants>),
     });
     let reloader = Arc::new(Reloader::new(
         config.policy_file.clone(),
@@ -66,6 +112,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         Arc::clone(&store),
         Arc::clone(&metrics),
     ));
+    let sync = ext.sync.or_else(|| {
+        config
+            .posture_file
+            .as_ref()
+            .map(|_| Arc::new(FileSync(Arc::clone(&reloader))) as Arc<dyn SyncTrigger>)
+    });
+    let admin = AdminState {
+        authorizer: Arc::clone(&authorizer),
+        sync,
+        token,
+        grants,
+    };
+    admin.update_grant_gauge(SystemTime::now());
 
     let grpc_listener = TcpListener::bind(config.listen.grpc)
         .await
@@ -113,6 +172,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .add_service(AuthorizationServer::new(AuthzService::new(Arc::clone(
             &authorizer,
         ))))
+        .add_service(admin::grpc::server(admin.clone()))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown());
     tasks.spawn(async move { grpc.await.context("grpc server failed") });
 
@@ -120,8 +180,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         store: Arc::clone(&store),
         metrics: Arc::clone(&metrics),
         source_status: Arc::new(|| None),
+        before_scrape: {
+            let admin = admin.clone();
+            Arc::new(move || admin.update_grant_gauge(SystemTime::now()))
+        },
     };
-    let app = http::router(http_state);
+    let app = http::router(http_state).merge(admin::http::router(admin.clone()));
     let stop = shutdown();
     tasks.spawn(async move {
         axum::serve(http_listener, app)
@@ -148,6 +212,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         grace: config.shutdown.grace,
         authorizer,
         reloader,
+        admin,
         health,
     })
 }

@@ -203,7 +203,13 @@ impl Authorizer {
             .decisions
             .get_or_create(&DecisionLabels {
                 decision,
-                reason: kinds.first().copied().unwrap_or("none"),
+                // An allow by break-glass is labelled as such, not by the
+                // deny reason it overrode, so emergency use stands out.
+                reason: if kinds.contains(&"break_glass") {
+                    "break_glass"
+                } else {
+                    kinds.first().copied().unwrap_or("none")
+                },
                 route: d.route.to_string(),
             })
             .inc();
