@@ -148,6 +148,11 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
     health
         .set_not_serving::<AuthorizationServer<AuthzService>>()
         .await;
+    // tonic-health starts the whole-server status ("") as SERVING; probes
+    // that ask for "" (Kubernetes' grpc probe does) must wait for readiness.
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
     {
         let (health, store) = (health.clone(), Arc::clone(&store));
         let stop = shutdown();
@@ -165,6 +170,7 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::proto::ENVOY_AUTHZ_DESCRIPTOR_SET)
         .build_v1()?;
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)

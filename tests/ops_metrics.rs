@@ -1,6 +1,8 @@
 //! Prometheus `/metrics` moves with the service: decisions by decision,
 //! reason and route, the latency histogram, hosts held, policy reloads.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

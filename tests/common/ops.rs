@@ -220,3 +220,12 @@ pub fn metric(text: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// A gRPC channel to `addr`.
+pub async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
