@@ -148,6 +148,18 @@ pub fn set_parent_from_headers(span: &tracing::Span, headers: &HashMap<String, S
     let _ = span.set_parent(parent);
 }
 
+/// The span a posture sync cycle runs in (`sync`), for the Fleet poller:
+/// `poll_once().instrument(telemetry::sync_span("fleet"))`, then record
+/// `hosts` and `result` on it. Exported over OTLP like every span.
+pub fn sync_span(source: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "sync",
+        source,
+        hosts = tracing::field::Empty,
+        result = tracing::field::Empty
+    )
+}
+
 /// The decision counter and Check latency mirrored as OTLP metrics. Created
 /// from the global meter provider, so they are no-ops without an endpoint.
 #[derive(Debug)]
