@@ -60,6 +60,7 @@ pub struct RunningServer {
     /// Shared state, for tests and the admin API.
     pub authorizer: Arc<Authorizer>,
     pub reloader: Arc<Reloader>,
+    /// The admin API's state (grants, sync trigger, token).
     pub admin: AdminState,
     health: tonic_health::server::HealthReporter,
 }

@@ -106,9 +106,13 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 /// What the admin endpoints read and change.
 #[derive(Clone)]
 pub struct AdminState {
+    /// The same authorizer the Checks use (store, policy, grants).
     pub authorizer: Arc<Authorizer>,
+    /// Forced sync; `None` answers 501 / `UNIMPLEMENTED`.
     pub sync: Option<Arc<dyn SyncTrigger>>,
+    /// Required bearer token; `None` leaves the API open.
     pub token: Option<AdminToken>,
+    /// Break-glass grants (also installed in the authorizer).
     pub grants: Arc<GrantStore>,
 }
 
@@ -124,9 +128,13 @@ impl std::fmt::Debug for AdminState {
 /// An explain query: the fingerprint and what routing reads.
 #[derive(Debug, Clone, Default)]
 pub struct ExplainQuery {
+    /// Certificate SHA-1, hex, colons allowed.
     pub sha1: String,
+    /// Envoy `context_extensions` to route by.
     pub context: HashMap<String, String>,
+    /// `:authority` to route by.
     pub host: String,
+    /// Path to route by (`/` when empty).
     pub path: String,
 }
 

@@ -40,19 +40,26 @@ pub enum GrantsError {
 /// Which device a grant covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrantSubject {
+    /// Every certificate of this Fleet host.
     Host(HostId),
+    /// This certificate, known to Fleet or not.
     Certificate(Fingerprint),
 }
 
 /// One emergency grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
+    /// Unique for the life of the grants file; never reused.
     pub id: u64,
+    /// The device covered.
     pub subject: GrantSubject,
     /// Why it was given (required; shown in the decision log).
     pub reason: String,
+    /// Who asked (free text from the request, `admin` by default).
     pub granted_by: String,
+    /// When it was given.
     pub granted_at: SystemTime,
+    /// First instant it no longer applies.
     pub expires_at: SystemTime,
 }
 
@@ -73,9 +80,13 @@ impl Grant {
 /// What an admin asks for; `duration` is capped by the caller's maximum.
 #[derive(Debug, Clone)]
 pub struct GrantRequest {
+    /// The device to cover.
     pub subject: GrantSubject,
+    /// Why (required by the HTTP API).
     pub reason: String,
+    /// Who asks.
     pub granted_by: String,
+    /// How long, already capped.
     pub duration: Duration,
 }
 
