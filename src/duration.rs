@@ -11,11 +11,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Formats a duration compactly in hours, minutes, seconds and milliseconds
 /// (`24h`, `1h30m`, `150ms`), the units people write in policy files.
+/// Milliseconds show only below one second.
 pub fn format_duration(d: Duration) -> String {
     if d.is_zero() {
         return "0s".to_owned();
     }
-    let (secs, ms) = (d.as_secs(), d.subsec_millis());
+    let (secs, ms) = (
+        d.as_secs(),
+        if d.as_secs() == 0 {
+            d.subsec_millis()
+        } else {
+            0
+        },
+    );
     let parts = [
         (secs / 3600, "h"),
         (secs / 60 % 60, "m"),

@@ -20,6 +20,6 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// Envoy's `envoy.service.auth.v3` descriptors (with their imports), so
 /// reflection clients such as grpcurl can call `Check`. `envoy-types` does
 /// not export its descriptor set; `proto/envoy/prune_descriptors.py` cuts
-/// this one out of the set that crate ships.
+/// this one out of the set that crate ships; `build.rs` copies it to `OUT_DIR`.
 pub const ENVOY_AUTHZ_DESCRIPTOR_SET: &[u8] =
-    include_bytes!("../proto/envoy/envoy_authz_descriptor.bin");
+    include_bytes!(concat!(env!("OUT_DIR"), "/envoy_authz_descriptor.bin"));

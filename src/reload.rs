@@ -21,8 +21,10 @@ use crate::{
     posture::{PostureStore, load_posture_file},
 };
 
+/// Called with each newly applied policy.
+pub type PolicyHook = Box<dyn Fn(&Policy) + Send + Sync>;
+
 /// What can be reloaded, and where the results go.
-#[derive(Debug)]
 pub struct Reloader {
     pub policy_path: PathBuf,
     pub policy: Arc<ArcSwap<Policy>>,
@@ -34,6 +36,17 @@ pub struct Reloader {
     /// Counts reload attempts that applied or failed, so tests and admin
     /// callers can await "the watcher has acted" instead of sleeping.
     attempts: watch::Sender<u64>,
+    /// Told about every policy applied (the Fleet poller's CVE list).
+    pub on_policy: Option<PolicyHook>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("policy_path", &self.policy_path)
+            .field("posture_path", &self.posture_path)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The outcome of one reload attempt of one file.
@@ -63,6 +76,7 @@ impl Reloader {
             metrics,
             seen: Mutex::new(seen),
             attempts: watch::Sender::new(0),
+            on_policy: None,
         }
     }
 
@@ -76,6 +90,9 @@ impl Reloader {
     pub fn reload_policy(&self) -> ReloadOutcome {
         let outcome = self.reload_slot(0, &self.policy_path.clone(), |path| {
             let policy = load_policy(path).map_err(|e| e.to_string())?;
+            if let Some(hook) = &self.on_policy {
+                hook(&policy);
+            }
             self.policy.store(Arc::new(policy));
             Ok(())
         });

@@ -13,10 +13,11 @@ use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tokio_stream::wrappers::TcpListenerStream;
+use tracing::Instrument;
 
 use crate::{
     admin::{self, AdminState, AdminToken, GrantStore, SyncTrigger},
-    authz::{Authorizer, AuthzService, Refresh},
+    authz::{Authorizer, AuthzService, BoxFuture, Refresh},
     config::Config,
     http::{self, HttpState},
     metrics::Metrics,
@@ -25,17 +26,18 @@ use crate::{
     reload::{FileSync, Reloader},
 };
 
-/// Parts a posture source (or a test) plugs into the service.
+/// Parts a caller (a test, an embedding) plugs into the service in place of
+/// what the configuration would build.
 #[derive(Default)]
 pub struct Extensions {
-    /// Live recheck of one host (the Fleet adapter).
+    /// Live recheck of one host; overrides the Fleet source's.
     pub refresh: Option<Arc<dyn Refresh>>,
-    /// Forced sync for `POST /v1/sync` and `Admin.Sync`. Without one, a
-    /// posture-file source re-reads its file; otherwise the answer is
-    /// "no Fleet source configured".
+    /// Forced sync for `POST /v1/sync` and `Admin.Sync`. Without one, the
+    /// Fleet poller syncs, a posture-file source re-reads its file, and
+    /// otherwise the answer is "no Fleet source configured".
     pub sync: Option<Arc<dyn SyncTrigger>>,
-    /// A store the caller fills (e.g. a poller). When given, `posture_file`
-    /// is not loaded at start, so readiness waits for the caller's publish.
+    /// A store the caller fills. When given, `posture_file` is not loaded at
+    /// start, so readiness waits for the caller's first publish.
     pub store: Option<Arc<PostureStore>>,
 }
 
@@ -46,6 +48,15 @@ impl std::fmt::Debug for Extensions {
             .field("sync", &self.sync.is_some())
             .field("store", &self.store.is_some())
             .finish()
+    }
+}
+
+/// `POST /v1/sync` for the Fleet source: one poller cycle, now.
+struct FleetSync(crate::fleet::PollerHandle);
+
+impl SyncTrigger for FleetSync {
+    fn sync_now(&self) -> BoxFuture<'_, Result<usize, String>> {
+        Box::pin(async move { self.0.sync_now().await.map(|report| report.hosts) })
     }
 }
 
@@ -60,6 +71,8 @@ pub struct RunningServer {
     /// Shared state, for tests and the admin API.
     pub authorizer: Arc<Authorizer>,
     pub reloader: Arc<Reloader>,
+    /// The Fleet poller's handle (status, `sync_now`), when Fleet is the source.
+    pub fleet: Option<crate::fleet::PollerHandle>,
     /// The admin API's state (grants, sync trigger, token).
     pub admin: AdminState,
     health: tonic_health::server::HealthReporter,
@@ -96,6 +109,20 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
         Some(path) => GrantStore::open(path)?,
         None => GrantStore::in_memory(),
     });
+    let fleet = match &config.fleet {
+        None => None,
+        Some(fleet) => {
+            if let Some(snap) = &config.snapshot {
+                restore_snapshot(&snap.path, &store);
+            }
+            let snapshot = config.snapshot.as_ref().map(|s| (s.path.clone(), None));
+            let source = crate::fleet::adapter::build(fleet, &store, &metrics, snapshot)?;
+            source
+                .handle
+                .set_cves(policy.load().cves().iter().map(|c| c.to_string()).collect());
+            Some(source)
+        }
+    };
     let authorizer = Arc::new(Authorizer {
         store: Arc::clone(&store),
         policy: Arc::clone(&policy),
@@ -103,21 +130,30 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
         remediation_url: config.remediation_url.clone(),
         max_staleness: config.max_staleness(),
         metrics: Arc::clone(&metrics),
-        refresh: ext.refresh,
+        refresh: ext
+            .refresh
+            .or_else(|| fleet.as_ref().and_then(|f| f.refresh.clone())),
         grants: Some(Arc::clone(&grants) as Arc<dyn crate::authz::Grants>),
+        fingerprints: Default::default(),
     });
-    let reloader = Arc::new(Reloader::new(
+    let mut reloader = Reloader::new(
         config.policy_file.clone(),
         Arc::clone(&policy),
         config.posture_file.clone(),
         Arc::clone(&store),
         Arc::clone(&metrics),
-    ));
-    let sync = ext.sync.or_else(|| {
-        config
-            .posture_file
-            .as_ref()
-            .map(|_| Arc::new(FileSync(Arc::clone(&reloader))) as Arc<dyn SyncTrigger>)
+    );
+    if let Some(handle) = fleet.as_ref().map(|f| f.handle.clone()) {
+        // The poller asks Fleet about exactly the CVEs the policy names.
+        reloader.on_policy = Some(Box::new(move |p| {
+            handle.set_cves(p.cves().iter().map(|c| c.to_string()).collect())
+        }));
+    }
+    let reloader = Arc::new(reloader);
+    let sync = ext.sync.or_else(|| match (&fleet, &config.posture_file) {
+        (Some(f), _) => Some(Arc::new(FleetSync(f.handle.clone())) as Arc<dyn SyncTrigger>),
+        (None, Some(_)) => Some(Arc::new(FileSync(Arc::clone(&reloader))) as Arc<dyn SyncTrigger>),
+        (None, None) => None,
     });
     let admin = AdminState {
         authorizer: Arc::clone(&authorizer),
@@ -183,10 +219,26 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown());
     tasks.spawn(async move { grpc.await.context("grpc server failed") });
 
+    let source_status: Arc<dyn Fn() -> Option<String> + Send + Sync> = match &fleet {
+        None => Arc::new(|| None),
+        Some(f) => {
+            let handle = f.handle.clone();
+            Arc::new(move || {
+                let status = handle.status();
+                status.last_error.map(|e| {
+                    if status.clipped {
+                        format!("fleet certificate report clipped, fingerprints are missing: {e}")
+                    } else {
+                        format!("fleet sync failed: {e}")
+                    }
+                })
+            })
+        }
+    };
     let http_state = HttpState {
         store: Arc::clone(&store),
         metrics: Arc::clone(&metrics),
-        source_status: Arc::new(|| None),
+        source_status,
         before_scrape: {
             let admin = admin.clone();
             Arc::new(move || admin.update_grant_gauge(SystemTime::now()))
@@ -210,6 +262,18 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
         Ok(())
     });
 
+    let fleet_handle = fleet.as_ref().map(|f| f.handle.clone());
+    if let Some(source) = fleet {
+        let stop = shutdown();
+        tasks.spawn(
+            async move {
+                source.poller.run(stop).await;
+                Ok(())
+            }
+            .instrument(tracing::info_span!("fleet_poller")),
+        );
+    }
+
     tracing::info!(%grpc_addr, %http_addr, hosts = store.host_count(), "serving");
     Ok(RunningServer {
         grpc_addr,
@@ -219,9 +283,29 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
         grace: config.shutdown.grace,
         authorizer,
         reloader,
+        fleet: fleet_handle,
         admin,
         health,
     })
+}
+
+/// Loads a snapshot into `store` so a restart serves at once, also while
+/// Fleet is down. A missing, truncated or corrupt snapshot is reported and
+/// ignored: the first sync fills the store instead.
+fn restore_snapshot(path: &std::path::Path, store: &PostureStore) {
+    if !path.exists() {
+        tracing::info!(path = %path.display(), "no snapshot yet; waiting for the first Fleet sync");
+        return;
+    }
+    match crate::snapshot::load(path) {
+        Ok(loaded) => {
+            tracing::info!(path = %path.display(), hosts = loaded.hosts.len(), "posture restored from snapshot");
+            store.replace_all(loaded.hosts, loaded.synced_at);
+        }
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error, "snapshot unusable; ignoring it")
+        }
+    }
 }
 
 impl RunningServer {

@@ -1,7 +1,374 @@
-//! PLACEHOLDER until the fleet branch lands.
-/// Snapshot configuration.
-#[derive(Debug, Clone, serde::Deserialize)]
+//! The on-disk snapshot of the last good posture (DESIGN.md §2), so a restart
+//! serves at once, also while Fleet is down.
+//!
+//! The file is one `fleet_authz.v1.Snapshot` message, length-delimited (a
+//! varint byte count, then the message, as protobuf's `writeDelimitedTo`).
+//! Plain protobuf has no end marker, so a file cut between two fields would
+//! decode "successfully" with hosts missing; the length prefix turns every
+//! truncation into an error. It is written atomically: a temporary file in the
+//! same directory, fsync, rename over the old one, fsync the directory, so a
+//! crash leaves either the old snapshot or the new one, never half of one.
+//! Loading never panics: a truncated, corrupt or newer-version file is an error
+//! and the caller starts without it.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use prost::Message;
+
+use crate::{
+    fingerprint::Fingerprint,
+    fleet::Interner,
+    posture::{HostId, HostPosture, PolicyResponse, PolicyResult, PostureStore, Team},
+    proto::v1,
+};
+
+/// The format version this build writes and reads.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// The `snapshot:` section.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotConfig {
-    pub path: std::path::PathBuf,
+    /// Where the snapshot file lives; its directory must be writable.
+    pub path: PathBuf,
+}
+
+/// An emergency break-glass grant, kept across restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotGrant {
+    /// Grant id.
+    pub id: u64,
+    /// The host it is for, when granted by host.
+    pub host_id: Option<HostId>,
+    /// The certificate it is for, when granted by fingerprint.
+    pub fingerprint: Option<Fingerprint>,
+    /// Why it was granted.
+    pub reason: String,
+    /// When.
+    pub granted_at: SystemTime,
+    /// Until when.
+    pub expires_at: SystemTime,
+    /// Who granted it.
+    pub granted_by: String,
+}
+
+/// A snapshot read back from disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedSnapshot {
+    /// Every host, `failing_since` included.
+    pub hosts: Vec<HostPosture>,
+    /// When that posture was last fetched from Fleet.
+    pub synced_at: SystemTime,
+    /// Break-glass grants active when it was written.
+    pub grants: Vec<SnapshotGrant>,
+}
+
+/// Why a snapshot could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A file-system operation failed.
+    #[error("snapshot {path}: cannot {op}: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
+    /// The bytes are not a snapshot (truncated or corrupt).
+    #[error("snapshot {path}: corrupt: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    /// Written by a build with another format version.
+    #[error(
+        "snapshot {path}: unknown format version {version} (this build reads version {SNAPSHOT_VERSION})"
+    )]
+    Version { path: PathBuf, version: u32 },
+    /// The store holds no synced posture, so there is nothing worth saving.
+    #[error("snapshot {path}: nothing to save: the posture was never synced")]
+    NotSynced { path: PathBuf },
+}
+
+/// Writes the store's posture and `grants` to `path`, atomically.
+pub fn save(
+    path: &Path,
+    store: &PostureStore,
+    grants: &[SnapshotGrant],
+) -> Result<(), SnapshotError> {
+    let synced_at = store.synced_at().ok_or_else(|| SnapshotError::NotSynced {
+        path: path.to_owned(),
+    })?;
+    let hosts = store.all_hosts();
+    let bytes = encode(hosts.iter().map(|h| &**h), synced_at, grants);
+    write_atomically(path, &bytes)
+}
+
+/// Reads a snapshot written by [`save`].
+pub fn load(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
+    let bytes = std::fs::read(path).map_err(|source| SnapshotError::Io {
+        path: path.to_owned(),
+        op: "read",
+        source,
+    })?;
+    decode(&bytes).map_err(|e| match e {
+        DecodeError::Version(version) => SnapshotError::Version {
+            path: path.to_owned(),
+            version,
+        },
+        DecodeError::Corrupt(message) => SnapshotError::Corrupt {
+            path: path.to_owned(),
+            message,
+        },
+    })
+}
+
+/// The file's bytes for these hosts.
+pub fn encode<'a>(
+    hosts: impl IntoIterator<Item = &'a HostPosture>,
+    synced_at: SystemTime,
+    grants: &[SnapshotGrant],
+) -> Vec<u8> {
+    let message = v1::Snapshot {
+        version: SNAPSHOT_VERSION,
+        synced_at_unix_ms: to_ms(synced_at),
+        hosts: hosts.into_iter().map(host_to_proto).collect(),
+        grants: grants.iter().map(grant_to_proto).collect(),
+    };
+    message.encode_length_delimited_to_vec()
+}
+
+/// Why bytes did not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// A version this build does not read.
+    Version(u32),
+    /// Truncated or corrupt.
+    Corrupt(String),
+}
+
+/// Parses the file's bytes.
+pub fn decode(bytes: &[u8]) -> Result<LoadedSnapshot, DecodeError> {
+    let mut buf = bytes;
+    let len = prost::encoding::decode_varint(&mut buf)
+        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    if len != buf.len() as u64 {
+        return Err(DecodeError::Corrupt(format!(
+            "length prefix says {len} bytes but {} follow (truncated or trailing data)",
+            buf.len()
+        )));
+    }
+    let message = v1::Snapshot::decode(buf).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    if message.version != SNAPSHOT_VERSION {
+        return Err(DecodeError::Version(message.version));
+    }
+    if message.synced_at_unix_ms == 0 {
+        return Err(DecodeError::Corrupt("synced_at is missing".into()));
+    }
+    let mut interner = Interner::default();
+    let hosts = message
+        .hosts
+        .into_iter()
+        .map(|h| host_from_proto(h, &mut interner))
+        .collect::<Result<Vec<_>, _>>()?;
+    let grants = message
+        .grants
+        .into_iter()
+        .map(grant_from_proto)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(LoadedSnapshot {
+        hosts,
+        synced_at: from_ms(message.synced_at_unix_ms),
+        grants,
+    })
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+    let io = |op: &'static str| {
+        move |source| SnapshotError::Io {
+            path: path.to_owned(),
+            op,
+            source,
+        }
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp).map_err(io("create temporary file"))?;
+        file.write_all(bytes).map_err(io("write temporary file"))?;
+        file.sync_all().map_err(io("fsync temporary file"))?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(io("rename temporary file"))?;
+        sync_dir(&dir).map_err(io("fsync directory"))
+    })();
+    if result.is_err() {
+        let _cleanup = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+fn to_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+    }
+}
+
+fn from_ms(ms: i64) -> SystemTime {
+    let d = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH - d
+    }
+}
+
+fn host_to_proto(h: &HostPosture) -> v1::Host {
+    v1::Host {
+        id: h.id.0,
+        uuid: h.uuid.clone(),
+        display_name: h.display_name.clone(),
+        team_id: h.team.as_ref().and_then(|t| t.id),
+        team_name: h
+            .team
+            .as_ref()
+            .map(|t| t.name.to_string())
+            .unwrap_or_default(),
+        platform: h.platform.clone(),
+        os_version: h.os_version.clone(),
+        last_seen_unix_ms: h.last_seen.map(to_ms),
+        policies: h
+            .policies
+            .iter()
+            .map(|p| v1::PolicyResult {
+                id: p.id,
+                name: p.name.to_string(),
+                response: match p.response {
+                    PolicyResponse::NotRun => 0,
+                    PolicyResponse::Pass => 1,
+                    PolicyResponse::Fail => 2,
+                },
+                critical: p.critical,
+                resolution: p.resolution.as_deref().unwrap_or_default().to_owned(),
+                failing_since_unix_ms: p.failing_since.map(to_ms),
+            })
+            .collect(),
+        cves: h.cves.iter().map(|c| c.to_string()).collect(),
+        fingerprints: h
+            .fingerprints
+            .iter()
+            .map(|f| f.as_bytes().to_vec())
+            .collect(),
+    }
+}
+
+fn fingerprint(bytes: &[u8], what: &str) -> Result<Fingerprint, DecodeError> {
+    let raw: [u8; 20] = bytes.try_into().map_err(|_| {
+        DecodeError::Corrupt(format!(
+            "{what}: fingerprint has {} bytes, not 20",
+            bytes.len()
+        ))
+    })?;
+    Ok(Fingerprint::from_bytes(raw))
+}
+
+fn host_from_proto(h: v1::Host, interner: &mut Interner) -> Result<HostPosture, DecodeError> {
+    let what = format!("host {}", h.id);
+    let policies = h
+        .policies
+        .into_iter()
+        .map(|p| {
+            let response = match p.response {
+                0 => PolicyResponse::NotRun,
+                1 => PolicyResponse::Pass,
+                2 => PolicyResponse::Fail,
+                other => {
+                    return Err(DecodeError::Corrupt(format!(
+                        "{what}: policy {}: response {other}",
+                        p.id
+                    )));
+                }
+            };
+            Ok(PolicyResult {
+                id: p.id,
+                name: interner.intern(&p.name),
+                response,
+                critical: p.critical,
+                resolution: (!p.resolution.is_empty()).then(|| interner.intern(&p.resolution)),
+                failing_since: p.failing_since_unix_ms.map(from_ms),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let team = match (h.team_id, h.team_name.as_str()) {
+        (None, "") => None,
+        (id, name) => Some(Team {
+            id,
+            name: interner.intern(name),
+        }),
+    };
+    Ok(HostPosture {
+        id: HostId(h.id),
+        uuid: h.uuid,
+        display_name: h.display_name,
+        team,
+        platform: h.platform,
+        os_version: h.os_version,
+        last_seen: h.last_seen_unix_ms.map(from_ms),
+        policies,
+        cves: h.cves.iter().map(|c| interner.intern(c)).collect(),
+        fingerprints: h
+            .fingerprints
+            .iter()
+            .map(|f| fingerprint(f, &what))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn grant_to_proto(g: &SnapshotGrant) -> v1::BreakGlassGrant {
+    v1::BreakGlassGrant {
+        id: g.id,
+        host_id: g.host_id.map(|h| h.0),
+        sha1: g
+            .fingerprint
+            .map(|f| f.as_bytes().to_vec())
+            .unwrap_or_default(),
+        reason: g.reason.clone(),
+        granted_at_unix_ms: to_ms(g.granted_at),
+        expires_at_unix_ms: to_ms(g.expires_at),
+        granted_by: g.granted_by.clone(),
+    }
+}
+
+fn grant_from_proto(g: v1::BreakGlassGrant) -> Result<SnapshotGrant, DecodeError> {
+    let fp = if g.sha1.is_empty() {
+        None
+    } else {
+        Some(fingerprint(&g.sha1, &format!("grant {}", g.id))?)
+    };
+    Ok(SnapshotGrant {
+        id: g.id,
+        host_id: g.host_id.map(HostId),
+        fingerprint: fp,
+        reason: g.reason,
+        granted_at: from_ms(g.granted_at_unix_ms),
+        expires_at: from_ms(g.expires_at_unix_ms),
+        granted_by: g.granted_by,
+    })
 }

@@ -6,6 +6,7 @@
 //! fleet-authz itself is down.
 
 pub mod body;
+pub mod cache;
 pub mod convert;
 
 use std::{
@@ -25,7 +26,7 @@ use tracing::Instrument;
 use self::{body::BodyContext, convert::CheckFacts};
 use crate::{
     fingerprint::Fingerprint,
-    identity::{self, IdentityConfig},
+    identity::IdentityConfig,
     metrics::{DecisionLabels, Metrics, ReasonLabels},
     policy::{self, Decision, Policy, Reason, RequestFacts, Subject},
     posture::{HostId, HostPosture, PostureStore},
@@ -66,6 +67,8 @@ pub struct Authorizer {
     pub metrics: Arc<Metrics>,
     pub refresh: Option<Arc<dyn Refresh>>,
     pub grants: Option<Arc<dyn Grants>>,
+    /// Raw certificate value → fingerprint, so repeat requests skip decoding.
+    pub fingerprints: cache::FingerprintCache,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -185,8 +188,9 @@ impl Authorizer {
 
     async fn check_in_span(&self, facts: CheckFacts<'_>) -> CheckResponse {
         let started = tokio::time::Instant::now();
-        let identity = identity::identify(&self.identity, facts.peer_certificate, facts.headers)
-            .map(|cert| cert.sha1)
+        let identity = self
+            .fingerprints
+            .fingerprint(&self.identity, facts.peer_certificate, facts.headers)
             .map_err(|e| (e.is_missing(), e.to_string()));
         let target = Target {
             context: facts.context,

@@ -1,19 +1,27 @@
-//! PLACEHOLDER until the fleet branch lands.
-use std::time::Duration;
-/// Fleet source configuration (placeholder).
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct FleetConfig {
-    #[serde(with = "crate::duration::serde_human", default = "ms")]
-    pub max_staleness: Duration,
-    #[serde(flatten)]
-    pub rest: std::collections::BTreeMap<String, yaml_serde::Value>,
-}
-fn ms() -> Duration {
-    Duration::from_secs(900)
-}
-impl FleetConfig {
-    /// Placeholder validation.
-    pub fn validate(&self) -> Result<(), String> {
-        Ok(())
-    }
-}
+//! The Fleet REST API as a posture source (DESIGN.md §2).
+//!
+//! Fleet's JSON is parsed into the DTOs of [`model`] and mapped to the domain's
+//! `HostPosture` at this edge; nothing outside `fleet/` (tests aside) uses the
+//! DTOs. [`FleetClient`] does HTTP (token, timeouts, paging, retries),
+//! [`Poller`] runs the sync cycle and publishes whole postures to the store,
+//! [`Recheck`] refreshes one host on a would-deny.
+
+pub mod adapter;
+mod client;
+mod config;
+mod error;
+mod map;
+pub mod model;
+mod poller;
+mod recheck;
+mod retry;
+
+pub use client::FleetClient;
+pub use config::{FleetConfig, MembershipMode, RecheckConfig, Token};
+pub use error::FleetError;
+pub use map::{Catalogue, CatalogueEntry, Interner};
+pub use poller::{
+    GrantSource, POPULATE_POLICIES_MAX, Poller, PollerHandle, SyncReport, SyncStatus,
+};
+pub use recheck::{Recheck, RecheckOutcome, SkipReason};
+pub use retry::{FleetStats, Observer, RetryPolicy};

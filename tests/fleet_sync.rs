@@ -1,0 +1,331 @@
+//! The Fleet sync cycle against the fake Fleet: a good sync, every fault
+//! keeping the last good posture, recovery, removals, membership modes, 429.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::fake_fleet::{CVE, FakeFleet, FakeSpec, Fault, fast_retry, fingerprint};
+use fleet_authz::{
+    fleet::{FleetClient, FleetConfig, MembershipMode, Poller, Token},
+    posture::{HostId, PolicyResponse, PostureStore},
+};
+
+fn config(fake: &FakeFleet) -> FleetConfig {
+    fake.config()
+}
+
+fn poller_with(fake: &FakeFleet, config: FleetConfig) -> (Poller, Arc<PostureStore>) {
+    let client = fake.client(&config);
+    let store = Arc::new(PostureStore::new());
+    (
+        Poller::new(Arc::new(client), Arc::clone(&store), &config),
+        store,
+    )
+}
+
+fn poller(fake: &FakeFleet) -> (Poller, Arc<PostureStore>) {
+    poller_with(fake, config(fake))
+}
+
+#[tokio::test]
+async fn good_sync_fills_the_store() {
+    let fake = FakeFleet::start(FakeSpec {
+        hosts: 25,
+        ..FakeSpec::default()
+    })
+    .await;
+    let (poller, store) = poller(&fake);
+    poller.set_cves(vec![CVE.to_lowercase()]);
+    let report = poller.poll_once().await.unwrap();
+
+    assert_eq!(
+        (report.hosts, report.fingerprints, report.policies),
+        (25, 50, 5)
+    );
+    assert_eq!(report.membership, MembershipMode::PopulatePolicies);
+    assert_eq!((store.host_count(), store.fingerprint_count()), (25, 50));
+    // 25 hosts at 10 per page: pages 0, 1 and the short page 2.
+    assert_eq!(fake.count("hosts"), 3);
+    assert_eq!(fake.count("team_policies"), 2);
+    assert_eq!(fake.count("hosts_failing_policy"), 0);
+    assert_eq!(fake.count("hosts_vulnerability"), 1);
+
+    // Host 8: even id, so Fleet reported its sha1s upper case with colons.
+    let expected = fake.host(8);
+    assert!(expected.certs[0].contains(':'));
+    let h = store.lookup(&fingerprint(8, 1)).unwrap();
+    assert_eq!(h.id, HostId(8));
+    assert_eq!(
+        h.fingerprints[0].to_hex(),
+        expected.certs[0].replace(':', "").to_lowercase()
+    );
+    assert_eq!(h.display_name, "host-8");
+    assert_eq!(h.team_name(), Some("Team 2"));
+    assert_eq!(
+        h.failing_policies().map(|p| p.id).collect::<Vec<_>>(),
+        expected.failing()
+    );
+    assert_eq!(h.policies.len(), expected.responses.len());
+    assert_eq!(
+        h.cves.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        [CVE]
+    );
+    assert!(store.host(HostId(7)).unwrap().cves.is_empty());
+    let resolution = h.policies[0].resolution.as_deref();
+    assert_eq!(
+        resolution,
+        Some(format!("Fix Policy {}", h.policies[0].id).as_str())
+    );
+    assert!(
+        store.host(HostId(3)).unwrap().team.is_none(),
+        "host 3 has no team"
+    );
+}
+
+#[tokio::test]
+async fn each_fault_keeps_the_last_good_posture_and_the_next_cycle_recovers() {
+    let fake = FakeFleet::start(FakeSpec::default()).await;
+    let (poller, store) = poller(&fake);
+    poller.set_cves(vec![CVE.into()]);
+    poller.poll_once().await.unwrap();
+
+    let cases: [(&str, Fault, &str); 9] = [
+        (
+            "teams",
+            Fault::Status(500),
+            "fleet teams: unexpected status 500",
+        ),
+        (
+            "global_policies",
+            Fault::Malformed,
+            "fleet global_policies: malformed json: expected value",
+        ),
+        (
+            "team_policies",
+            Fault::Unauthorized,
+            "fleet api token rejected (status 401)",
+        ),
+        (
+            "hosts",
+            Fault::Status(503),
+            "fleet hosts: unexpected status 503",
+        ),
+        ("hosts", Fault::Hang, "fleet hosts: timed out"),
+        (
+            "hosts_vulnerability",
+            Fault::RateLimited {
+                retry_after_secs: 0,
+            },
+            "fleet hosts_vulnerability: rate limited",
+        ),
+        (
+            "query_report",
+            Fault::Truncated,
+            "fleet query_report: malformed json: EOF while parsing",
+        ),
+        (
+            "query_report",
+            Fault::Clipped,
+            "certificate query 42 report is clipped (report_clipped: true)",
+        ),
+        (
+            "query_report",
+            Fault::Status(404),
+            "certificate_query_id 42 not found",
+        ),
+    ];
+    for (endpoint, fault, message) in cases {
+        let before = store.host(HostId(5)).unwrap();
+        let synced_at = store.synced_at();
+        // Fleet changes host 5 while the cycle is faulty: none of it may land.
+        fake.update_host(5, |h| {
+            h.responses.values_mut().for_each(|r| *r = "fail".into())
+        });
+        fake.set_fault(endpoint, fault.clone());
+
+        let err = poller.poll_once().await.unwrap_err().to_string();
+        assert!(err.starts_with(message), "{endpoint} {fault:?}: {err}");
+        assert!(!err.contains(&fake.token()), "the token leaked: {err}");
+        assert_eq!(
+            store.host(HostId(5)).unwrap(),
+            before,
+            "{endpoint} {fault:?}"
+        );
+        assert_eq!(store.synced_at(), synced_at, "{endpoint} {fault:?}");
+        let status = poller.handle().status();
+        assert_eq!(status.last_error.as_deref(), Some(err.as_str()));
+        assert_eq!(status.clipped, fault == Fault::Clipped);
+
+        fake.clear_faults();
+        let report = poller.poll_once().await.unwrap();
+        assert_eq!(report.hosts, 10);
+        let after = store.host(HostId(5)).unwrap();
+        assert_eq!(
+            after.failing_policies().count(),
+            after.policies.len(),
+            "{endpoint} {fault:?}"
+        );
+        assert!(store.synced_at() > synced_at);
+        assert_eq!(poller.handle().status().last_error, None);
+        fake.update_host(5, |h| {
+            h.responses.values_mut().for_each(|r| *r = "pass".into())
+        });
+        poller.poll_once().await.unwrap();
+    }
+    let status = poller.handle().status();
+    assert_eq!((status.failures, status.clipped_total), (9, 1));
+}
+
+#[tokio::test]
+async fn transient_5xx_is_retried_within_the_cycle() {
+    let fake = FakeFleet::start(FakeSpec::default()).await;
+    let (poller, store) = poller(&fake);
+    fake.set_fault_times("global_policies", Fault::Status(502), 2);
+    let report = poller.poll_once().await.unwrap();
+    assert_eq!(report.hosts, 10);
+    assert_eq!(fake.count("global_policies"), 3);
+    assert_eq!(store.host_count(), 10);
+}
+
+#[tokio::test]
+async fn wrong_token_is_not_retried_and_not_shown() {
+    let fake = FakeFleet::start(FakeSpec::default()).await;
+    let config = config(&fake);
+    let client = FleetClient::new(&config, &Token::new("wrong-secret"), fast_retry())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let store = Arc::new(PostureStore::new());
+    let poller = Poller::new(Arc::new(client), Arc::clone(&store), &config);
+    let err = poller.poll_once().await.unwrap_err().to_string();
+    assert_eq!(err, "fleet api token rejected (status 401)");
+    assert_eq!(fake.count("teams"), 1);
+    assert!(!store.is_loaded());
+}
+
+#[tokio::test]
+async fn removed_hosts_disappear() {
+    let fake = FakeFleet::start(FakeSpec::default()).await;
+    let (poller, store) = poller(&fake);
+    poller.poll_once().await.unwrap();
+    assert_eq!(store.lookup(&fingerprint(4, 0)).unwrap().id, HostId(4));
+    fake.remove_host(4);
+    let report = poller.poll_once().await.unwrap();
+    assert_eq!(
+        (report.hosts, store.host_count(), store.fingerprint_count()),
+        (9, 9, 18)
+    );
+    assert_eq!(store.host(HostId(4)), None);
+    assert_eq!(store.lookup(&fingerprint(4, 0)), None);
+}
+
+#[tokio::test]
+async fn large_catalogue_uses_per_policy_membership() {
+    let fake = FakeFleet::start(FakeSpec {
+        hosts: 12,
+        policies: 60,
+        failing_percent: 20,
+        ..FakeSpec::default()
+    })
+    .await;
+    let (poller, store) = poller(&fake);
+    let report = poller.poll_once().await.unwrap();
+    assert_eq!(report.policies, 62);
+    assert_eq!(report.membership, MembershipMode::PerPolicy);
+    // One walk per policy (each fits one page), one hosts walk of two pages.
+    assert_eq!(fake.count("hosts_failing_policy"), 62);
+    assert_eq!(fake.count("hosts"), 2);
+    for id in fake.host_ids() {
+        let held = store.host(HostId(id)).unwrap();
+        assert_eq!(
+            held.policies.iter().map(|p| p.id).collect::<Vec<_>>(),
+            fake.host(id).failing(),
+            "host {id}"
+        );
+        assert!(
+            held.policies
+                .iter()
+                .all(|p| p.response == PolicyResponse::Fail)
+        );
+    }
+    let critical = store
+        .host(HostId(1))
+        .unwrap()
+        .policies
+        .iter()
+        .filter(|p| p.id % 3 == 0)
+        .all(|p| p.critical);
+    assert!(critical, "criticality comes from the catalogue");
+}
+
+#[tokio::test]
+async fn membership_override_forces_per_policy() {
+    let fake = FakeFleet::start(FakeSpec::default()).await;
+    let mut config = config(&fake);
+    config.membership = MembershipMode::PerPolicy;
+    let (poller, _store) = poller_with(&fake, config);
+    assert_eq!(
+        poller.poll_once().await.unwrap().membership,
+        MembershipMode::PerPolicy
+    );
+    assert_eq!(fake.count("hosts_failing_policy"), 5);
+}
+
+#[tokio::test]
+async fn rate_limit_honours_retry_after() {
+    let fake = FakeFleet::start(FakeSpec::default()).await;
+    let (poller, store) = poller(&fake);
+    fake.set_fault_times(
+        "hosts",
+        Fault::RateLimited {
+            retry_after_secs: 1,
+        },
+        1,
+    );
+    let started = std::time::Instant::now();
+    poller.poll_once().await.unwrap();
+    // Backoff alone would retry within 20ms; the 1s wait is retry-after's.
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // The 429'd first page, its retry, then the empty page 1 (10 hosts, 10 per page).
+    assert_eq!(fake.count("hosts"), 3);
+    assert_eq!(store.host_count(), 10);
+}
+
+#[tokio::test]
+async fn bad_sha1_rows_are_skipped_and_counted() {
+    let fake = FakeFleet::start(FakeSpec::default()).await;
+    fake.add_report_row(1, "not-a-sha1");
+    fake.add_report_row(2, "");
+    let (poller, store) = poller(&fake);
+    let report = poller.poll_once().await.unwrap();
+    assert_eq!((report.skipped_rows, report.fingerprints), (2, 20));
+    assert_eq!(poller.handle().status().skipped_rows, 2);
+    assert_eq!(store.host(HostId(1)).unwrap().fingerprints.len(), 2);
+}
+
+#[tokio::test]
+async fn run_loop_syncs_at_start_and_on_demand_until_shutdown() {
+    let fake = FakeFleet::start(FakeSpec::default()).await;
+    let (poller, store) = poller(&fake);
+    let handle = poller.handle();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(poller.run(async {
+        let _ = stopped.await;
+    }));
+    fake.remove_host(1);
+    let report = handle.sync_now().await.unwrap();
+    assert_eq!(report.hosts, 9);
+    assert_eq!(store.host_count(), 9);
+    let status = handle.status();
+    assert!(status.last_success.is_some());
+    assert!(status.requests >= 6 && status.bytes > 0, "{status:?}");
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    assert_eq!(
+        handle.sync_now().await.unwrap_err(),
+        "fleet poller is not running"
+    );
+}
