@@ -20,6 +20,12 @@ fn main() -> Result<(), Box<dyn Error>> {
             ],
             &["proto"],
         )?;
+    // Envoy's ext_authz descriptors for reflection (see proto/envoy/README.md),
+    // copied next to ours so the crate includes nothing outside src/ + OUT_DIR.
+    std::fs::copy(
+        "proto/envoy/envoy_authz_descriptor.bin",
+        out_dir.join("envoy_authz_descriptor.bin"),
+    )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! Command-line interface: `serve`, `check-config`, `check`.
+//! Command-line interface: `serve`, `check-config`, `check`, `explain`.
 //! `check` sends a real Envoy `Check` to a running service and prints the
-//! decision the way a person reads it.
+//! decision the way a person reads it; `explain` asks the admin API for the
+//! decision on a fingerprint, without a certificate or a request.
 
 use std::{collections::HashMap, path::PathBuf, process::ExitCode};
 
@@ -66,6 +67,29 @@ pub enum Command {
         /// Print the raw deny body too.
         #[arg(long)]
         verbose: bool,
+    },
+    /// Ask a running service (admin API) for the decision, with every
+    /// reason, on a certificate fingerprint. Exit code 0 = allowed,
+    /// 1 = denied, 64 = refused (bad input or token), 69 = unreachable.
+    Explain {
+        /// SHA-1 fingerprint of the device certificate (hex, colons ok).
+        #[arg(long)]
+        sha1: String,
+        /// Envoy context_extensions, `key=value` (repeatable).
+        #[arg(long = "context", value_parser = parse_key_value)]
+        context: Vec<(String, String)>,
+        /// The service's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        addr: String,
+        /// File holding the admin bearer token.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// `:authority` of the simulated request.
+        #[arg(long, default_value = "app.example.com")]
+        host: String,
+        /// Path of the simulated request.
+        #[arg(long, default_value = "/")]
+        path: String,
     },
 }
 
@@ -153,36 +177,7 @@ pub fn describe_response(response: &CheckResponse, verbose: bool) -> (bool, Stri
             let status = denied.status.as_ref().map_or(403, |s| s.code);
             out.push_str(&format!("DENY (HTTP {status})\n"));
             match serde_json::from_str::<serde_json::Value>(&denied.body) {
-                Ok(body) => {
-                    if let Some(route) = body["route"].as_str() {
-                        out.push_str(&format!("  route: {route}\n"));
-                    }
-                    if let Some(host) = body["host"].as_object() {
-                        out.push_str(&format!(
-                            "  host: {} ({})\n",
-                            host["display_name"].as_str().unwrap_or("?"),
-                            host["id"]
-                        ));
-                    }
-                    for r in body["reasons"].as_array().into_iter().flatten() {
-                        out.push_str(&format!("  - {}", r["kind"].as_str().unwrap_or("?")));
-                        for key in ["name", "cve", "last_seen", "limit", "detail", "requirement"] {
-                            if let Some(v) = r.get(key).filter(|v| !v.is_null()) {
-                                out.push_str(&format!(
-                                    " {key}={}",
-                                    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-                                ));
-                            }
-                        }
-                        out.push('\n');
-                        if let Some(fix) = r["resolution"].as_str() {
-                            out.push_str(&format!("      fix: {fix}\n"));
-                        }
-                    }
-                    if let Some(url) = body["remediation_url"].as_str() {
-                        out.push_str(&format!("  remediation: {url}\n"));
-                    }
-                }
+                Ok(body) => out.push_str(&describe_decision(&body)),
                 Err(_) => out.push_str("  (body is not JSON)\n"),
             }
             if verbose {
@@ -194,6 +189,149 @@ pub fn describe_response(response: &CheckResponse, verbose: bool) -> (bool, Stri
             false,
             "the answer carries no OK or denied HTTP response\n".to_owned(),
         ),
+    }
+}
+
+/// Renders a decision JSON document (deny body or explain answer): route,
+/// host, every reason with its fix, the remediation link.
+pub fn describe_decision(body: &serde_json::Value) -> String {
+    let mut out = String::new();
+    if let Some(route) = body["route"].as_str() {
+        out.push_str(&format!("  route: {route}\n"));
+    }
+    if let Some(host) = body["host"].as_object() {
+        out.push_str(&format!(
+            "  host: {} ({})\n",
+            host["display_name"].as_str().unwrap_or("?"),
+            host["id"]
+        ));
+    }
+    for r in body["reasons"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  - {}", r["kind"].as_str().unwrap_or("?")));
+        for key in [
+            "name",
+            "cve",
+            "last_seen",
+            "limit",
+            "detail",
+            "requirement",
+            "grant_id",
+            "reason",
+        ] {
+            if let Some(v) = r.get(key).filter(|v| !v.is_null()) {
+                out.push_str(&format!(
+                    " {key}={}",
+                    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                ));
+            }
+        }
+        out.push('\n');
+        if let Some(fix) = r["resolution"].as_str() {
+            out.push_str(&format!("      fix: {fix}\n"));
+        }
+    }
+    if let Some(url) = body["remediation_url"].as_str() {
+        out.push_str(&format!("  remediation: {url}\n"));
+    }
+    out
+}
+
+/// Why `explain` got no decision.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("{path}: cannot read the admin token: {source}")]
+    Token {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot reach {addr}: {message}")]
+    Unreachable { addr: String, message: String },
+    #[error("the service refused (HTTP {status}): {message}")]
+    Refused { status: u16, message: String },
+}
+
+/// Asks `addr`'s `/v1/explain` for the decision on `sha1`; returns whether
+/// the answer is allow, and the decision described for people.
+pub async fn explain(
+    addr: &str,
+    token_file: Option<&std::path::Path>,
+    sha1: &str,
+    context: &[(String, String)],
+    host: &str,
+    path: &str,
+) -> Result<(bool, String), ExplainError> {
+    let token = match token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|source| ExplainError::Token {
+                    path: p.to_owned(),
+                    source,
+                })?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let unreachable = |e: reqwest::Error| ExplainError::Unreachable {
+        addr: addr.to_owned(),
+        message: e.to_string(),
+    };
+    // reqwest is built without a default TLS provider; plain HTTP needs none,
+    // but the client builder wants one installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder().build().map_err(unreachable)?;
+    let params = crate::admin::http::explain_params(sha1, context, host, path);
+    let mut request = client
+        .get(format!("{}/v1/explain", addr.trim_end_matches('/')))
+        .query(&params);
+    if let Some(t) = &token {
+        request = request.bearer_auth(t);
+    }
+    let response = request.send().await.map_err(unreachable)?;
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.map_err(unreachable)?;
+    if status != 200 {
+        return Err(ExplainError::Refused {
+            status,
+            message: body["error"].as_str().unwrap_or("no detail").to_owned(),
+        });
+    }
+    let allowed = body["answer"].as_str() == Some("allow");
+    let mut out = match (allowed, body["decision"].as_str()) {
+        (true, Some("deny")) => "ALLOW (dry run: the policy denies)\n".to_owned(),
+        (true, _) => "ALLOW\n".to_owned(),
+        (false, _) => "DENY\n".to_owned(),
+    };
+    out.push_str(&describe_decision(&body));
+    Ok((allowed, out))
+}
+
+/// Runs `explain`: prints the decision and returns the exit code.
+pub async fn run_explain(
+    addr: &str,
+    token_file: Option<&std::path::Path>,
+    sha1: &str,
+    context: &[(String, String)],
+    host: &str,
+    path: &str,
+) -> ExitCode {
+    match explain(addr, token_file, sha1, context, host, path).await {
+        Ok((allowed, text)) => {
+            print!("{text}");
+            if allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e @ ExplainError::Unreachable { .. }) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 

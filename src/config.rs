@@ -79,12 +79,17 @@ impl Default for Listen {
     }
 }
 
-/// The admin API's bearer token.
-#[derive(Debug, Clone, Deserialize)]
+/// The admin API: its bearer token and where break-glass grants are kept.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// File holding the admin bearer token; `/v1/*` and Admin RPCs need it.
+    #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Where break-glass grants are kept so they survive a restart (JSON,
+    /// written atomically). Without it grants live in memory only.
+    #[serde(default)]
+    pub grants_file: Option<PathBuf>,
 }
 
 /// Log format and OpenTelemetry export.

@@ -15,6 +15,9 @@ pub struct HttpState {
     /// Extra readiness detail from the posture source (e.g. the last Fleet
     /// error, such as a clipped certificate report).
     pub source_status: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+    /// Run before each scrape, to set gauges that mirror state kept elsewhere
+    /// (e.g. break-glass grants, whose expiry is a matter of time).
+    pub before_scrape: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -54,6 +57,7 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    (state.before_scrape)();
     let m = &state.metrics;
     m.hosts.set(state.store.host_count() as i64);
     m.fingerprints.set(state.store.fingerprint_count() as i64);

@@ -12,6 +12,7 @@
 //! know nothing of Envoy, Fleet or HTTP; adapters (`authz`, `fleet`, `admin`)
 //! convert at the edge.
 
+pub mod admin;
 pub mod authz;
 pub mod cli;
 pub mod config;

@@ -37,6 +37,14 @@ async fn main() -> ExitCode {
             xfcc,
             verbose,
         } => cli::run_check(&cert, &context, &addr, &host, &path, xfcc, verbose).await,
+        Command::Explain {
+            sha1,
+            context,
+            addr,
+            token_file,
+            host,
+            path,
+        } => cli::run_explain(&addr, token_file.as_deref(), &sha1, &context, &host, &path).await,
     }
 }
 

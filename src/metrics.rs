@@ -58,6 +58,9 @@ pub struct Metrics {
     pub posture_reloads: Family<ResultLabels, Counter>,
     pub rechecks: Family<ResultLabels, Counter>,
     pub break_glass_active: Gauge,
+    /// The decision counter and latency mirrored over OTLP (no-ops unless
+    /// telemetry installed a meter provider before this was created).
+    pub otel: crate::telemetry::OtelInstruments,
 }
 
 impl Default for Metrics {
@@ -95,6 +98,7 @@ impl Metrics {
             posture_reloads: Family::default(),
             rechecks: Family::default(),
             break_glass_active: Gauge::default(),
+            otel: crate::telemetry::OtelInstruments::default(),
             registry: Registry::default(),
         };
         registry.register(

@@ -16,3 +16,10 @@ pub mod v1 {
 /// Encoded file descriptor set for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("fleet_authz_descriptor");
+
+/// Envoy's `envoy.service.auth.v3` descriptors (with their imports), so
+/// reflection clients such as grpcurl can call `Check`. `envoy-types` does
+/// not export its descriptor set; `proto/envoy/prune_descriptors.py` cuts
+/// this one out of the set that crate ships; `build.rs` copies it to `OUT_DIR`.
+pub const ENVOY_AUTHZ_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/envoy_authz_descriptor.bin"));

@@ -11,9 +11,11 @@ use std::{
 
 use arc_swap::ArcSwap;
 use notify::Watcher;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::{
+    admin::SyncTrigger,
+    authz::BoxFuture,
     metrics::{Metrics, ResultLabels},
     policy::{Policy, load_policy},
     posture::{PostureStore, load_posture_file},
@@ -31,6 +33,9 @@ pub struct Reloader {
     pub metrics: Arc<Metrics>,
     /// Hash of the last bytes applied, per file, to skip no-op events.
     seen: Mutex<[Option<u64>; 2]>,
+    /// Counts reload attempts that applied or failed, so tests and admin
+    /// callers can await "the watcher has acted" instead of sleeping.
+    attempts: watch::Sender<u64>,
     /// Told about every policy applied (the Fleet poller's CVE list).
     pub on_policy: Option<PolicyHook>,
 }
@@ -70,8 +75,15 @@ impl Reloader {
             store,
             metrics,
             seen: Mutex::new(seen),
+            attempts: watch::Sender::new(0),
             on_policy: None,
         }
+    }
+
+    /// A receiver whose value grows by one after every reload attempt that
+    /// applied a file or failed (unchanged files do not count).
+    pub fn attempts(&self) -> watch::Receiver<u64> {
+        self.attempts.subscribe()
     }
 
     /// Reloads the policy file if its bytes changed.
@@ -149,6 +161,7 @@ impl Reloader {
             }
         };
         family.get_or_create(&ResultLabels { result }).inc();
+        self.attempts.send_modify(|n| *n += 1);
     }
 
     /// Watches the files' directories and reloads on change until `shutdown`.
@@ -162,7 +175,11 @@ impl Reloader {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                // inotify also reports opens and reads, including our own
+                // reads of the files: reacting to those would reload forever.
+                if let Ok(event) = event
+                    && !matches!(event.kind, notify::EventKind::Access(_))
+                {
                     let _ = tx.send(());
                 }
             })?;
@@ -191,6 +208,25 @@ impl Reloader {
                 }
             }
         }
+    }
+}
+
+/// Forced sync for the posture-file source (`POST /v1/sync`, `Admin.Sync`):
+/// re-read the file now.
+#[derive(Debug)]
+pub struct FileSync(pub Arc<Reloader>);
+
+impl SyncTrigger for FileSync {
+    fn sync_now(&self) -> BoxFuture<'_, Result<usize, String>> {
+        let reloader = Arc::clone(&self.0);
+        Box::pin(async move {
+            let store = Arc::clone(&reloader.store);
+            match tokio::task::spawn_blocking(move || reloader.reload_posture()).await {
+                Ok(ReloadOutcome::Failed(error)) => Err(error),
+                Ok(_) => Ok(store.host_count()),
+                Err(error) => Err(format!("posture reload task failed: {error}")),
+            }
+        })
     }
 }
 

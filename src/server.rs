@@ -16,14 +16,49 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tracing::Instrument;
 
 use crate::{
-    authz::{Authorizer, AuthzService},
+    admin::{self, AdminState, AdminToken, GrantStore, SyncTrigger},
+    authz::{Authorizer, AuthzService, BoxFuture, Refresh},
     config::Config,
     http::{self, HttpState},
     metrics::Metrics,
     policy::load_policy,
     posture::{PostureStore, load_posture_file},
-    reload::Reloader,
+    reload::{FileSync, Reloader},
 };
+
+/// Parts a caller (a test, an embedding) plugs into the service in place of
+/// what the configuration would build.
+#[derive(Default)]
+pub struct Extensions {
+    /// Live recheck of one host; overrides the Fleet source's.
+    pub refresh: Option<Arc<dyn Refresh>>,
+    /// Forced sync for `POST /v1/sync` and `Admin.Sync`. Without one, the
+    /// Fleet poller syncs, a posture-file source re-reads its file, and
+    /// otherwise the answer is "no Fleet source configured".
+    pub sync: Option<Arc<dyn SyncTrigger>>,
+    /// A store the caller fills. When given, `posture_file` is not loaded at
+    /// start, so readiness waits for the caller's first publish.
+    pub store: Option<Arc<PostureStore>>,
+}
+
+impl std::fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extensions")
+            .field("refresh", &self.refresh.is_some())
+            .field("sync", &self.sync.is_some())
+            .field("store", &self.store.is_some())
+            .finish()
+    }
+}
+
+/// `POST /v1/sync` for the Fleet source: one poller cycle, now.
+struct FleetSync(crate::fleet::PollerHandle);
+
+impl SyncTrigger for FleetSync {
+    fn sync_now(&self) -> BoxFuture<'_, Result<usize, String>> {
+        Box::pin(async move { self.0.sync_now().await.map(|report| report.hosts) })
+    }
+}
 
 /// A service that is serving. Drop does not stop it: call [`shutdown`](Self::shutdown).
 #[derive(Debug)]
@@ -38,20 +73,42 @@ pub struct RunningServer {
     pub reloader: Arc<Reloader>,
     /// The Fleet poller's handle (status, `sync_now`), when Fleet is the source.
     pub fleet: Option<crate::fleet::PollerHandle>,
+    /// The admin API's state (grants, sync trigger, token).
+    pub admin: AdminState,
     health: tonic_health::server::HealthReporter,
 }
 
 /// Loads everything `config` names, binds its listeners and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    start_with(config, Extensions::default()).await
+}
+
+/// [`start`], with parts supplied by the caller.
+pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<RunningServer> {
     let metrics = Arc::new(Metrics::new());
     let policy = load_policy(&config.policy_file)?;
     let policy = Arc::new(ArcSwap::from_pointee(policy));
-    let store = Arc::new(PostureStore::new());
-    if let Some(path) = &config.posture_file {
-        let now = SystemTime::now();
-        let file = load_posture_file(path, now)?;
-        store.replace_all(file.hosts, now);
-    }
+    let store = match ext.store {
+        Some(store) => store,
+        None => {
+            let store = Arc::new(PostureStore::new());
+            if let Some(path) = &config.posture_file {
+                let now = SystemTime::now();
+                let file = load_posture_file(path, now)?;
+                store.replace_all(file.hosts, now);
+            }
+            store
+        }
+    };
+    let admin_config = config.admin.clone().unwrap_or_default();
+    let token = match &admin_config.token_file {
+        Some(path) => Some(AdminToken::from_file(path)?),
+        None => None,
+    };
+    let grants = Arc::new(match &admin_config.grants_file {
+        Some(path) => GrantStore::open(path)?,
+        None => GrantStore::in_memory(),
+    });
     let fleet = match &config.fleet {
         None => None,
         Some(fleet) => {
@@ -73,8 +130,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         remediation_url: config.remediation_url.clone(),
         max_staleness: config.max_staleness(),
         metrics: Arc::clone(&metrics),
-        refresh: fleet.as_ref().and_then(|f| f.refresh.clone()),
-        grants: None,
+        refresh: ext
+            .refresh
+            .or_else(|| fleet.as_ref().and_then(|f| f.refresh.clone())),
+        grants: Some(Arc::clone(&grants) as Arc<dyn crate::authz::Grants>),
         fingerprints: Default::default(),
     });
     let mut reloader = Reloader::new(
@@ -91,6 +150,18 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         }));
     }
     let reloader = Arc::new(reloader);
+    let sync = ext.sync.or_else(|| match (&fleet, &config.posture_file) {
+        (Some(f), _) => Some(Arc::new(FleetSync(f.handle.clone())) as Arc<dyn SyncTrigger>),
+        (None, Some(_)) => Some(Arc::new(FileSync(Arc::clone(&reloader))) as Arc<dyn SyncTrigger>),
+        (None, None) => None,
+    });
+    let admin = AdminState {
+        authorizer: Arc::clone(&authorizer),
+        sync,
+        token,
+        grants,
+    };
+    admin.update_grant_gauge(SystemTime::now());
 
     let grpc_listener = TcpListener::bind(config.listen.grpc)
         .await
@@ -114,6 +185,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     health
         .set_not_serving::<AuthorizationServer<AuthzService>>()
         .await;
+    // tonic-health starts the whole-server status ("") as SERVING; probes
+    // that ask for "" (Kubernetes' grpc probe does) must wait for readiness.
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
     {
         let (health, store) = (health.clone(), Arc::clone(&store));
         let stop = shutdown();
@@ -131,6 +207,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::proto::ENVOY_AUTHZ_DESCRIPTOR_SET)
         .build_v1()?;
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -138,6 +215,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .add_service(AuthorizationServer::new(AuthzService::new(Arc::clone(
             &authorizer,
         ))))
+        .add_service(admin::grpc::server(admin.clone()))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown());
     tasks.spawn(async move { grpc.await.context("grpc server failed") });
 
@@ -161,8 +239,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         store: Arc::clone(&store),
         metrics: Arc::clone(&metrics),
         source_status,
+        before_scrape: {
+            let admin = admin.clone();
+            Arc::new(move || admin.update_grant_gauge(SystemTime::now()))
+        },
     };
-    let app = http::router(http_state);
+    let app = http::router(http_state).merge(admin::http::router(admin.clone()));
     let stop = shutdown();
     tasks.spawn(async move {
         axum::serve(http_listener, app)
@@ -202,6 +284,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         authorizer,
         reloader,
         fleet: fleet_handle,
+        admin,
         health,
     })
 }

@@ -1,33 +1,199 @@
-//! Logging setup: `tracing` with pretty or JSON output, filtered by
-//! `RUST_LOG` (default `info`).
+//! Logging and OpenTelemetry setup: `tracing` with pretty or JSON output
+//! (filtered by `RUST_LOG`, default `info`) and, when
+//! `telemetry.otlp_endpoint` is set, every span exported over OTLP/gRPC
+//! (a `check` span per Check, the poller's `sync` spans, …) plus the decision
+//! counters and Check latency as OTLP metrics.
+//!
+//! The pieces are separate functions so tests can build the same layers into
+//! a subscriber of their own ([`json_layer`], [`otel_layer`]). The returned
+//! guards flush and shut the exporters down when dropped; drop them last.
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use std::collections::HashMap;
+
+use opentelemetry::{
+    KeyValue,
+    metrics::{Counter, Histogram},
+    propagation::TextMapPropagator,
+    trace::TracerProvider as _,
+};
+use opentelemetry_sdk::{
+    Resource, metrics::SdkMeterProvider, propagation::TraceContextPropagator,
+    trace::SdkTracerProvider,
+};
+use tracing::Subscriber;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{
+    EnvFilter, Layer, fmt, fmt::MakeWriter, prelude::*, registry::LookupSpan,
+};
 
 use crate::config::{LogFormat, TelemetryConfig};
 
-/// Flushes exporters when dropped; keep it alive for the process lifetime.
+/// Why the OTLP exporters could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("telemetry.otlp_endpoint: {0}")]
+pub struct OtlpError(String);
+
+/// Flushes and shuts down the OTLP exporters when dropped. Keep it alive for
+/// the process lifetime. Dropping it blocks until the exporters are done, so
+/// do not drop it on a single-threaded runtime's only thread.
 #[derive(Debug, Default)]
 pub struct TelemetryGuard {
-    _private: (),
+    tracer: Option<SdkTracerProvider>,
+    meter: Option<SdkMeterProvider>,
 }
 
-/// Installs the global subscriber. Safe to call once per process.
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(tracer) = self.tracer.take() {
+            let _ = tracer.force_flush();
+            if let Err(error) = tracer.shutdown() {
+                eprintln!("otlp trace exporter shutdown: {error}");
+            }
+        }
+        if let Some(meter) = self.meter.take() {
+            let _ = meter.force_flush();
+            if let Err(error) = meter.shutdown() {
+                eprintln!("otlp metric exporter shutdown: {error}");
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber (and, with an endpoint, the OTLP
+/// exporters). Safe to call once per process; must run inside a Tokio
+/// runtime when an endpoint is set.
 pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+    let (otel, guard) = match config.otlp_endpoint.as_deref().map(otel_layer) {
+        Some(Ok((layer, guard))) => (Some(layer), guard),
+        Some(Err(error)) => {
+            eprintln!("{error}; continuing without OpenTelemetry");
+            (None, TelemetryGuard::default())
+        }
+        None => (None, TelemetryGuard::default()),
+    };
+    let registry = tracing_subscriber::registry().with(otel).with(filter);
     let result = match config.log_format {
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false),
-            )
-            .try_init(),
+        LogFormat::Json => registry.with(json_layer(std::io::stdout)).try_init(),
         LogFormat::Pretty => registry.with(fmt::layer().compact()).try_init(),
     };
     if let Err(error) = result {
         eprintln!("logging was already initialised: {error}");
     }
-    TelemetryGuard::default()
+    guard
+}
+
+/// One JSON object per line, event fields at the top level (so the decision
+/// log's `request_id`, `route`, `decision`, … are plain keys).
+pub fn json_layer<S, W>(writer: W) -> impl Layer<S> + Send + Sync + 'static
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_writer(writer)
+}
+
+/// A layer exporting every span to the OTLP/gRPC collector at `endpoint`,
+/// and the OTLP metric pipeline (installed as the global meter provider so
+/// [`OtelInstruments`] reach it). Must be called inside a Tokio runtime.
+pub fn otel_layer<S>(endpoint: &str) -> Result<(impl Layer<S> + use<S>, TelemetryGuard), OtlpError>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    use opentelemetry_otlp::WithExportConfig;
+    let resource = Resource::builder().with_service_name("fleet-authz").build();
+    let spans = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| OtlpError(e.to_string()))?;
+    let tracer_provider = SdkTracerProvider::builder()
+        .with_batch_exporter(spans)
+        .with_resource(resource.clone())
+        .build();
+    let metrics = opentelemetry_otlp::MetricExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| OtlpError(e.to_string()))?;
+    let meter_provider = SdkMeterProvider::builder()
+        .with_periodic_exporter(metrics)
+        .with_resource(resource)
+        .build();
+    opentelemetry::global::set_meter_provider(meter_provider.clone());
+    let layer = tracing_opentelemetry::layer().with_tracer(tracer_provider.tracer("fleet-authz"));
+    Ok((
+        layer,
+        TelemetryGuard {
+            tracer: Some(tracer_provider),
+            meter: Some(meter_provider),
+        },
+    ))
+}
+
+/// Makes `span` a child of the W3C `traceparent` (and `tracestate`) in the
+/// request headers Envoy forwards, so a Check joins the caller's trace.
+/// Without a valid `traceparent` the span starts a trace of its own.
+pub fn set_parent_from_headers(span: &tracing::Span, headers: &HashMap<String, String>) {
+    if !headers.contains_key("traceparent") {
+        return;
+    }
+    let parent = TraceContextPropagator::new().extract(headers);
+    // Fails only when no OpenTelemetry layer is installed: nothing to join.
+    let _ = span.set_parent(parent);
+}
+
+/// The span a posture sync cycle runs in (`sync`), for the Fleet poller:
+/// `poll_once().instrument(telemetry::sync_span("fleet"))`, then record
+/// `hosts` and `result` on it. Exported over OTLP like every span.
+pub fn sync_span(source: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "sync",
+        source,
+        hosts = tracing::field::Empty,
+        result = tracing::field::Empty
+    )
+}
+
+/// The decision counter and Check latency mirrored as OTLP metrics. Created
+/// from the global meter provider, so they are no-ops without an endpoint.
+#[derive(Debug)]
+pub struct OtelInstruments {
+    decisions: Counter<u64>,
+    check_duration: Histogram<f64>,
+}
+
+impl Default for OtelInstruments {
+    fn default() -> Self {
+        let meter = opentelemetry::global::meter("fleet-authz");
+        Self {
+            decisions: meter
+                .u64_counter("fleet_authz.decisions")
+                .with_description("Check decisions by decision, first reason kind and route")
+                .build(),
+            check_duration: meter
+                .f64_histogram("fleet_authz.check.duration")
+                .with_unit("s")
+                .with_description("Time to answer a Check")
+                .build(),
+        }
+    }
+}
+
+impl OtelInstruments {
+    /// Records one decision.
+    pub fn record(&self, decision: &'static str, reason: &'static str, route: &str, secs: f64) {
+        let attributes = [
+            KeyValue::new("decision", decision),
+            KeyValue::new("reason", reason),
+            KeyValue::new("route", route.to_owned()),
+        ];
+        self.decisions.add(1, &attributes);
+        self.check_duration.record(secs, &attributes[2..]);
+    }
 }

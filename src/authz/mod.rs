@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
     CheckRequest, CheckResponse, authorization_server::Authorization,
 };
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use self::{body::BodyContext, convert::CheckFacts};
 use crate::{
@@ -167,10 +168,26 @@ impl Authorizer {
         age >= refresh.min_age()
     }
 
-    /// Answers one Envoy Check.
+    /// Answers one Envoy Check, inside a `check` span that joins the
+    /// caller's trace (W3C `traceparent` among the forwarded headers) and
+    /// carries the decision, route, reasons and host id.
     pub async fn check(&self, request: &CheckRequest) -> CheckResponse {
-        let started = tokio::time::Instant::now();
         let facts = CheckFacts::from_request(request);
+        let span = tracing::info_span!(
+            "check",
+            otel.kind = "server",
+            request_id = facts.request_id,
+            decision = tracing::field::Empty,
+            route = tracing::field::Empty,
+            reasons = tracing::field::Empty,
+            host.id = tracing::field::Empty,
+        );
+        crate::telemetry::set_parent_from_headers(&span, facts.headers);
+        self.check_in_span(facts).instrument(span).await
+    }
+
+    async fn check_in_span(&self, facts: CheckFacts<'_>) -> CheckResponse {
+        let started = tokio::time::Instant::now();
         let identity = self
             .fingerprints
             .fingerprint(&self.identity, facts.peer_certificate, facts.headers)
@@ -203,11 +220,18 @@ impl Authorizer {
             (false, true) => "dry_run_deny",
             (false, false) => "deny",
         };
+        // An allow by break-glass is labelled as such, not by the deny
+        // reason it overrode, so emergency use stands out.
+        let label = if kinds.contains(&"break_glass") {
+            "break_glass"
+        } else {
+            kinds.first().copied().unwrap_or("none")
+        };
         self.metrics
             .decisions
             .get_or_create(&DecisionLabels {
                 decision,
-                reason: kinds.first().copied().unwrap_or("none"),
+                reason: label,
                 route: d.route.to_string(),
             })
             .inc();
@@ -221,6 +245,16 @@ impl Authorizer {
                 .inc();
         }
         self.metrics.check_duration.observe(elapsed.as_secs_f64());
+        self.metrics
+            .otel
+            .record(decision, label, &d.route, elapsed.as_secs_f64());
+        let span = tracing::Span::current();
+        span.record("decision", decision);
+        span.record("route", &*d.route);
+        span.record("reasons", kinds.join(","));
+        if let Some(h) = &outcome.host {
+            span.record("host.id", h.id.0);
+        }
         tracing::info!(
             target: "fleet_authz::decision",
             request_id,

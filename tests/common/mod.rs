@@ -11,3 +11,4 @@ pub mod certs;
 pub mod echo;
 pub mod envoy;
 pub mod fake_fleet;
+pub mod ops;
