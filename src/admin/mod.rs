@@ -192,16 +192,16 @@ pub fn host_json(h: &HostPosture) -> Value {
         .iter()
         .map(|p| {
             json!({
-                "id": p.id,
-                "name": &*p.name,
+                "id": p.meta.id,
+                "name": &*p.meta.name,
                 "response": match p.response {
                     PolicyResponse::Pass => "pass",
                     PolicyResponse::Fail => "fail",
                     PolicyResponse::NotRun => "not_run",
                 },
-                "critical": p.critical,
-                "resolution": p.resolution.as_deref(),
-                "failing_since": p.failing_since.map(rfc3339),
+                "critical": p.meta.critical,
+                "resolution": p.meta.resolution.as_deref(),
+                "failing_since": p.failing_since().map(rfc3339),
             })
         })
         .collect();
