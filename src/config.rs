@@ -152,11 +152,8 @@ impl Config {
             message,
         };
         let config: Config = yaml_serde::from_str(text).map_err(|e| {
-            let msg = e.to_string();
-            match msg.split_once(": ") {
-                Some((key, rest)) if !key.contains(' ') => err(key, rest.to_owned()),
-                _ => err("(document)", msg),
-            }
+            let (key, problem) = crate::duration::split_yaml_error(&e);
+            err(&key, problem)
         })?;
         match (&config.fleet, &config.posture_file) {
             (Some(_), Some(_)) => {

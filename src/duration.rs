@@ -1,5 +1,6 @@
 //! Durations in configuration and policy files: `150ms`, `30s`, `15m`, `24h`,
-//! `3d`, or combinations (`1h30m`), parsed by `humantime`.
+//! `3d`, or combinations (`1h30m`), parsed by `humantime`; and the shared
+//! way configuration and policy loaders report YAML errors by key.
 
 use std::time::Duration;
 
@@ -35,6 +36,17 @@ pub fn format_duration(d: Duration) -> String {
         .filter(|(n, _)| *n > 0)
         .map(|(n, unit)| format!("{n}{unit}"))
         .collect()
+}
+
+/// Splits a YAML deserialization error into (key path, problem). serde's
+/// message starts with the key path when it knows one
+/// (`routes[0].deny: unknown field ...`); otherwise the key is `(document)`.
+pub fn split_yaml_error(error: &yaml_serde::Error) -> (String, String) {
+    let msg = error.to_string();
+    match msg.split_once(": ") {
+        Some((key, rest)) if !key.contains(' ') => (key.to_owned(), rest.to_owned()),
+        _ => ("(document)".to_owned(), msg),
+    }
 }
 
 /// Serde adapter: `#[serde(with = "crate::duration::serde_human")]`.

@@ -139,13 +139,8 @@ pub fn parse_policy(text: &str, file: &Path) -> Result<Policy, PolicyError> {
         message,
     };
     let raw: RawPolicy = yaml_serde::from_str(text).map_err(|e| {
-        let msg = e.to_string();
-        // serde's message starts with the key path when it knows one
-        // ("routes[0].deny: unknown field `x`…"); split it out.
-        match msg.split_once(": ") {
-            Some((key, rest)) if !key.contains(' ') => err(key, rest.to_owned()),
-            _ => err("(document)", msg),
-        }
+        let (key, problem) = crate::duration::split_yaml_error(&e);
+        err(&key, problem)
     })?;
     if raw.version != 1 {
         return Err(err(
