@@ -196,6 +196,31 @@ fn shipped_envoy_yaml_validates_verbatim() {
     assert!(stdout.contains("configuration 'envoy.yaml' OK"), "{stdout}");
 }
 
+#[test]
+fn shipped_envoy_yaml_validates_from_the_repository_root_with_the_demo_certificates() {
+    // The README's "Envoy + curl" walk-through runs exactly this file from
+    // the repository root against deploy/demo/certs/.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(envoy_bin())
+        .args([
+            "--mode",
+            "validate",
+            "-c",
+            "envoy.yaml",
+            "--disable-hot-restart",
+        ])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("configuration 'envoy.yaml' OK"), "{stdout}");
+}
+
 #[tokio::test]
 async fn device_certificate_reaches_authz_and_app() {
     let pki = TestPki::new();
