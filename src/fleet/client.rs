@@ -160,15 +160,29 @@ impl FleetClient {
         &self,
         populate_policies: bool,
     ) -> Result<Vec<super::model::Host>, FleetError> {
+        let mut all = Vec::new();
+        self.hosts_by_page(populate_policies, |page| all.extend(page))
+            .await?;
+        Ok(all)
+    }
+
+    /// Like [`Self::hosts`], but hands each page to `each` as it arrives, so a
+    /// caller that maps rows to something smaller never holds every row.
+    pub async fn hosts_by_page(
+        &self,
+        populate_policies: bool,
+        each: impl FnMut(Vec<super::model::Host>),
+    ) -> Result<(), FleetError> {
         let mut query = vec![("order_key", "id".to_owned())];
         if populate_policies {
             query.push(("populate_policies", "true".to_owned()));
         }
-        self.paged(
+        self.paged_each(
             "hosts",
             "/api/v1/fleet/hosts",
             &query,
             |r: HostsResponse| r.hosts,
+            each,
         )
         .await
     }
@@ -231,15 +245,28 @@ impl FleetClient {
         items: impl Fn(R) -> Vec<T>,
     ) -> Result<Vec<T>, FleetError> {
         let mut all = Vec::new();
+        self.paged_each(endpoint, path, query, items, |batch| all.extend(batch))
+            .await?;
+        Ok(all)
+    }
+
+    async fn paged_each<R: DeserializeOwned, T>(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        query: &[(&'static str, String)],
+        items: impl Fn(R) -> Vec<T>,
+        mut each: impl FnMut(Vec<T>),
+    ) -> Result<(), FleetError> {
         for page in 0..MAX_PAGES {
             let mut q = query.to_vec();
             q.push(("per_page", self.page_size.to_string()));
             q.push(("page", page.to_string()));
             let batch = items(self.get(endpoint, path, &q).await?);
             let short = batch.len() < self.page_size as usize;
-            all.extend(batch);
+            each(batch);
             if short {
-                return Ok(all);
+                return Ok(());
             }
         }
         Err(FleetError::TooManyPages {

@@ -357,24 +357,27 @@ impl Poller {
             chosen => chosen,
         };
 
-        let rows = client
-            .hosts(membership == MembershipMode::PopulatePolicies)
-            .await?;
+        // Page by page: at 100,000 hosts with `populate_policies` the rows of
+        // every page together are several times the postures made from them.
         let mut hosts: BTreeMap<HostId, HostPosture> = BTreeMap::new();
-        for row in &rows {
-            let mut posture = row.to_posture(&catalogue, &mut interner, &[]);
-            if posture.team.as_ref().is_some_and(|t| t.name.is_empty()) {
-                // Host rows may name the team only by id; the teams list knows its name.
-                if let Some(team) = teams.iter().find(|t| Some(t.id) == row.team_id) {
-                    posture.team = posture.team.map(|t| crate::posture::Team {
-                        name: interner.intern(&team.name),
-                        ..t
-                    });
+        let populate = membership == MembershipMode::PopulatePolicies;
+        client
+            .hosts_by_page(populate, |rows| {
+                for row in &rows {
+                    let mut posture = row.to_posture(&catalogue, &mut interner, &[]);
+                    if posture.team.as_ref().is_some_and(|t| t.name.is_empty()) {
+                        // Host rows may name the team only by id; the teams list knows its name.
+                        if let Some(team) = teams.iter().find(|t| Some(t.id) == row.team_id) {
+                            posture.team = posture.team.map(|t| crate::posture::Team {
+                                name: interner.intern(&team.name),
+                                ..t
+                            });
+                        }
+                    }
+                    hosts.insert(posture.id, posture);
                 }
-            }
-            hosts.insert(posture.id, posture);
-        }
-        drop(rows);
+            })
+            .await?;
 
         if membership == MembershipMode::PerPolicy {
             for policy_id in catalogue.ids() {
