@@ -200,6 +200,9 @@ async fn orchestrate() {
 
     let authz = load::run_fleet_authz(&mut fake, &pem).await;
 
+    if std::env::var_os("SYNC_SCALE_SKIP_POMERIUM").is_some() {
+        return;
+    }
     fake.reset();
     let started = Instant::now();
     let out = Command::new(std::env::current_exe().unwrap())
@@ -227,6 +230,7 @@ async fn orchestrate() {
         hosts: v[3],
         peak_kb: v[5],
         steady_kb: v[6],
+        steady_first_kb: None,
         fake_requests,
         fake_bytes,
         idle: None,

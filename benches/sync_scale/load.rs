@@ -39,6 +39,8 @@ pub struct Figures {
     pub hosts: u64,
     pub peak_kb: u64,
     pub steady_kb: u64,
+    /// fleet-authz only: RSS between its first and second sync.
+    pub steady_first_kb: Option<u64>,
     /// Requests and bytes as the fake Fleet counted them.
     pub fake_requests: u64,
     pub fake_bytes: u64,
@@ -118,14 +120,23 @@ fleet:
   sync_interval: {SYNC_INTERVAL_SECS}s
   request_timeout: 60s
   recheck: {{enabled: false}}
+  membership: {membership}
 policy_file: {d}/policy.yaml
 ",
         d = dir.display(),
         q = super::QUERY_ID,
+        membership = std::env::var("SYNC_SCALE_MEMBERSHIP").unwrap_or_else(|_| "auto".into()),
     );
     std::fs::write(dir.join("config.yaml"), config).unwrap();
     let log = std::fs::File::create(dir.join("fleet-authz.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_fleet-authz"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet-authz"));
+    // `SYNC_SCALE_AUTHZ_ENV=K=V,K=V` tries allocator settings such as MALLOC_ARENA_MAX.
+    for kv in std::env::var("SYNC_SCALE_AUTHZ_ENV").unwrap_or_default().split(',') {
+        if let Some((k, v)) = kv.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    let child = cmd
         .args(["serve", "--config"])
         .arg(dir.join("config.yaml"))
         .env("RUST_LOG", "info")
@@ -232,13 +243,21 @@ pub async fn run_fleet_authz(fake: &mut Fake, pem: &str) -> Figures {
     let (stop_tx, stop_rx) = watch::channel(false);
     let load = tokio::spawn(generate(grpc, pem.to_owned(), samples.clone(), stop_rx));
     fake.reset();
+    let mut steady1 = 0;
     let sync_start = poll(
-        async || (fake.stats().0 > 0).then(Instant::now),
+        async || {
+            steady1 = proc_status(pid).1;
+            (fake.stats().0 > 0).then(Instant::now)
+        },
         Duration::from_millis(10),
         "the second sync to start",
     )
     .await;
-    eprintln!("second sync started {:?} after ready", sync_start - ready);
+    eprintln!(
+        "second sync started {:?} after ready; RSS before it {} MB",
+        sync_start - ready,
+        steady1 / 1024
+    );
     let sync_end = poll(
         async || (authz.sync_counters().await.3 > n1).then(Instant::now),
         Duration::from_millis(50),
@@ -274,6 +293,7 @@ pub async fn run_fleet_authz(fake: &mut Fake, pem: &str) -> Figures {
         hosts,
         peak_kb: peak,
         steady_kb: steady,
+        steady_first_kb: Some(steady1),
         fake_requests,
         fake_bytes,
         idle: Some(latency(&samples, &idle_windows)),
@@ -318,7 +338,10 @@ pub fn print_table(a: &Figures, p: &Figures) {
     });
     row("sync wall time", &|f| format!("{:.2} s", f.wall.as_secs_f64()));
     row("peak RSS (VmHWM)", &|f| mb(f.peak_kb));
-    row("steady RSS (VmRSS, 3–7 s after)", &|f| mb(f.steady_kb));
+    row("steady RSS after the 1st sync (VmRSS)", &|f| {
+        f.steady_first_kb.map_or("–".into(), mb)
+    });
+    row("steady RSS (VmRSS, 7 s after the sync)", &|f| mb(f.steady_kb));
     row("Check latency idle", &|f| lat(&f.idle));
     row("Check latency during sync", &|f| lat(&f.during));
 }

@@ -25,11 +25,11 @@ const MAX_PAGES: u32 = 100_000;
 
 /// An HTTP client for Fleet's REST API.
 pub struct FleetClient {
-    http: reqwest::Client,
-    base: String,
-    timeout: Duration,
+    pub(super) http: reqwest::Client,
+    pub(super) base: String,
+    pub(super) timeout: Duration,
     page_size: u32,
-    retry: RetryPolicy,
+    pub(super) retry: RetryPolicy,
     stats: Arc<FleetStats>,
     observer: Option<Arc<dyn Observer>>,
 }
@@ -275,7 +275,7 @@ impl FleetClient {
         })
     }
 
-    fn observe(&self, endpoint: &'static str, status: u16, bytes: usize) {
+    pub(super) fn observe(&self, endpoint: &'static str, status: u16, bytes: usize) {
         self.stats.on_request(endpoint, status, bytes);
         if let Some(o) = &self.observer {
             o.on_request(endpoint, status, bytes);
@@ -347,14 +347,14 @@ impl FleetClient {
     }
 }
 
-enum Outcome {
+pub(super) enum Outcome {
     Done,
     Fatal(FleetError),
     RateLimited,
     Retry(FleetError),
 }
 
-fn classify(endpoint: &'static str, status: StatusCode) -> Outcome {
+pub(super) fn classify(endpoint: &'static str, status: StatusCode) -> Outcome {
     match status.as_u16() {
         200..=299 => Outcome::Done,
         401 | 403 => Outcome::Fatal(FleetError::TokenRejected {
@@ -373,12 +373,12 @@ fn classify(endpoint: &'static str, status: StatusCode) -> Outcome {
 }
 
 /// `retry-after` in seconds (Fleet sends seconds; HTTP dates are ignored).
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+pub(super) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     let raw = resp.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
     raw.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
-fn transport_error(endpoint: &'static str, e: &reqwest::Error) -> FleetError {
+pub(super) fn transport_error(endpoint: &'static str, e: &reqwest::Error) -> FleetError {
     if e.is_timeout() {
         FleetError::Timeout { endpoint }
     } else {

@@ -32,7 +32,6 @@ use super::{
     Catalogue, FleetClient, FleetConfig, FleetError, Interner, MembershipMode, map::failing_result,
 };
 use crate::{
-    fingerprint::Fingerprint,
     posture::{HostId, HostPosture, PostureStore},
     snapshot::SnapshotGrant,
 };
@@ -403,17 +402,16 @@ impl Poller {
             }
         }
 
-        let report = client.query_report(self.query_id).await?;
+        let report = client.query_report_fingerprints(self.query_id).await?;
         if report.report_clipped {
             return Err(FleetError::ReportClipped(self.query_id));
         }
         let mut skipped_rows = 0u64;
         for row in report.results {
-            let parsed = row.columns.sha1.as_deref().map(Fingerprint::parse);
-            match (parsed, hosts.get_mut(&HostId(row.host_id))) {
-                (Some(Ok(fp)), Some(h)) if !h.fingerprints.contains(&fp) => h.fingerprints.push(fp),
-                (Some(Ok(_)), _) => {} // duplicate row, or a host deleted since the hosts walk
-                (None | Some(Err(_)), _) => skipped_rows += 1,
+            match (row.sha1, hosts.get_mut(&HostId(row.host_id))) {
+                (Some(fp), Some(h)) if !h.fingerprints.contains(&fp) => h.fingerprints.push(fp),
+                (Some(_), _) => {} // duplicate row, or a host deleted since the hosts walk
+                (None, _) => skipped_rows += 1,
             }
         }
         if skipped_rows > 0 {
