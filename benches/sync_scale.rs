@@ -23,7 +23,11 @@
 )]
 
 #[path = "../tests/common/fake_fleet.rs"]
-#[allow(dead_code, reason = "the bench uses part of the test fake")]
+#[allow(
+    dead_code,
+    clippy::result_large_err,
+    reason = "test code: the bench uses part of the fake, whose handlers return axum responses"
+)]
 mod fake_fleet;
 #[path = "sync_scale/load.rs"]
 mod load;

@@ -131,7 +131,10 @@ policy_file: {d}/policy.yaml
     let log = std::fs::File::create(dir.join("fleet-authz.log")).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet-authz"));
     // `SYNC_SCALE_AUTHZ_ENV=K=V,K=V` tries allocator settings such as MALLOC_ARENA_MAX.
-    for kv in std::env::var("SYNC_SCALE_AUTHZ_ENV").unwrap_or_default().split(',') {
+    for kv in std::env::var("SYNC_SCALE_AUTHZ_ENV")
+        .unwrap_or_default()
+        .split(',')
+    {
         if let Some((k, v)) = kv.split_once('=') {
             cmd.env(k, v);
         }
@@ -336,12 +339,16 @@ pub fn print_table(a: &Figures, p: &Figures) {
             f.fake_bytes as f64 / 1e6
         )
     });
-    row("sync wall time", &|f| format!("{:.2} s", f.wall.as_secs_f64()));
+    row("sync wall time", &|f| {
+        format!("{:.2} s", f.wall.as_secs_f64())
+    });
     row("peak RSS (VmHWM)", &|f| mb(f.peak_kb));
     row("steady RSS after the 1st sync (VmRSS)", &|f| {
         f.steady_first_kb.map_or("–".into(), mb)
     });
-    row("steady RSS (VmRSS, 7 s after the sync)", &|f| mb(f.steady_kb));
+    row("steady RSS (VmRSS, 7 s after the sync)", &|f| {
+        mb(f.steady_kb)
+    });
     row("Check latency idle", &|f| lat(&f.idle));
     row("Check latency during sync", &|f| lat(&f.during));
 }

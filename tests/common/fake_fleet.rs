@@ -275,11 +275,20 @@ impl FakeFleet {
         for v in ["v1", "latest"] {
             app = app
                 .route(&format!("/api/{v}/fleet/teams"), get(teams))
-                .route(&format!("/api/{v}/fleet/teams/{{id}}/policies"), get(team_policies))
-                .route(&format!("/api/{v}/fleet/global/policies"), get(global_policies))
+                .route(
+                    &format!("/api/{v}/fleet/teams/{{id}}/policies"),
+                    get(team_policies),
+                )
+                .route(
+                    &format!("/api/{v}/fleet/global/policies"),
+                    get(global_policies),
+                )
                 .route(&format!("/api/{v}/fleet/hosts"), get(hosts))
                 .route(&format!("/api/{v}/fleet/hosts/{{id}}"), get(host))
-                .route(&format!("/api/{v}/fleet/queries/{{id}}/report"), get(report));
+                .route(
+                    &format!("/api/{v}/fleet/queries/{{id}}/report"),
+                    get(report),
+                );
         }
         let app = app.with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -549,23 +558,57 @@ fn policy_json(p: &FakePolicy) -> Value {
 /// 400 software items (40 products × 10 versions), every ninth with CVEs.
 fn software_catalogue() -> Vec<String> {
     const PRODUCTS: [(&str, &str); 40] = [
-        ("Google Chrome.app", "google"), ("Firefox.app", "mozilla"), ("Slack.app", "slack"),
-        ("zoom.us.app", "zoom"), ("Microsoft Word.app", "microsoft"), ("Microsoft Excel.app", "microsoft"),
-        ("Microsoft Teams.app", "microsoft"), ("Visual Studio Code.app", "microsoft"), ("Docker.app", "docker"),
-        ("iTerm.app", "iterm2"), ("1Password 7.app", "agilebits"), ("Safari.app", "apple"),
-        ("Xcode.app", "apple"), ("Keynote.app", "apple"), ("Numbers.app", "apple"), ("Pages.app", "apple"),
-        ("openssl", "openssl"), ("curl", "haxx"), ("git", "git-scm"), ("python@3.12", "python"),
-        ("node", "nodejs"), ("go", "golang"), ("wget", "gnu"), ("jq", "jqlang"), ("sqlite", "sqlite"),
-        ("libxml2", "xmlsoft"), ("zlib", "zlib"), ("readline", "gnu"), ("gettext", "gnu"), ("pcre2", "pcre"),
-        ("ca-certificates", "mozilla"), ("libyaml", "pyyaml"), ("gnupg", "gnupg"), ("nmap", "nmap"),
-        ("htop", "htop"), ("tmux", "tmux"), ("vim", "vim"), ("bash", "gnu"), ("zsh", "zsh"), ("ffmpeg", "ffmpeg"),
+        ("Google Chrome.app", "google"),
+        ("Firefox.app", "mozilla"),
+        ("Slack.app", "slack"),
+        ("zoom.us.app", "zoom"),
+        ("Microsoft Word.app", "microsoft"),
+        ("Microsoft Excel.app", "microsoft"),
+        ("Microsoft Teams.app", "microsoft"),
+        ("Visual Studio Code.app", "microsoft"),
+        ("Docker.app", "docker"),
+        ("iTerm.app", "iterm2"),
+        ("1Password 7.app", "agilebits"),
+        ("Safari.app", "apple"),
+        ("Xcode.app", "apple"),
+        ("Keynote.app", "apple"),
+        ("Numbers.app", "apple"),
+        ("Pages.app", "apple"),
+        ("openssl", "openssl"),
+        ("curl", "haxx"),
+        ("git", "git-scm"),
+        ("python@3.12", "python"),
+        ("node", "nodejs"),
+        ("go", "golang"),
+        ("wget", "gnu"),
+        ("jq", "jqlang"),
+        ("sqlite", "sqlite"),
+        ("libxml2", "xmlsoft"),
+        ("zlib", "zlib"),
+        ("readline", "gnu"),
+        ("gettext", "gnu"),
+        ("pcre2", "pcre"),
+        ("ca-certificates", "mozilla"),
+        ("libyaml", "pyyaml"),
+        ("gnupg", "gnupg"),
+        ("nmap", "nmap"),
+        ("htop", "htop"),
+        ("tmux", "tmux"),
+        ("vim", "vim"),
+        ("bash", "gnu"),
+        ("zsh", "zsh"),
+        ("ffmpeg", "ffmpeg"),
     ];
     let mut items = Vec::with_capacity(400);
     for (k, (name, vendor)) in PRODUCTS.iter().enumerate() {
         for v in 0..10 {
             let id = 100 + k * 10 + v;
             let version = format!("{}.{}.{}", 1 + k % 9, v, (k * 7 + v) % 13);
-            let source = if name.ends_with(".app") { "apps" } else { "homebrew_packages" };
+            let source = if name.ends_with(".app") {
+                "apps"
+            } else {
+                "homebrew_packages"
+            };
             let vulns = if id % 9 == 0 {
                 let cves: Vec<Value> = (0..1 + id % 2)
                     .map(|n| {
@@ -579,7 +622,11 @@ fn software_catalogue() -> Vec<String> {
             } else {
                 Value::Null
             };
-            let path = if source == "apps" { format!("/Applications/{name}") } else { format!("/opt/homebrew/Cellar/{name}/{version}") };
+            let path = if source == "apps" {
+                format!("/Applications/{name}")
+            } else {
+                format!("/opt/homebrew/Cellar/{name}/{version}")
+            };
             items.push(json!({"id": id, "name": name, "version": version, "source": source, "browser": "",
                 "generated_cpe": format!("cpe:2.3:a:{vendor}:{}:{version}:*:*:*:*:macos:*:*", name.to_lowercase().replace(' ', "_")),
                 "vulnerabilities": vulns, "installed_paths": [path]}).to_string());
