@@ -25,11 +25,11 @@ const MAX_PAGES: u32 = 100_000;
 
 /// An HTTP client for Fleet's REST API.
 pub struct FleetClient {
-    http: reqwest::Client,
-    base: String,
-    timeout: Duration,
+    pub(super) http: reqwest::Client,
+    pub(super) base: String,
+    pub(super) timeout: Duration,
     page_size: u32,
-    retry: RetryPolicy,
+    pub(super) retry: RetryPolicy,
     stats: Arc<FleetStats>,
     observer: Option<Arc<dyn Observer>>,
 }
@@ -160,15 +160,29 @@ impl FleetClient {
         &self,
         populate_policies: bool,
     ) -> Result<Vec<super::model::Host>, FleetError> {
+        let mut all = Vec::new();
+        self.hosts_by_page(populate_policies, |page| all.extend(page))
+            .await?;
+        Ok(all)
+    }
+
+    /// Like [`Self::hosts`], but hands each page to `each` as it arrives, so a
+    /// caller that maps rows to something smaller never holds every row.
+    pub async fn hosts_by_page(
+        &self,
+        populate_policies: bool,
+        each: impl FnMut(Vec<super::model::Host>),
+    ) -> Result<(), FleetError> {
         let mut query = vec![("order_key", "id".to_owned())];
         if populate_policies {
             query.push(("populate_policies", "true".to_owned()));
         }
-        self.paged(
+        self.paged_each(
             "hosts",
             "/api/v1/fleet/hosts",
             &query,
             |r: HostsResponse| r.hosts,
+            each,
         )
         .await
     }
@@ -231,15 +245,28 @@ impl FleetClient {
         items: impl Fn(R) -> Vec<T>,
     ) -> Result<Vec<T>, FleetError> {
         let mut all = Vec::new();
+        self.paged_each(endpoint, path, query, items, |batch| all.extend(batch))
+            .await?;
+        Ok(all)
+    }
+
+    async fn paged_each<R: DeserializeOwned, T>(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        query: &[(&'static str, String)],
+        items: impl Fn(R) -> Vec<T>,
+        mut each: impl FnMut(Vec<T>),
+    ) -> Result<(), FleetError> {
         for page in 0..MAX_PAGES {
             let mut q = query.to_vec();
             q.push(("per_page", self.page_size.to_string()));
             q.push(("page", page.to_string()));
             let batch = items(self.get(endpoint, path, &q).await?);
             let short = batch.len() < self.page_size as usize;
-            all.extend(batch);
+            each(batch);
             if short {
-                return Ok(all);
+                return Ok(());
             }
         }
         Err(FleetError::TooManyPages {
@@ -248,7 +275,7 @@ impl FleetClient {
         })
     }
 
-    fn observe(&self, endpoint: &'static str, status: u16, bytes: usize) {
+    pub(super) fn observe(&self, endpoint: &'static str, status: u16, bytes: usize) {
         self.stats.on_request(endpoint, status, bytes);
         if let Some(o) = &self.observer {
             o.on_request(endpoint, status, bytes);
@@ -320,14 +347,14 @@ impl FleetClient {
     }
 }
 
-enum Outcome {
+pub(super) enum Outcome {
     Done,
     Fatal(FleetError),
     RateLimited,
     Retry(FleetError),
 }
 
-fn classify(endpoint: &'static str, status: StatusCode) -> Outcome {
+pub(super) fn classify(endpoint: &'static str, status: StatusCode) -> Outcome {
     match status.as_u16() {
         200..=299 => Outcome::Done,
         401 | 403 => Outcome::Fatal(FleetError::TokenRejected {
@@ -346,12 +373,12 @@ fn classify(endpoint: &'static str, status: StatusCode) -> Outcome {
 }
 
 /// `retry-after` in seconds (Fleet sends seconds; HTTP dates are ignored).
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+pub(super) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     let raw = resp.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
     raw.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
-fn transport_error(endpoint: &'static str, e: &reqwest::Error) -> FleetError {
+pub(super) fn transport_error(endpoint: &'static str, e: &reqwest::Error) -> FleetError {
     if e.is_timeout() {
         FleetError::Timeout { endpoint }
     } else {

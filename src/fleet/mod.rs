@@ -15,6 +15,7 @@ pub mod model;
 mod poller;
 mod recheck;
 mod retry;
+mod stream;
 
 pub use client::FleetClient;
 pub use config::{FleetConfig, MembershipMode, RecheckConfig, Token};
@@ -25,3 +26,4 @@ pub use poller::{
 };
 pub use recheck::{Recheck, RecheckOutcome, SkipReason};
 pub use retry::{FleetStats, Observer, RetryPolicy};
+pub use stream::{FingerprintRow, ReportFingerprints};

@@ -32,7 +32,6 @@ use super::{
     Catalogue, FleetClient, FleetConfig, FleetError, Interner, MembershipMode, map::failing_result,
 };
 use crate::{
-    fingerprint::Fingerprint,
     posture::{HostId, HostPosture, PolicyResult, PostureStore},
     snapshot::SnapshotGrant,
 };
@@ -357,24 +356,27 @@ impl Poller {
             chosen => chosen,
         };
 
-        let rows = client
-            .hosts(membership == MembershipMode::PopulatePolicies)
-            .await?;
+        // Page by page: at 100,000 hosts with `populate_policies` the rows of
+        // every page together are several times the postures made from them.
         let mut hosts: BTreeMap<HostId, HostPosture> = BTreeMap::new();
-        for row in &rows {
-            let mut posture = row.to_posture(&catalogue, &mut interner, &[]);
-            if posture.team.as_ref().is_some_and(|t| t.name.is_empty()) {
-                // Host rows may name the team only by id; the teams list knows its name.
-                if let Some(team) = teams.iter().find(|t| Some(t.id) == row.team_id) {
-                    posture.team = posture.team.map(|t| crate::posture::Team {
-                        name: interner.intern(&team.name),
-                        ..t
-                    });
+        let populate = membership == MembershipMode::PopulatePolicies;
+        client
+            .hosts_by_page(populate, |rows| {
+                for row in &rows {
+                    let mut posture = row.to_posture(&catalogue, &mut interner, &[]);
+                    if posture.team.as_ref().is_some_and(|t| t.name.is_empty()) {
+                        // Host rows may name the team only by id; the teams list knows its name.
+                        if let Some(team) = teams.iter().find(|t| Some(t.id) == row.team_id) {
+                            posture.team = posture.team.map(|t| crate::posture::Team {
+                                name: interner.intern(&team.name),
+                                ..t
+                            });
+                        }
+                    }
+                    hosts.insert(posture.id, posture);
                 }
-            }
-            hosts.insert(posture.id, posture);
-        }
-        drop(rows);
+            })
+            .await?;
 
         if membership == MembershipMode::PerPolicy {
             for policy_id in catalogue.ids() {
@@ -400,17 +402,16 @@ impl Poller {
             }
         }
 
-        let report = client.query_report(self.query_id).await?;
+        let report = client.query_report_fingerprints(self.query_id).await?;
         if report.report_clipped {
             return Err(FleetError::ReportClipped(self.query_id));
         }
         let mut skipped_rows = 0u64;
         for row in report.results {
-            let parsed = row.columns.sha1.as_deref().map(Fingerprint::parse);
-            match (parsed, hosts.get_mut(&HostId(row.host_id))) {
-                (Some(Ok(fp)), Some(h)) if !h.fingerprints.contains(&fp) => h.fingerprints.push(fp),
-                (Some(Ok(_)), _) => {} // duplicate row, or a host deleted since the hosts walk
-                (None | Some(Err(_)), _) => skipped_rows += 1,
+            match (row.sha1, hosts.get_mut(&HostId(row.host_id))) {
+                (Some(fp), Some(h)) if !h.fingerprints.contains(&fp) => h.fingerprints.push(fp),
+                (Some(_), _) => {} // duplicate row, or a host deleted since the hosts walk
+                (None, _) => skipped_rows += 1,
             }
         }
         if skipped_rows > 0 {

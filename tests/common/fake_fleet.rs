@@ -6,6 +6,12 @@
 //! per endpoint (labels match `FleetClient`'s: `teams`, `global_policies`,
 //! `team_policies`, `hosts`, `hosts_failing_policy`, `hosts_vulnerability`,
 //! `host`, `query_report`), checks the bearer token and injects faults.
+//!
+//! It also serves the scale benchmark (`benches/sync_scale.rs`): 100,000 hosts
+//! with realistic rows (Fleet's hardware fields, 50–100 software items each
+//! with `populate_software=true`), counted in requests and body bytes. Bodies
+//! are written as text from pre-rendered parts, so a page of 1,000 fat hosts
+//! costs the fake a few milliseconds, not the fleet-authz side's time.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -41,6 +47,9 @@ pub struct FakeSpec {
     pub teams: u64,
     pub token: String,
     pub query_id: u64,
+    /// With `populate_software=true` (and on host detail) a host lists between
+    /// half this and this many software items besides `xz`; 0 lists only `xz`.
+    pub software_per_host: usize,
 }
 
 impl Default for FakeSpec {
@@ -53,6 +62,7 @@ impl Default for FakeSpec {
             teams: 2,
             token: "fake-fleet-token".into(),
             query_id: 42,
+            software_per_host: 0,
         }
     }
 }
@@ -118,7 +128,13 @@ struct State_ {
     teams: Vec<(u64, String)>,
     faults: HashMap<String, (Fault, Option<u32>)>,
     counts: HashMap<String, usize>,
+    bytes: HashMap<String, usize>,
     extra_rows: Vec<Value>,
+    /// Each policy's JSON without its closing brace, so a host row appends `response`.
+    policy_prefix: HashMap<u64, String>,
+    /// The software catalogue, each item rendered once.
+    software: Vec<String>,
+    software_per_host: usize,
     holds: HashMap<String, Arc<tokio::sync::Semaphore>>,
 }
 
@@ -224,6 +240,14 @@ fn generate(spec: &FakeSpec) -> State_ {
             },
         );
     }
+    let policy_prefix = policies
+        .iter()
+        .map(|p| {
+            let mut text = policy_json(p).to_string();
+            text.pop();
+            (p.id, text)
+        })
+        .collect();
     State_ {
         token: spec.token.clone(),
         query_id: spec.query_id,
@@ -232,8 +256,12 @@ fn generate(spec: &FakeSpec) -> State_ {
         teams,
         faults: HashMap::new(),
         counts: HashMap::new(),
+        bytes: HashMap::new(),
         extra_rows: Vec::new(),
         holds: HashMap::new(),
+        policy_prefix,
+        software: software_catalogue(),
+        software_per_host: spec.software_per_host,
     }
 }
 
@@ -241,14 +269,28 @@ impl FakeFleet {
     /// Generates the data and serves it on 127.0.0.1:0.
     pub async fn start(spec: FakeSpec) -> Self {
         let state: Shared = Arc::new(Mutex::new(generate(&spec)));
-        let app = Router::new()
-            .route("/api/v1/fleet/teams", get(teams))
-            .route("/api/v1/fleet/teams/{id}/policies", get(team_policies))
-            .route("/api/v1/fleet/global/policies", get(global_policies))
-            .route("/api/v1/fleet/hosts", get(hosts))
-            .route("/api/v1/fleet/hosts/{id}", get(host))
-            .route("/api/v1/fleet/queries/{id}/report", get(report))
-            .with_state(Arc::clone(&state));
+        let mut app = Router::new();
+        // Fleet serves the same handlers under `v1` and `latest` (its UI, and
+        // Pomerium, call `latest`).
+        for v in ["v1", "latest"] {
+            app = app
+                .route(&format!("/api/{v}/fleet/teams"), get(teams))
+                .route(
+                    &format!("/api/{v}/fleet/teams/{{id}}/policies"),
+                    get(team_policies),
+                )
+                .route(
+                    &format!("/api/{v}/fleet/global/policies"),
+                    get(global_policies),
+                )
+                .route(&format!("/api/{v}/fleet/hosts"), get(hosts))
+                .route(&format!("/api/{v}/fleet/hosts/{{id}}"), get(host))
+                .route(
+                    &format!("/api/{v}/fleet/queries/{{id}}/report"),
+                    get(report),
+                );
+        }
+        let app = app.with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -328,9 +370,22 @@ impl FakeFleet {
         self.lock().counts.get(endpoint).copied().unwrap_or(0)
     }
 
-    /// Zeroes the request counts.
+    /// Body bytes sent on `endpoint`.
+    pub fn bytes(&self, endpoint: &str) -> usize {
+        self.lock().bytes.get(endpoint).copied().unwrap_or(0)
+    }
+
+    /// Requests and body bytes over every endpoint.
+    pub fn totals(&self) -> (usize, usize) {
+        let st = self.lock();
+        (st.counts.values().sum(), st.bytes.values().sum())
+    }
+
+    /// Zeroes the request and byte counts.
     pub fn reset_counts(&self) {
-        self.lock().counts.clear();
+        let mut st = self.lock();
+        st.counts.clear();
+        st.bytes.clear();
     }
 
     /// A `fleet:` config for this fake: query 42, 10 per page, 250ms timeout.
@@ -428,7 +483,7 @@ async fn serve(
     state: &Shared,
     label: &str,
     headers: &HeaderMap,
-    build: impl FnOnce(&State_) -> Result<Value, Response>,
+    build: impl FnOnce(&State_) -> Result<String, Response>,
 ) -> Response {
     let fault = match gate(state, label, headers) {
         Gate::Respond(r) => return r,
@@ -449,21 +504,23 @@ async fn serve(
     };
     let text = match fault {
         Some(Fault::Malformed) => "<html><body>502 Bad Gateway</body></html>".to_owned(),
-        Some(Fault::Truncated) => {
-            let full = body.to_string();
-            full[..full.len() / 2].to_owned()
-        }
+        Some(Fault::Truncated) => body[..body.floor_char_boundary(body.len() / 2)].to_owned(),
         Some(Fault::Clipped) => {
-            let mut body = body;
-            body["report_clipped"] = json!(true);
-            body.to_string()
+            body.replacen("\"report_clipped\":false", "\"report_clipped\":true", 1)
         }
-        _ => body.to_string(),
+        _ => body,
     };
+    *state
+        .lock()
+        .unwrap()
+        .bytes
+        .entry(label.to_owned())
+        .or_default() += text.len();
     ([(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
-fn page<T: Clone>(items: &[T], q: &HashMap<String, String>) -> Result<Vec<T>, Response> {
+/// `(per_page, page)` from the query.
+fn paging(q: &HashMap<String, String>) -> Result<(usize, usize), Response> {
     let bad = |m: &str| error_body(StatusCode::BAD_REQUEST, "Bad request", m);
     let per_page: usize = q
         .get("per_page")
@@ -475,6 +532,11 @@ fn page<T: Clone>(items: &[T], q: &HashMap<String, String>) -> Result<Vec<T>, Re
         .ok_or_else(|| bad("page is required"))?
         .parse()
         .map_err(|_| bad("page"))?;
+    Ok((per_page, page))
+}
+
+fn page<T: Clone>(items: &[T], q: &HashMap<String, String>) -> Result<Vec<T>, Response> {
+    let (per_page, page) = paging(q)?;
     Ok(items
         .iter()
         .skip(page * per_page)
@@ -484,39 +546,148 @@ fn page<T: Clone>(items: &[T], q: &HashMap<String, String>) -> Result<Vec<T>, Re
 }
 
 fn policy_json(p: &FakePolicy) -> Value {
-    json!({"id": p.id, "name": p.name, "query": "SELECT 1;", "description": "", "critical": p.critical,
+    json!({"id": p.id, "name": p.name,
+        "query": "SELECT 1 FROM disk_encryption WHERE user_uuid IS NOT '' AND filevault_status = 'on' LIMIT 1;",
+        "description": format!("Checks that {} holds on every device in scope.", p.name), "critical": p.critical,
         "author_id": 1, "author_name": "Admin", "author_email": "admin@example.com", "team_id": p.team_id,
         "resolution": format!("Fix {}", p.name), "platform": "darwin,windows",
         "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
         "passing_host_count": 0, "failing_host_count": 0, "host_count_updated_at": "2026-01-01T00:00:00Z"})
 }
 
-fn host_json(st: &State_, h: &FakeHost, policies: bool, software: bool) -> Value {
+/// 400 software items (40 products × 10 versions), every ninth with CVEs.
+fn software_catalogue() -> Vec<String> {
+    const PRODUCTS: [(&str, &str); 40] = [
+        ("Google Chrome.app", "google"),
+        ("Firefox.app", "mozilla"),
+        ("Slack.app", "slack"),
+        ("zoom.us.app", "zoom"),
+        ("Microsoft Word.app", "microsoft"),
+        ("Microsoft Excel.app", "microsoft"),
+        ("Microsoft Teams.app", "microsoft"),
+        ("Visual Studio Code.app", "microsoft"),
+        ("Docker.app", "docker"),
+        ("iTerm.app", "iterm2"),
+        ("1Password 7.app", "agilebits"),
+        ("Safari.app", "apple"),
+        ("Xcode.app", "apple"),
+        ("Keynote.app", "apple"),
+        ("Numbers.app", "apple"),
+        ("Pages.app", "apple"),
+        ("openssl", "openssl"),
+        ("curl", "haxx"),
+        ("git", "git-scm"),
+        ("python@3.12", "python"),
+        ("node", "nodejs"),
+        ("go", "golang"),
+        ("wget", "gnu"),
+        ("jq", "jqlang"),
+        ("sqlite", "sqlite"),
+        ("libxml2", "xmlsoft"),
+        ("zlib", "zlib"),
+        ("readline", "gnu"),
+        ("gettext", "gnu"),
+        ("pcre2", "pcre"),
+        ("ca-certificates", "mozilla"),
+        ("libyaml", "pyyaml"),
+        ("gnupg", "gnupg"),
+        ("nmap", "nmap"),
+        ("htop", "htop"),
+        ("tmux", "tmux"),
+        ("vim", "vim"),
+        ("bash", "gnu"),
+        ("zsh", "zsh"),
+        ("ffmpeg", "ffmpeg"),
+    ];
+    let mut items = Vec::with_capacity(400);
+    for (k, (name, vendor)) in PRODUCTS.iter().enumerate() {
+        for v in 0..10 {
+            let id = 100 + k * 10 + v;
+            let version = format!("{}.{}.{}", 1 + k % 9, v, (k * 7 + v) % 13);
+            let source = if name.ends_with(".app") {
+                "apps"
+            } else {
+                "homebrew_packages"
+            };
+            let vulns = if id % 9 == 0 {
+                let cves: Vec<Value> = (0..1 + id % 2)
+                    .map(|n| {
+                        let cve = format!("CVE-2023-{:05}", id * 10 + n);
+                        json!({"cve": cve, "details_link": format!("https://nvd.nist.gov/vuln/detail/{cve}"),
+                            "cvss_score": 7.5, "epss_probability": 0.01537, "cisa_known_exploit": false,
+                            "cve_published": "2023-01-01T12:32:00Z", "resolved_in_version": format!("{}.{}.99", 1 + k % 9, v)})
+                    })
+                    .collect();
+                json!(cves)
+            } else {
+                Value::Null
+            };
+            let path = if source == "apps" {
+                format!("/Applications/{name}")
+            } else {
+                format!("/opt/homebrew/Cellar/{name}/{version}")
+            };
+            items.push(json!({"id": id, "name": name, "version": version, "source": source, "browser": "",
+                "generated_cpe": format!("cpe:2.3:a:{vendor}:{}:{version}:*:*:*:*:macos:*:*", name.to_lowercase().replace(' ', "_")),
+                "vulnerabilities": vulns, "installed_paths": [path]}).to_string());
+        }
+    }
+    items
+}
+
+/// Appends host `h` as Fleet's hosts list and host detail render it.
+fn write_host(out: &mut String, st: &State_, h: &FakeHost, policies: bool, software: bool) {
     let team_name = h
         .team_id
         .and_then(|t| st.teams.iter().find(|(id, _)| *id == t))
         .map(|(_, n)| n.clone());
-    let mut v = json!({
+    let failing = h.failing().len();
+    let base = json!({
         "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-11-20T08:00:00Z", "id": h.id,
-        "detail_updated_at": h.seen_time, "seen_time": h.seen_time, "hostname": h.name, "uuid": h.uuid,
-        "platform": h.platform, "osquery_version": "5.12.0", "os_version": "macOS 14.1.2", "build": "",
-        "computer_name": h.name, "display_name": h.name, "status": "online", "display_text": h.name,
-        "team_id": h.team_id, "team_name": team_name, "pack_stats": null, "additional": {},
-        "issues": {"failing_policies_count": h.failing().len(), "total_issues_count": h.failing().len()},
+        "detail_updated_at": h.seen_time, "last_restarted_at": "2026-11-19T03:01:45Z",
+        "software_updated_at": "2026-11-20T05:09:44Z", "label_updated_at": "2026-11-20T05:14:51Z",
+        "policy_updated_at": "2026-11-20T07:33:15Z", "last_enrolled_at": "2026-02-26T22:33:12Z",
+        "seen_time": h.seen_time, "refetch_requested": false, "hostname": h.name, "uuid": h.uuid,
+        "platform": h.platform, "osquery_version": "5.12.0", "os_version": "macOS 14.1.2", "build": "23B92",
+        "platform_like": "darwin", "code_name": "", "uptime": 8_305_000_000_000u64, "memory": 17_179_869_184u64,
+    });
+    // Two literals: one would pass `json!`'s macro recursion limit.
+    let more = json!({
+        "cpu_type": "arm64e", "cpu_subtype": "ARM64E", "cpu_brand": "Apple M2 Pro", "cpu_physical_cores": 10,
+        "cpu_logical_cores": 10, "hardware_vendor": "Apple Inc.", "hardware_model": "Mac14,10",
+        "hardware_version": "", "hardware_serial": format!("C02{:08}", h.id),
+        "computer_name": h.name, "display_name": h.name, "public_ip": "203.0.113.10",
+        "primary_ip": "10.0.1.23", "primary_mac": "3c:22:fb:12:34:56", "distributed_interval": 10,
+        "config_tls_refresh": 10, "logger_tls_period": 10, "status": "online", "display_text": h.name,
+        "team_id": h.team_id, "team_name": team_name, "gigs_disk_space_available": 174.98,
+        "percent_disk_space_available": 71, "gigs_total_disk_space": 494, "pack_stats": null, "additional": {},
+        "issues": {"failing_policies_count": failing, "critical_vulnerabilities_count": 0, "total_issues_count": failing},
+        "mdm": {"encryption_key_available": true, "enrollment_status": "On (automatic)", "name": "Fleet",
+            "server_url": "https://fleet.example.com/mdm/apple/mdm"},
         "maintenance_window": {"starts_at": "2024-06-18T13:27:18\u{2212}04:00", "timezone": "America/New_York"},
     });
+    let (Value::Object(mut base), Value::Object(more)) = (base, more) else {
+        unreachable!("both are object literals")
+    };
+    base.extend(more);
+    let base = Value::Object(base).to_string();
+    out.push_str(&base[..base.len() - 1]);
     if policies {
-        let list: Vec<Value> = h
-            .responses
-            .iter()
-            .filter_map(|(id, r)| st.policies.iter().find(|p| p.id == *id).map(|p| (p, r)))
-            .map(|(p, r)| {
-                let mut pj = policy_json(p);
-                pj["response"] = json!(r);
-                pj
-            })
-            .collect();
-        v["policies"] = json!(list);
+        out.push_str(",\"policies\":[");
+        let mut first = true;
+        for (id, r) in &h.responses {
+            if let Some(prefix) = st.policy_prefix.get(id) {
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                out.push_str(prefix);
+                out.push_str(",\"response\":\"");
+                out.push_str(r);
+                out.push_str("\"}");
+            }
+        }
+        out.push(']');
     }
     if software {
         let vulns: Vec<Value> = h
@@ -524,12 +695,22 @@ fn host_json(st: &State_, h: &FakeHost, policies: bool, software: bool) -> Value
             .iter()
             .map(|c| json!({"cve": c, "details_link": ""}))
             .collect();
-        v["software"] = json!([
-            {"id": 1, "name": "xz", "version": "5.6.0", "source": "homebrew_packages", "browser": "",
-             "generated_cpe": "", "vulnerabilities": if vulns.is_empty() { Value::Null } else { json!(vulns) }}
-        ]);
+        let xz = json!({"id": 1, "name": "xz", "version": "5.6.0", "source": "homebrew_packages", "browser": "",
+            "generated_cpe": "", "vulnerabilities": if vulns.is_empty() { Value::Null } else { json!(vulns) }});
+        out.push_str(",\"software\":[");
+        out.push_str(&xz.to_string());
+        let max = st.software_per_host;
+        if max > 0 && !st.software.is_empty() {
+            let n = max / 2 + (h.id as usize * 37) % (max - max / 2 + 1);
+            let start = (h.id as usize * 17) % st.software.len();
+            for k in 0..n {
+                out.push(',');
+                out.push_str(&st.software[(start + k * 3) % st.software.len()]);
+            }
+        }
+        out.push(']');
     }
-    v
+    out.push('}');
 }
 
 type Q = Query<HashMap<String, String>>;
@@ -544,7 +725,7 @@ async fn teams(State(s): State<Shared>, headers: HeaderMap, Query(q): Q) -> Resp
             "description": "", "user_count": 0, "host_count": 0, "agent_options": {}})
             })
             .collect();
-        Ok(json!({"teams": page(&all, &q)?}))
+        Ok(json!({"teams": page(&all, &q)?}).to_string())
     })
     .await
 }
@@ -557,7 +738,7 @@ async fn global_policies(State(s): State<Shared>, headers: HeaderMap) -> Respons
             .filter(|p| p.team_id.is_none())
             .map(policy_json)
             .collect();
-        Ok(json!({"policies": list}))
+        Ok(json!({"policies": list}).to_string())
     })
     .await
 }
@@ -580,7 +761,7 @@ async fn team_policies(
             .filter(|p| p.team_id.is_none())
             .map(policy_json)
             .collect();
-        Ok(json!({"policies": own, "inherited_policies": inherited}))
+        Ok(json!({"policies": own, "inherited_policies": inherited}).to_string())
     })
     .await
 }
@@ -594,36 +775,43 @@ async fn hosts(State(s): State<Shared>, headers: HeaderMap, Query(q): Q) -> Resp
         "hosts"
     };
     serve(&s, label, &headers, |st| {
+        let (per_page, page) = paging(&q)?;
         let policy: Option<u64> = q.get("policy_id").and_then(|p| p.parse().ok());
-        let populate = q.get("populate_policies").is_some_and(|v| v == "true");
-        let selected: Vec<&FakeHost> = st
-            .hosts
-            .values()
-            .filter(
-                |h| match (policy, q.get("policy_response"), q.get("vulnerability")) {
-                    (Some(p), Some(r), _) if r == "failing" => {
-                        h.responses.get(&p).is_some_and(|x| x == "fail")
-                    }
-                    (Some(p), Some(r), _) if r == "passing" => {
-                        h.responses.get(&p).is_some_and(|x| x == "pass")
-                    }
-                    (_, _, Some(cve)) => h.cves.contains(cve),
-                    _ => true,
-                },
-            )
-            .collect();
-        let rows: Vec<Value> = page(&selected, &q)?
-            .into_iter()
-            .map(|h| host_json(st, h, populate, false))
-            .collect();
-        Ok(json!({"hosts": rows}))
+        let flag = |k: &str| q.get(k).is_some_and(|v| v == "true");
+        let (policies, software) = (flag("populate_policies"), flag("populate_software"));
+        let selected = st.hosts.values().filter(|h| {
+            match (policy, q.get("policy_response"), q.get("vulnerability")) {
+                (Some(p), Some(r), _) if r == "failing" => {
+                    h.responses.get(&p).is_some_and(|x| x == "fail")
+                }
+                (Some(p), Some(r), _) if r == "passing" => {
+                    h.responses.get(&p).is_some_and(|x| x == "pass")
+                }
+                (_, _, Some(cve)) => h.cves.contains(cve),
+                _ => true,
+            }
+        });
+        let mut out = String::from("{\"hosts\":[");
+        for (i, h) in selected.skip(page * per_page).take(per_page).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write_host(&mut out, st, h, policies, software);
+        }
+        out.push_str("]}");
+        Ok(out)
     })
     .await
 }
 
 async fn host(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
     serve(&s, "host", &headers, |st| match st.hosts.get(&id) {
-        Some(h) => Ok(json!({"host": host_json(st, h, true, true)})),
+        Some(h) => {
+            let mut out = String::from("{\"host\":");
+            write_host(&mut out, st, h, true, true);
+            out.push('}');
+            Ok(out)
+        }
         None => Err(error_body(
             StatusCode::NOT_FOUND,
             "Resource Not Found",
@@ -638,16 +826,30 @@ async fn report(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<u64>
         if id != st.query_id {
             return Err(error_body(StatusCode::NOT_FOUND, "Resource Not Found", &format!("Query {id} was not found in the datastore")));
         }
-        let mut rows: Vec<Value> = Vec::new();
+        use std::fmt::Write as _;
+        let mut out = format!("{{\"query_id\":{id},\"report_clipped\":false,\"results\":[");
+        let mut first = true;
         for h in st.hosts.values() {
             for sha1 in &h.certs {
-                rows.push(json!({"host_id": h.id, "host_name": h.name, "last_fetched": "2026-11-20T08:00:00Z",
-                    "columns": {"sha1": sha1, "common_name": format!("{} device cert", h.name), "ca": "0",
-                        "issuer": "/CN=Corp Device CA", "not_valid_after": "1893456000"}}));
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                // Names and hex need no JSON escaping.
+                let _ = write!(out, "{{\"host_id\":{},\"host_name\":\"{}\",\"last_fetched\":\"2026-11-20T08:00:00Z\",\
+                    \"columns\":{{\"sha1\":\"{sha1}\",\"common_name\":\"{} device cert\",\"ca\":\"0\",\
+                    \"issuer\":\"/CN=Corp Device CA\",\"not_valid_after\":\"1893456000\"}}}}", h.id, h.name, h.name);
             }
         }
-        rows.extend(st.extra_rows.iter().cloned());
-        Ok(json!({"query_id": id, "report_clipped": false, "results": rows}))
+        for row in &st.extra_rows {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(&row.to_string());
+        }
+        out.push_str("]}");
+        Ok(out)
     })
     .await
 }

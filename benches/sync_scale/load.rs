@@ -1,0 +1,354 @@
+//! The fleet-authz side: writes a config, starts the release binary against
+//! the fake Fleet, sends Checks at a fixed rate while it syncs and while it
+//! does not, reads its `/metrics` and `/proc/<pid>/status`.
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use hdrhistogram::Histogram;
+use tokio::sync::watch;
+
+use super::{Fake, proc_status};
+
+/// Checks per second, sent open-loop (each on its own task).
+const RATE: u64 = 500;
+const SYNC_INTERVAL_SECS: u64 = 20;
+
+const POLICY: &str = "version: 1\ndefaults:\n  deny: {failing_critical_policy: true}\n";
+
+/// Latency percentiles of one phase, in microseconds.
+pub struct Latency {
+    pub count: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+    pub errors: u64,
+}
+
+/// What one side's sync cost.
+pub struct Figures {
+    /// Requests and bytes as the client counted them.
+    pub requests: u64,
+    pub bytes: u64,
+    pub wall: Duration,
+    pub hosts: u64,
+    pub peak_kb: u64,
+    pub steady_kb: u64,
+    /// fleet-authz only: RSS between its first and second sync.
+    pub steady_first_kb: Option<u64>,
+    /// Requests and bytes as the fake Fleet counted them.
+    pub fake_requests: u64,
+    pub fake_bytes: u64,
+    pub idle: Option<Latency>,
+    pub during: Option<Latency>,
+}
+
+struct Sample {
+    sent: Instant,
+    micros: u64,
+    ok: bool,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sum of every series of metric `name` in Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+struct Authz {
+    child: Child,
+    http: String,
+}
+
+impl Drop for Authz {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Authz {
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// (requests, bytes, sync seconds, successful syncs) so far.
+    async fn sync_counters(&self) -> (u64, u64, f64, u64) {
+        let m = self.metrics().await;
+        (
+            metric(&m, "fleet_authz_fleet_requests_total") as u64,
+            metric(&m, "fleet_authz_fleet_received_bytes_total") as u64,
+            metric(&m, "fleet_authz_sync_duration_seconds_sum"),
+            metric(&m, "fleet_authz_syncs_total") as u64,
+        )
+    }
+}
+
+fn spawn_authz(fake_url: &str, dir: &std::path::Path) -> (Authz, u16) {
+    let (grpc, http) = (free_port(), free_port());
+    std::fs::write(dir.join("policy.yaml"), POLICY).unwrap();
+    std::fs::write(dir.join("token"), super::TOKEN).unwrap();
+    let config = format!(
+        "listen: {{grpc: \"127.0.0.1:{grpc}\", http: \"127.0.0.1:{http}\"}}
+fleet:
+  url: {fake_url}
+  token_file: {d}/token
+  certificate_query_id: {q}
+  sync_interval: {SYNC_INTERVAL_SECS}s
+  request_timeout: 60s
+  recheck: {{enabled: false}}
+  membership: {membership}
+policy_file: {d}/policy.yaml
+",
+        d = dir.display(),
+        q = super::QUERY_ID,
+        membership = std::env::var("SYNC_SCALE_MEMBERSHIP").unwrap_or_else(|_| "auto".into()),
+    );
+    std::fs::write(dir.join("config.yaml"), config).unwrap();
+    let log = std::fs::File::create(dir.join("fleet-authz.log")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet-authz"));
+    // `SYNC_SCALE_AUTHZ_ENV=K=V,K=V` tries allocator settings such as MALLOC_ARENA_MAX.
+    for kv in std::env::var("SYNC_SCALE_AUTHZ_ENV")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if let Some((k, v)) = kv.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    let child = cmd
+        .args(["serve", "--config"])
+        .arg(dir.join("config.yaml"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    (
+        Authz {
+            child,
+            http: format!("http://127.0.0.1:{http}"),
+        },
+        grpc,
+    )
+}
+
+/// Sends Checks at [`RATE`] until `stop`, each on its own task.
+async fn generate(
+    grpc: u16,
+    pem: String,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let client = AuthorizationClient::connect(format!("http://127.0.0.1:{grpc}"))
+        .await
+        .unwrap();
+    let request = fleet_authz::cli::build_check_request(&pem, &[], "app.example.com", "/", false);
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {}
+        }
+        let (mut client, request, samples) = (client.clone(), request.clone(), samples.clone());
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let ok = client.check(request).await.is_ok();
+            let micros = sent.elapsed().as_micros() as u64;
+            samples.lock().unwrap().push(Sample { sent, micros, ok });
+        });
+    }
+}
+
+fn latency(samples: &[Sample], windows: &[(Instant, Instant)]) -> Latency {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut errors = 0;
+    for s in samples {
+        if windows.iter().any(|(a, b)| s.sent >= *a && s.sent < *b) {
+            if s.ok {
+                h.record(s.micros.max(1)).unwrap();
+            } else {
+                errors += 1;
+            }
+        }
+    }
+    Latency {
+        count: h.len(),
+        p50: h.value_at_quantile(0.5),
+        p99: h.value_at_quantile(0.99),
+        max: h.max(),
+        errors,
+    }
+}
+
+async fn poll<T>(mut f: impl AsyncFnMut() -> Option<T>, every: Duration, what: &str) -> T {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Starts fleet-authz, waits for its first sync, measures Checks idle and
+/// during its second sync, returns that sync's figures.
+pub async fn run_fleet_authz(fake: &mut Fake, pem: &str) -> Figures {
+    let dir = tempfile::TempDir::new().unwrap();
+    fake.reset();
+    let started = Instant::now();
+    let (authz, grpc) = spawn_authz(&fake.url, dir.path());
+    let pid = authz.child.id();
+    let ready_url = format!("{}/readyz", authz.http);
+    poll(
+        async || {
+            let r = reqwest::get(&ready_url).await.ok()?;
+            r.status().is_success().then_some(())
+        },
+        Duration::from_millis(20),
+        "the first sync",
+    )
+    .await;
+    let ready = Instant::now();
+    let (r1, b1, s1, n1) = authz.sync_counters().await;
+    let (peak1, _) = proc_status(pid);
+    eprintln!(
+        "first sync: ready after {:?}; {r1} requests, {b1} bytes, {s1:.2} s; peak RSS {} MB",
+        ready - started,
+        peak1 / 1024
+    );
+
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let load = tokio::spawn(generate(grpc, pem.to_owned(), samples.clone(), stop_rx));
+    fake.reset();
+    let mut steady1 = 0;
+    let sync_start = poll(
+        async || {
+            steady1 = proc_status(pid).1;
+            (fake.stats().0 > 0).then(Instant::now)
+        },
+        Duration::from_millis(10),
+        "the second sync to start",
+    )
+    .await;
+    eprintln!(
+        "second sync started {:?} after ready; RSS before it {} MB",
+        sync_start - ready,
+        steady1 / 1024
+    );
+    let sync_end = poll(
+        async || (authz.sync_counters().await.3 > n1).then(Instant::now),
+        Duration::from_millis(50),
+        "the second sync to finish",
+    )
+    .await;
+    let (r2, b2, s2, _) = authz.sync_counters().await;
+    let (fake_requests, fake_bytes) = fake.stats();
+    let settle = sync_end + Duration::from_secs(2);
+    let idle_end = settle + Duration::from_secs(5);
+    tokio::time::sleep_until(idle_end.into()).await;
+    let (peak, steady) = proc_status(pid);
+    let _ = stop_tx.send(true);
+    load.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let samples = std::mem::take(&mut *samples.lock().unwrap());
+    let idle_windows = [
+        (ready + Duration::from_secs(1), sync_start),
+        (settle, idle_end),
+    ];
+    eprintln!(
+        "second sync: {:?}; steady RSS {} MB, peak {} MB",
+        sync_end - sync_start,
+        steady / 1024,
+        peak / 1024
+    );
+    let hosts = super::hosts();
+    drop(authz);
+    Figures {
+        requests: r2 - r1,
+        bytes: b2 - b1,
+        wall: Duration::from_secs_f64(s2 - s1),
+        hosts,
+        peak_kb: peak,
+        steady_kb: steady,
+        steady_first_kb: Some(steady1),
+        fake_requests,
+        fake_bytes,
+        idle: Some(latency(&samples, &idle_windows)),
+        during: Some(latency(&samples, &[(sync_start, sync_end)])),
+    }
+}
+
+fn mb(kb: u64) -> String {
+    format!("{:.0} MB", kb as f64 / 1024.0)
+}
+
+fn lat(l: &Option<Latency>) -> String {
+    match l {
+        None => "–".into(),
+        Some(l) => format!(
+            "p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms ({} Checks, {} errors)",
+            l.p50 as f64 / 1000.0,
+            l.p99 as f64 / 1000.0,
+            l.max as f64 / 1000.0,
+            l.count,
+            l.errors
+        ),
+    }
+}
+
+/// Prints the BENCHMARKS.md table.
+pub fn print_table(a: &Figures, p: &Figures) {
+    let row = |name: &str, f: &dyn Fn(&Figures) -> String| {
+        println!("| {name} | {} | {} |", f(a), f(p));
+    };
+    println!("\n| | fleet-authz | Pomerium-style |\n|---|---|---|");
+    row("hosts", &|f| f.hosts.to_string());
+    row("requests (client / fake)", &|f| {
+        format!("{} / {}", f.requests, f.fake_requests)
+    });
+    row("bytes received (client / fake)", &|f| {
+        format!(
+            "{:.1} MB / {:.1} MB",
+            f.bytes as f64 / 1e6,
+            f.fake_bytes as f64 / 1e6
+        )
+    });
+    row("sync wall time", &|f| {
+        format!("{:.2} s", f.wall.as_secs_f64())
+    });
+    row("peak RSS (VmHWM)", &|f| mb(f.peak_kb));
+    row("steady RSS after the 1st sync (VmRSS)", &|f| {
+        f.steady_first_kb.map_or("–".into(), mb)
+    });
+    row("steady RSS (VmRSS, 7 s after the sync)", &|f| {
+        mb(f.steady_kb)
+    });
+    row("Check latency idle", &|f| lat(&f.idle));
+    row("Check latency during sync", &|f| lat(&f.during));
+}
