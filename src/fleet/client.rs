@@ -237,7 +237,7 @@ impl FleetClient {
         }
     }
 
-    async fn paged<R: DeserializeOwned, T>(
+    async fn paged<R: DeserializeOwned + Send + 'static, T>(
         &self,
         endpoint: &'static str,
         path: &str,
@@ -250,7 +250,7 @@ impl FleetClient {
         Ok(all)
     }
 
-    async fn paged_each<R: DeserializeOwned, T>(
+    async fn paged_each<R: DeserializeOwned + Send + 'static, T>(
         &self,
         endpoint: &'static str,
         path: &str,
@@ -282,7 +282,7 @@ impl FleetClient {
         }
     }
 
-    async fn get<R: DeserializeOwned>(
+    async fn get<R: DeserializeOwned + Send + 'static>(
         &self,
         endpoint: &'static str,
         path: &str,
@@ -316,14 +316,7 @@ impl FleetClient {
                         Ok(body) => {
                             self.observe(endpoint, status.as_u16(), body.len());
                             match classify(endpoint, status) {
-                                Outcome::Done => {
-                                    return serde_json::from_slice(&body).map_err(|e| {
-                                        FleetError::Decode {
-                                            endpoint,
-                                            message: e.to_string(),
-                                        }
-                                    });
-                                }
+                                Outcome::Done => return decode(endpoint, body).await,
                                 Outcome::Fatal(e) => return Err(e),
                                 Outcome::RateLimited => {
                                     (FleetError::RateLimited { endpoint }, retry_after)
@@ -432,4 +425,30 @@ mod tests {
             "FleetClient { base: \"https://fleet.example.com\", .. }"
         );
     }
+}
+
+/// Bodies at least this large are parsed off the async workers, so a sync
+/// of a big fleet never delays the Checks sharing those threads.
+const OFFLOAD_BYTES: usize = 64 * 1024;
+
+async fn decode<R: DeserializeOwned + Send + 'static>(
+    endpoint: &'static str,
+    body: bytes::Bytes,
+) -> Result<R, FleetError> {
+    let large = body.len() >= OFFLOAD_BYTES;
+    let parse = move || {
+        serde_json::from_slice(&body).map_err(|e| FleetError::Decode {
+            endpoint,
+            message: e.to_string(),
+        })
+    };
+    if !large {
+        return parse();
+    }
+    tokio::task::spawn_blocking(parse)
+        .await
+        .map_err(|e| FleetError::Decode {
+            endpoint,
+            message: format!("decoder task failed: {e}"),
+        })?
 }

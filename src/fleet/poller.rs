@@ -297,7 +297,14 @@ impl Poller {
                     bytes,
                     duration,
                 };
-                self.store.replace_all(hosts, now);
+                // Publishing 100k hosts takes a while: keep it off the async
+                // workers that answer Checks.
+                let store = Arc::clone(&self.store);
+                let published =
+                    tokio::task::spawn_blocking(move || store.replace_all(hosts, now)).await;
+                if let Err(error) = published {
+                    tracing::error!(%error, "publishing the posture failed");
+                }
                 update(&|s| {
                     s.successes += 1;
                     s.last_success = Some(now);
