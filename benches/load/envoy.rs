@@ -152,7 +152,7 @@ impl Envoy {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = envoy.child.try_wait()? {
-                bail!("envoy exited during startup ({status})");
+                bail!("envoy exited during startup ({status}): {}", envoy.log());
             }
             if let Some(admin) = std::fs::read_to_string(&admin_path)
                 .ok()
@@ -164,7 +164,11 @@ impl Envoy {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        bail!("envoy not ready after 30s")
+        bail!("envoy not ready after 30s: {}", envoy.log())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("envoy.out")).unwrap_or_default()
     }
 }
 
@@ -181,7 +185,9 @@ async fn get(addr: SocketAddr, path: &str) -> Option<String> {
 async fn listener_port(admin: SocketAddr) -> Option<u16> {
     get(admin, "/ready").await?;
     let body = get(admin, "/listeners?format=json").await?;
-    let json: Value = serde_json::from_str(body.split_once("\r\n\r\n")?.1).ok()?;
+    // The body may be chunked; the JSON object is one small chunk.
+    let body = body.split_once("\r\n\r\n")?.1;
+    let json: Value = serde_json::from_str(body.get(body.find('{')?..=body.rfind('}')?)?).ok()?;
     let plain = json["listener_statuses"]
         .as_array()?
         .iter()

@@ -126,16 +126,33 @@ impl Drop for Server {
 #[derive(Debug, Clone, Default)]
 struct Measured {
     run: RunResult,
+    /// Server CPU time over wall time (100% = one core).
     cpu_percent: f64,
+    /// The same for this (client) process.
+    client_cpu_percent: f64,
+}
+
+impl Measured {
+    /// Requests answered per second of server CPU time: unlike req/s, it
+    /// does not depend on how much of its core the server got from the
+    /// other processes on the machine.
+    fn per_cpu_second(&self) -> f64 {
+        if self.cpu_percent == 0.0 {
+            0.0
+        } else {
+            self.run.rps * 100.0 / self.cpu_percent
+        }
+    }
 }
 
 async fn measure(server: &Server, o: &Options, mode: grpc::Mode, requests: &Arc<Vec<Bytes>>) -> anyhow::Result<Measured> {
-    let before = sample(server.pid());
+    let (before, me_before) = (sample(server.pid()), sample(std::process::id()));
     let started = Instant::now();
     let run = grpc::run(server.addr, requests.clone(), mode, o.connections, o.warmup, o.duration).await?;
-    let after = sample(server.pid());
-    let cpu = (after.cpu_ticks - before.cpu_ticks) as f64 / 100.0 / started.elapsed().as_secs_f64();
-    Ok(Measured { run, cpu_percent: 100.0 * cpu })
+    let (after, me_after) = (sample(server.pid()), sample(std::process::id()));
+    let secs = started.elapsed().as_secs_f64();
+    let percent = |a: ProcSample, b: ProcSample| (b.cpu_ticks.saturating_sub(a.cpu_ticks)) as f64 / secs;
+    Ok(Measured { run, cpu_percent: percent(before, after), client_cpu_percent: percent(me_before, me_after) })
 }
 
 fn mean(xs: &[Measured], f: impl Fn(&Measured) -> f64) -> f64 {
@@ -164,12 +181,12 @@ fn row(out: &mut String, name: &str, m: &Measured) {
     let r = &m.run;
     let _ = writeln!(
         out,
-        "| {name} | {:.0} | {} | {} | {} | {} | {} | {}/{}/{} | {:.0}% |",
-        r.rps, ms(r.p50_us), ms(r.p90_us), ms(r.p99_us), ms(r.p999_us), ms(r.max_us), r.allow, r.deny, r.errors, m.cpu_percent
+        "| {name} | {:.0} | {} | {} | {} | {} | {} | {}/{}/{} | {:.0}% | {:.0} | {:.0}% |",
+        r.rps, ms(r.p50_us), ms(r.p90_us), ms(r.p99_us), ms(r.p999_us), ms(r.max_us), r.allow, r.deny, r.errors, m.cpu_percent, m.per_cpu_second(), m.client_cpu_percent
     );
 }
 
-const HEADER: &str = "| server | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | allow/deny/error | server CPU |\n|---|---|---|---|---|---|---|---|---|";
+const HEADER: &str = "| server | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | allow/deny/error | server CPU | req per server CPU-s | client CPU |\n|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// Items 1–3 of issue 6, printed as Markdown.
 pub async fn suite(o: Options) -> anyhow::Result<()> {
@@ -197,7 +214,8 @@ pub async fn suite(o: Options) -> anyhow::Result<()> {
         row(&mut out, &format!("fleet-authz r{}", i + 1), f);
     }
     let (b_rps, f_rps) = (mean(&b_max, |m| m.run.rps), mean(&f_max, |m| m.run.rps));
-    let _ = writeln!(out, "\nMean: baseline {b_rps:.0} req/s, fleet-authz {f_rps:.0} req/s, **ratio {}** (target ≥ 0.85).\n", ratio(f_rps, b_rps));
+    let (b_eff, f_eff) = (mean(&b_max, Measured::per_cpu_second), mean(&f_max, Measured::per_cpu_second));
+    let _ = writeln!(out, "\nMean: baseline {b_rps:.0} req/s, fleet-authz {f_rps:.0} req/s, **ratio {}** (target ≥ 0.85). Per server CPU-second: baseline {b_eff:.0}, fleet-authz {f_eff:.0}, **ratio {}**.\n", ratio(f_rps, b_rps), ratio(f_eff, b_eff));
 
     if let Some(h2) = h2load_pair(&baseline, &fleet, &o, &pems).await {
         let _ = writeln!(out, "{h2}");
