@@ -73,12 +73,13 @@ pub fn load_config(authz: Authz, app: SocketAddr) -> anyhow::Result<Value> {
         .remove("transport_socket");
     let hcm = &mut chain["filters"][0]["typed_config"];
     let hcm_map = hcm.as_object_mut().context("http_connection_manager")?;
-    hcm_map.insert("forward_client_cert_details".into(), json!("ALWAYS_FORWARD_ONLY"));
+    hcm_map.insert(
+        "forward_client_cert_details".into(),
+        json!("ALWAYS_FORWARD_ONLY"),
+    );
     hcm_map.remove("set_current_client_cert_details");
     hcm_map.remove("access_log");
-    let filters = hcm["http_filters"]
-        .as_array_mut()
-        .context("http_filters")?;
+    let filters = hcm["http_filters"].as_array_mut().context("http_filters")?;
     let ext = filters
         .iter()
         .position(|f| f["name"] == "envoy.filters.http.ext_authz")
@@ -103,8 +104,7 @@ pub fn load_config(authz: Authz, app: SocketAddr) -> anyhow::Result<Value> {
             Some("app") => app,
             _ => continue,
         };
-        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] =
-            json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}});
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}});
     }
     Ok(config)
 }
@@ -138,7 +138,13 @@ impl Envoy {
             .arg(&config_path)
             .arg("--admin-address-path")
             .arg(&admin_path)
-            .args(["--log-level", "warn", "--concurrency", "1", "--disable-hot-restart"])
+            .args([
+                "--log-level",
+                "warn",
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -174,9 +180,11 @@ impl Envoy {
 
 async fn get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).await.ok()?;
     out.starts_with("HTTP/1.1 200").then_some(out)
@@ -206,7 +214,8 @@ pub async fn serve_upstream(listener: TcpListener) {
                 if read_head(&mut stream, &mut buf).await.is_none() {
                     return;
                 }
-                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok";
+                let ok =
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok";
                 if stream.write_all(ok).await.is_err() {
                     return;
                 }
@@ -230,7 +239,9 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<u16> {
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let head = std::str::from_utf8(&buf[..head_end]).ok()?.to_ascii_lowercase();
+    let head = std::str::from_utf8(&buf[..head_end])
+        .ok()?
+        .to_ascii_lowercase();
     let length: usize = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
@@ -316,6 +327,9 @@ pub async fn http_load(
         i += 1;
     }
     while tasks.join_next().await.is_some() {}
-    let hist = hist.lock().map(|h| h.clone()).unwrap_or_else(|_| histogram());
+    let hist = hist
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| histogram());
     Ok(RunResult::new(&hist, &counts, duration))
 }

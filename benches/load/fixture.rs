@@ -85,7 +85,9 @@ pub fn device_pems(count: usize) -> anyhow::Result<Vec<String>> {
         params.subject_alt_names = vec![SanType::URI(
             format!("urn:uuid:5f0c7c4e-2d0b-4c4e-9a58-{i:012}").try_into()?,
         )];
-        params.serial_number = Some(rcgen::SerialNumber::from((i as u64 + 1).to_be_bytes().to_vec()));
+        params.serial_number = Some(rcgen::SerialNumber::from(
+            (i as u64 + 1).to_be_bytes().to_vec(),
+        ));
         params.use_authority_key_identifier_extension = true;
         pems.push(params.signed_by(&device_key, &issuer)?.pem());
     }

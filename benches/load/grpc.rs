@@ -125,11 +125,18 @@ pub async fn run(
     let end = record_from + duration;
     let counts = Arc::new(Counts::default());
     let hist = match mode {
-        Mode::Closed(n) => {
-            closed(channels, requests, n, record_from, end, counts.clone()).await
-        }
+        Mode::Closed(n) => closed(channels, requests, n, record_from, end, counts.clone()).await,
         Mode::Rate(rps) => {
-            open(channels, requests, rps, start, record_from, end, counts.clone()).await
+            open(
+                channels,
+                requests,
+                rps,
+                start,
+                record_from,
+                end,
+                counts.clone(),
+            )
+            .await
         }
     };
     Ok(RunResult::new(&hist, &counts, duration))
@@ -232,5 +239,7 @@ async fn open(
     if overloaded.load(Ordering::Relaxed) {
         eprintln!("warning: more than 10,000 requests outstanding; the server did not keep up");
     }
-    hist.lock().map(|h| h.clone()).unwrap_or_else(|_| histogram())
+    hist.lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| histogram())
 }

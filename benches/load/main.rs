@@ -53,9 +53,14 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` appends `--bench`; it means nothing here.
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let Some(command) = args.first().cloned() else {
-        eprintln!("usage: cargo bench --bench load -- suite|soak|serve|client … (see benches/load/main.rs)");
+        eprintln!(
+            "usage: cargo bench --bench load -- suite|soak|serve|client … (see benches/load/main.rs)"
+        );
         return Ok(());
     };
     let devices: usize = opt_or(&args, "--devices", 1000)?;
@@ -70,7 +75,9 @@ fn main() -> anyhow::Result<()> {
             }
         }
         "client" => {
-            let addr = opt(&args, "--addr").context("client: --addr is required")?.parse()?;
+            let addr = opt(&args, "--addr")
+                .context("client: --addr is required")?
+                .parse()?;
             let mode = match (opt(&args, "--concurrency"), opt(&args, "--rate")) {
                 (Some(c), None) => grpc::Mode::Closed(c.parse()?),
                 (None, Some(r)) => grpc::Mode::Rate(r.parse()?),
