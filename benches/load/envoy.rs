@@ -286,7 +286,11 @@ pub async fn http_load(
         if due >= end {
             break;
         }
-        tokio::time::sleep_until(due).await;
+        if due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
         let (idle, hist, counts) = (idle.clone(), hist.clone(), counts.clone());
         let request = requests[i % requests.len()].clone();
         tasks.spawn(async move {

@@ -203,6 +203,10 @@ async fn open(
         }
         if due > Instant::now() {
             tokio::time::sleep_until(due).await;
+        } else {
+            // Behind schedule: still let the requests in flight run (and
+            // complete) on this single-threaded runtime before sending more.
+            tokio::task::yield_now().await;
         }
         // Past 10,000 outstanding the server is not keeping up: count the
         // rest as errors instead of letting the client run out of memory.
