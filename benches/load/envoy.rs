@@ -1,0 +1,339 @@
+//! Envoy in the loop: a plain-HTTP variant of the root `envoy.yaml`, a
+//! minimal upstream app, and an HTTP/1.1 client at a fixed rate.
+//!
+//! The variant is derived from the shipped file at run time (so it follows
+//! it): the listener drops TLS and binds 127.0.0.1:0, XFCC handling becomes
+//! `ALWAYS_FORWARD_ONLY` so the client's header reaches ext_authz, the
+//! peer certificate is not sent, and the access log is dropped (identical for
+//! every variant). `Authz::None` removes the ext_authz filter altogether.
+//!
+//! Envoy is found as `tests/common/envoy.rs` finds it: `ENVOY_BIN`, `envoy`
+//! on `PATH`, or the copy `cargo test` installs under `target/envoy-pip`.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use prost::bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    time::Instant,
+};
+
+use crate::report::{Counts, RunResult, histogram};
+
+/// The Envoy binary, or an error saying how to get one.
+pub fn envoy_bin() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("ENVOY_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    if let Some(paths) = std::env::var_os("PATH")
+        && let Some(bin) = std::env::split_paths(&paths)
+            .map(|d| d.join("envoy"))
+            .find(|p| p.is_file())
+    {
+        return Ok(bin);
+    }
+    let pip = crate::fixture::work_dir()?
+        .parent()
+        .map(|t| t.join("envoy-pip/envoy/_bin/envoy"))
+        .filter(|p| p.is_file());
+    pip.context("no Envoy: set ENVOY_BIN, put envoy on PATH, or run `cargo test --test envoy_e2e` once (it installs one under target/envoy-pip)")
+}
+
+/// Which ext_authz server Envoy asks, if any.
+#[derive(Debug, Clone, Copy)]
+pub enum Authz {
+    /// ext_authz pointing at this gRPC server.
+    At(SocketAddr),
+    /// No ext_authz filter.
+    None,
+}
+
+/// The root `envoy.yaml` turned into the plain-HTTP load variant.
+pub fn load_config(authz: Authz, app: SocketAddr) -> anyhow::Result<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy.yaml");
+    let mut config: Value = yaml_serde::from_str(&std::fs::read_to_string(&path)?)?;
+    let any = json!({"socket_address": {"address": "127.0.0.1", "port_value": 0}});
+    config["admin"]["address"] = any.clone();
+    let listener = &mut config["static_resources"]["listeners"][0];
+    listener["name"] = json!("plain");
+    listener["address"] = any;
+    let chain = &mut listener["filter_chains"][0];
+    chain
+        .as_object_mut()
+        .context("filter_chains[0]")?
+        .remove("transport_socket");
+    let hcm = &mut chain["filters"][0]["typed_config"];
+    let hcm_map = hcm.as_object_mut().context("http_connection_manager")?;
+    hcm_map.insert(
+        "forward_client_cert_details".into(),
+        json!("ALWAYS_FORWARD_ONLY"),
+    );
+    hcm_map.remove("set_current_client_cert_details");
+    hcm_map.remove("access_log");
+    let filters = hcm["http_filters"].as_array_mut().context("http_filters")?;
+    let ext = filters
+        .iter()
+        .position(|f| f["name"] == "envoy.filters.http.ext_authz")
+        .context("envoy.yaml has no ext_authz filter")?;
+    let authz_addr = match authz {
+        Authz::At(addr) => {
+            filters[ext]["typed_config"]["include_peer_certificate"] = json!(false);
+            addr
+        }
+        Authz::None => {
+            filters.remove(ext);
+            // The cluster stays (unused); any address will do.
+            app
+        }
+    };
+    for cluster in config["static_resources"]["clusters"]
+        .as_array_mut()
+        .context("clusters")?
+    {
+        let addr = match cluster["name"].as_str() {
+            Some("fleet_authz") => authz_addr,
+            Some("app") => app,
+            _ => continue,
+        };
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}});
+    }
+    Ok(config)
+}
+
+/// A running Envoy; killed on drop.
+pub struct Envoy {
+    pub child: Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Envoy {
+    /// Starts Envoy (one worker) on `cpus` and waits until its listener is up.
+    pub async fn start(config: &Value, cpus: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("envoy.json");
+        std::fs::write(&config_path, serde_json::to_vec_pretty(config)?)?;
+        let admin_path = dir.path().join("admin-address");
+        let log = std::fs::File::create(dir.path().join("envoy.out"))?;
+        let child = Command::new("taskset")
+            .args(["-c", cpus])
+            .arg(envoy_bin()?)
+            .arg("--config-path")
+            .arg(&config_path)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args([
+                "--log-level",
+                "warn",
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start envoy")?;
+        let mut envoy = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = envoy.child.try_wait()? {
+                bail!("envoy exited during startup ({status}): {}", envoy.log());
+            }
+            if let Some(admin) = std::fs::read_to_string(&admin_path)
+                .ok()
+                .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+                && let Some(port) = listener_port(admin).await
+            {
+                envoy.addr = SocketAddr::from(([127, 0, 0, 1], port));
+                return Ok(envoy);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("envoy not ready after 30s: {}", envoy.log())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("envoy.out")).unwrap_or_default()
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    out.starts_with("HTTP/1.1 200").then_some(out)
+}
+
+async fn listener_port(admin: SocketAddr) -> Option<u16> {
+    get(admin, "/ready").await?;
+    let body = get(admin, "/listeners?format=json").await?;
+    // The body may be chunked; the JSON object is one small chunk.
+    let body = body.split_once("\r\n\r\n")?.1;
+    let json: Value = serde_json::from_str(body.get(body.find('{')?..=body.rfind('}')?)?).ok()?;
+    let plain = json["listener_statuses"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == "plain")?;
+    let port = plain["local_address"]["socket_address"]["port_value"].as_u64()?;
+    u16::try_from(port).ok().filter(|p| *p != 0)
+}
+
+/// The upstream app: answers every HTTP/1.1 request `200 ok`, keep-alive.
+pub async fn serve_upstream(listener: TcpListener) {
+    while let Ok((mut stream, _)) = listener.accept().await {
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(8192);
+            loop {
+                if read_head(&mut stream, &mut buf).await.is_none() {
+                    return;
+                }
+                let ok =
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok";
+                if stream.write_all(ok).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Reads one request or response head (and its `content-length` body) into
+/// `buf`; returns the status code for a response, 0 for a request.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<u16> {
+    buf.clear();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = std::str::from_utf8(&buf[..head_end])
+        .ok()?
+        .to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let status = head
+        .strip_prefix("http/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Some(status)
+}
+
+/// Sends `requests` (round robin) to `addr` at `rps` for `warmup + duration`;
+/// each request takes an idle keep-alive connection or opens one. Latency is
+/// from when the request was due.
+pub async fn http_load(
+    addr: SocketAddr,
+    requests: Arc<Vec<Bytes>>,
+    rps: u64,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<RunResult> {
+    let idle: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let hist = Arc::new(Mutex::new(histogram()));
+    let counts = Arc::new(Counts::default());
+    let start = Instant::now() + Duration::from_millis(10);
+    let record_from = start + warmup;
+    let end = record_from + duration;
+    let interval = Duration::from_secs_f64(1.0 / rps.max(1) as f64);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut i = 0usize;
+    loop {
+        let due = start + interval.mul_f64(i as f64);
+        if due >= end {
+            break;
+        }
+        if due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+        let (idle, hist, counts) = (idle.clone(), hist.clone(), counts.clone());
+        let request = requests[i % requests.len()].clone();
+        tasks.spawn(async move {
+            let pooled = idle.lock().ok().and_then(|mut v| v.pop());
+            let stream = match pooled {
+                Some(s) => Some(s),
+                None => TcpStream::connect(addr).await.ok().inspect(|s| {
+                    let _ = s.set_nodelay(true);
+                }),
+            };
+            let mut status = None;
+            if let Some(mut s) = stream {
+                let mut buf = Vec::with_capacity(4096);
+                if s.write_all(&request).await.is_ok() {
+                    status = read_head(&mut s, &mut buf).await;
+                }
+                if status.is_some()
+                    && let Ok(mut v) = idle.lock()
+                {
+                    v.push(s);
+                }
+            }
+            if due >= record_from {
+                let micros = due.elapsed().as_micros() as u64;
+                if let Ok(mut h) = hist.lock() {
+                    let _ = h.record(micros);
+                }
+                use std::sync::atomic::Ordering::Relaxed;
+                let c = match status {
+                    Some(200) => &counts.allow,
+                    Some(403) => &counts.deny,
+                    _ => &counts.errors,
+                };
+                c.fetch_add(1, Relaxed);
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+        i += 1;
+    }
+    while tasks.join_next().await.is_some() {}
+    let hist = hist
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| histogram());
+    Ok(RunResult::new(&hist, &counts, duration))
+}

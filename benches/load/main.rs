@@ -1,0 +1,117 @@
+//! Load generator for fleet-authz (project issue 6), measured against the
+//! physical limit in the same run. Not a criterion bench: run it by hand.
+//!
+//! ```text
+//! cargo bench --bench load -- suite [--duration 10] [--rounds 2] [--no-envoy]
+//! cargo bench --bench load -- soak [--minutes 10] [--fraction 0.7]
+//! cargo bench --bench load -- serve fleet|baseline [--hosts 100000]
+//! cargo bench --bench load -- client --addr HOST:PORT (--concurrency N | --rate RPS)
+//! ```
+//!
+//! `suite` pins itself (the load client, and the upstream app of the Envoy
+//! runs) to CPU 1 and starts each server under test as a child process of
+//! this same binary pinned to CPU 0, with one tokio worker: the split is the
+//! same for fleet-authz and the baseline. Results: BENCHMARKS.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark tool")]
+
+mod envoy;
+mod fixture;
+mod grpc;
+mod report;
+mod servers;
+mod suite;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context, bail};
+
+/// Value of `--name` in `args`, if given.
+pub fn opt(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// Parsed `--name`, or `default`.
+pub fn opt_or<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow::Result<T> {
+    match opt(args, name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name}: cannot parse `{v}`")),
+    }
+}
+
+/// A server's runtime: `workers` tokio workers (the same for both servers).
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .enable_all()
+        .build()?)
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` appends `--bench`; it means nothing here.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let Some(command) = args.first().cloned() else {
+        eprintln!(
+            "usage: cargo bench --bench load -- suite|soak|serve|client … (see benches/load/main.rs)"
+        );
+        return Ok(());
+    };
+    let devices: usize = opt_or(&args, "--devices", 1000)?;
+    match command.as_str() {
+        "serve" => {
+            let workers = opt_or(&args, "--workers", 1)?;
+            let hosts = opt_or(&args, "--hosts", 100_000)?;
+            match args.get(1).map(String::as_str) {
+                Some("fleet") => runtime(workers)?.block_on(servers::serve_fleet(hosts, devices)),
+                Some("baseline") => runtime(workers)?.block_on(servers::serve_baseline()),
+                other => bail!("serve: expected fleet or baseline, got {other:?}"),
+            }
+        }
+        "client" => {
+            let addr = opt(&args, "--addr")
+                .context("client: --addr is required")?
+                .parse()?;
+            let mode = match (opt(&args, "--concurrency"), opt(&args, "--rate")) {
+                (Some(c), None) => grpc::Mode::Closed(c.parse()?),
+                (None, Some(r)) => grpc::Mode::Rate(r.parse()?),
+                _ => bail!("client: give --concurrency or --rate"),
+            };
+            let requests = Arc::new(fixture::encoded_requests(&fixture::device_pems(devices)?));
+            let result = single_thread()?.block_on(grpc::run(
+                addr,
+                requests,
+                mode,
+                opt_or(&args, "--connections", 4)?,
+                Duration::from_secs(opt_or(&args, "--warmup", 2)?),
+                Duration::from_secs(opt_or(&args, "--duration", 10)?),
+            ))?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        "suite" | "soak" => {
+            suite::pin_self("1")?;
+            let options = suite::Options::parse(&args)?;
+            let rt = single_thread()?;
+            if command == "suite" {
+                rt.block_on(suite::suite(options))
+            } else {
+                rt.block_on(suite::soak(options))
+            }
+        }
+        other => bail!("unknown command `{other}`"),
+    }
+}
+
+/// The client's runtime: one thread, on the client's one core.
+fn single_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}

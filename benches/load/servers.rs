@@ -1,0 +1,107 @@
+//! The two gRPC servers under load, each run in its own process:
+//! - `fleet`: the real service, started through `fleet_authz::server::start`
+//!   (same listeners, middleware and JSON decision log as `fleet-authz
+//!   serve`), with 100,000 hosts put in its store after start;
+//! - `baseline`: the physical limit, a minimal tonic 0.14 `Authorization`
+//!   server that answers OK to every Check without looking at it (tonic still
+//!   decodes the request, as any tonic server must).
+//!
+//! Both print `LISTEN <addr>` on stderr once serving and stop when stdin
+//! closes.
+
+use std::{net::SocketAddr, time::SystemTime};
+
+use anyhow::Context;
+use envoy_types::pb::{
+    envoy::service::auth::v3::{
+        CheckRequest, CheckResponse,
+        authorization_server::{Authorization, AuthorizationServer},
+    },
+    google::rpc,
+};
+use fleet_authz::{
+    config::{Config, LogFormat, TelemetryConfig},
+    server, telemetry,
+};
+use tokio::{io::AsyncReadExt, net::TcpListener};
+use tonic::{Request, Response, Status, transport::server::TcpIncoming};
+
+use crate::fixture;
+
+/// Resolves when the parent closes our stdin (or it is not a pipe).
+async fn stdin_closed() {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Serves fleet-authz with `hosts` hosts until stdin closes.
+pub async fn serve_fleet(hosts: u64, devices: usize) -> anyhow::Result<()> {
+    let _telemetry = telemetry::init(&TelemetryConfig {
+        log_format: LogFormat::Json,
+        otlp_endpoint: None,
+    });
+    let dir = tempfile::tempdir()?;
+    let policy = dir.path().join("policy.yaml");
+    let posture = dir.path().join("posture.yaml");
+    std::fs::write(&policy, fixture::POLICY)?;
+    std::fs::write(&posture, "hosts: []\n")?;
+    let yaml = format!(
+        "listen: {{grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\"}}\n\
+         posture_file: {}\n\
+         policy_file: {}\n\
+         identity: {{sources: [xfcc]}}\n\
+         remediation_url: \"https://fleet.example.com/device/{{host_id}}\"\n",
+        posture.display(),
+        policy.display()
+    );
+    let config = Config::from_yaml(&yaml, "load.yaml".as_ref())?;
+    let running = server::start(config).await?;
+    let fps = fixture::fingerprints(&fixture::device_pems(devices)?)?;
+    running
+        .authorizer
+        .store
+        .replace_all(fixture::hosts(hosts, &fps), SystemTime::now());
+    eprintln!("LISTEN {}", running.grpc_addr());
+    stdin_closed().await;
+    running.shutdown().await;
+    Ok(())
+}
+
+/// The baseline's handler: OK, nothing else.
+#[derive(Debug, Default)]
+struct AlwaysOk;
+
+#[tonic::async_trait]
+impl Authorization for AlwaysOk {
+    async fn check(
+        &self,
+        _request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        Ok(Response::new(CheckResponse {
+            status: Some(rpc::Status {
+                code: rpc::Code::Ok as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+}
+
+/// Serves the baseline until stdin closes.
+pub async fn serve_baseline() -> anyhow::Result<()> {
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    eprintln!("LISTEN {}", listener.local_addr()?);
+    tonic::transport::Server::builder()
+        .add_service(AuthorizationServer::new(AlwaysOk))
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stdin_closed(),
+        )
+        .await
+        .context("baseline server failed")
+}

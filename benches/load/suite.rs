@@ -1,0 +1,572 @@
+//! The measurement runs: servers as child processes pinned to CPU 0, the
+//! client here on CPU 1; baseline and fleet-authz alternate round by round,
+//! so both see the same machine. Prints Markdown (also written to
+//! `target/load/report.md`).
+
+use std::{
+    fmt::Write as _,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use prost::bytes::Bytes;
+
+use crate::{
+    envoy::{self, Authz, Envoy},
+    fixture, grpc,
+    report::{ProcSample, RunResult, ms, ratio, sample},
+};
+
+/// CPUs of the server side (and Envoy) and of the client side.
+const SERVER_CPU: &str = "0";
+const CLIENT_CPU: &str = "1";
+
+/// Suite settings from the command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub rounds: usize,
+    pub concurrency: usize,
+    pub connections: usize,
+    pub hosts: u64,
+    pub devices: usize,
+    pub envoy_rps: u64,
+    pub envoy: bool,
+    pub minutes: u64,
+    pub fraction: f64,
+}
+
+impl Options {
+    /// Reads `--duration`, `--rounds`, … with the documented defaults.
+    pub fn parse(args: &[String]) -> anyhow::Result<Self> {
+        use crate::opt_or;
+        Ok(Self {
+            duration: Duration::from_secs(opt_or(args, "--duration", 10)?),
+            warmup: Duration::from_secs(opt_or(args, "--warmup", 2)?),
+            rounds: opt_or(args, "--rounds", 2)?,
+            concurrency: opt_or(args, "--concurrency", 64)?,
+            connections: opt_or(args, "--connections", 4)?,
+            hosts: opt_or(args, "--hosts", 100_000)?,
+            devices: opt_or(args, "--devices", 1000)?,
+            envoy_rps: opt_or(args, "--envoy-rps", 1000)?,
+            envoy: !args.iter().any(|a| a == "--no-envoy"),
+            minutes: opt_or(args, "--minutes", 10)?,
+            fraction: opt_or(args, "--fraction", 0.7)?,
+        })
+    }
+}
+
+/// Pins this process (and the threads it creates later) to `cpus`.
+pub fn pin_self(cpus: &str) -> anyhow::Result<()> {
+    let status = Command::new("taskset")
+        .args(["-cp", cpus, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("taskset not found")?;
+    if !status.success() {
+        bail!("taskset -cp {cpus} failed");
+    }
+    Ok(())
+}
+
+/// A server under test, in its own process; stopped on drop.
+struct Server {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(kind: &str, o: &Options) -> anyhow::Result<Self> {
+        let mut child = Command::new("taskset")
+            .args(["-c", SERVER_CPU])
+            .arg(std::env::current_exe()?)
+            .args(["serve", kind, "--workers", "1"])
+            .args([
+                "--hosts",
+                &o.hosts.to_string(),
+                "--devices",
+                &o.devices.to_string(),
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            // fleet-authz's JSON decision log: written, as in production, then discarded.
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines.next().context("server exited before listening")??;
+            if let Some(a) = line.strip_prefix("LISTEN ") {
+                break a.parse()?;
+            }
+            eprintln!("[{kind}] {line}");
+        };
+        // Keep draining stderr so the server never blocks on it.
+        std::thread::spawn(move || lines.for_each(drop));
+        let stdin = child.stdin.take();
+        Ok(Self { child, stdin, addr })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One run's client figures plus the server's CPU use during it.
+#[derive(Debug, Clone, Default)]
+struct Measured {
+    run: RunResult,
+    /// Server CPU time over wall time (100% = one core).
+    cpu_percent: f64,
+    /// The same for this (client) process.
+    client_cpu_percent: f64,
+}
+
+impl Measured {
+    /// Requests answered per second of server CPU time: unlike req/s, it
+    /// does not depend on how much of its core the server got from the
+    /// other processes on the machine.
+    fn per_cpu_second(&self) -> f64 {
+        if self.cpu_percent == 0.0 {
+            0.0
+        } else {
+            self.run.rps * 100.0 / self.cpu_percent
+        }
+    }
+}
+
+async fn measure(
+    server: &Server,
+    o: &Options,
+    mode: grpc::Mode,
+    requests: &Arc<Vec<Bytes>>,
+) -> anyhow::Result<Measured> {
+    let (before, me_before) = (sample(server.pid()), sample(std::process::id()));
+    let started = Instant::now();
+    let run = grpc::run(
+        server.addr,
+        requests.clone(),
+        mode,
+        o.connections,
+        o.warmup,
+        o.duration,
+    )
+    .await?;
+    let (after, me_after) = (sample(server.pid()), sample(std::process::id()));
+    let secs = started.elapsed().as_secs_f64();
+    let percent =
+        |a: ProcSample, b: ProcSample| (b.cpu_ticks.saturating_sub(a.cpu_ticks)) as f64 / secs;
+    Ok(Measured {
+        run,
+        cpu_percent: percent(before, after),
+        client_cpu_percent: percent(me_before, me_after),
+    })
+}
+
+fn mean(xs: &[Measured], f: impl Fn(&Measured) -> f64) -> f64 {
+    xs.iter().map(&f).sum::<f64>() / xs.len().max(1) as f64
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "{cpu}; {} CPUs online; this process sees {cores}; loadavg at start {}",
+        std::fs::read_to_string("/sys/devices/system/cpu/online")
+            .unwrap_or_default()
+            .trim(),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+fn mem(s: ProcSample) -> String {
+    format!(
+        "{:.0} MiB (peak {:.0} MiB)",
+        s.rss_kb as f64 / 1024.0,
+        s.hwm_kb as f64 / 1024.0
+    )
+}
+
+fn row(out: &mut String, name: &str, m: &Measured) {
+    let r = &m.run;
+    let _ = writeln!(
+        out,
+        "| {name} | {:.0} | {} | {} | {} | {} | {} | {}/{}/{} | {:.0}% | {:.0} | {:.0}% |",
+        r.rps,
+        ms(r.p50_us),
+        ms(r.p90_us),
+        ms(r.p99_us),
+        ms(r.p999_us),
+        ms(r.max_us),
+        r.allow,
+        r.deny,
+        r.errors,
+        m.cpu_percent,
+        m.per_cpu_second(),
+        m.client_cpu_percent
+    );
+}
+
+const HEADER: &str = "| server | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | allow/deny/error | server CPU | req per server CPU-s | client CPU |\n|---|---|---|---|---|---|---|---|---|---|---|";
+
+/// Items 1–3 of issue 6, printed as Markdown.
+pub async fn suite(o: Options) -> anyhow::Result<()> {
+    let pems = fixture::device_pems(o.devices)?;
+    let requests = Arc::new(fixture::encoded_requests(&pems));
+    let mut out = String::new();
+    let _ = writeln!(out, "Machine: {}\n", machine());
+    let _ = writeln!(
+        out,
+        "Pinning: servers (and Envoy) `taskset -c {SERVER_CPU}`, 1 tokio worker; client `taskset -c {CLIENT_CPU}`, current-thread runtime, {} HTTP/2 connections. Runs: {}s warm-up + {}s recorded, {} round(s), baseline and fleet-authz alternating.\n",
+        o.connections,
+        o.warmup.as_secs(),
+        o.duration.as_secs(),
+        o.rounds
+    );
+    let baseline = Server::start("baseline", &o)?;
+    let fleet = Server::start("fleet", &o)?;
+    let fleet_idle = sample(fleet.pid());
+    let base_idle = sample(baseline.pid());
+
+    // Item 2a: maximum throughput, closed loop.
+    let mode = grpc::Mode::Closed(o.concurrency);
+    let (mut b_max, mut f_max) = (Vec::new(), Vec::new());
+    for round in 1..=o.rounds {
+        eprintln!("max throughput, round {round}");
+        b_max.push(measure(&baseline, &o, mode, &requests).await?);
+        f_max.push(measure(&fleet, &o, mode, &requests).await?);
+    }
+    let _ = writeln!(
+        out,
+        "### Maximum throughput (closed loop, {} callers)\n\n{HEADER}",
+        o.concurrency
+    );
+    for (i, (b, f)) in b_max.iter().zip(&f_max).enumerate() {
+        row(&mut out, &format!("baseline r{}", i + 1), b);
+        row(&mut out, &format!("fleet-authz r{}", i + 1), f);
+    }
+    let (b_rps, f_rps) = (mean(&b_max, |m| m.run.rps), mean(&f_max, |m| m.run.rps));
+    let (b_eff, f_eff) = (
+        mean(&b_max, Measured::per_cpu_second),
+        mean(&f_max, Measured::per_cpu_second),
+    );
+    let _ = writeln!(
+        out,
+        "\nMean: baseline {b_rps:.0} req/s, fleet-authz {f_rps:.0} req/s, **ratio {}** (target ≥ 0.85). Per server CPU-second: baseline {b_eff:.0}, fleet-authz {f_eff:.0}, **ratio {}**.\n",
+        ratio(f_rps, b_rps),
+        ratio(f_eff, b_eff)
+    );
+
+    if let Some(h2) = h2load_pair(&baseline, &fleet, &o, &pems).await {
+        let _ = writeln!(out, "{h2}");
+    }
+
+    // Item 2b: latency at half the baseline's maximum rate, open loop.
+    let rate = (b_rps / 2.0).round() as u64;
+    let (mut b_lat, mut f_lat) = (Vec::new(), Vec::new());
+    for round in 1..=o.rounds {
+        eprintln!("fixed rate {rate}/s, round {round}");
+        b_lat.push(measure(&baseline, &o, grpc::Mode::Rate(rate), &requests).await?);
+        f_lat.push(measure(&fleet, &o, grpc::Mode::Rate(rate), &requests).await?);
+    }
+    let _ = writeln!(
+        out,
+        "### Latency at {rate} req/s (50% of the baseline's maximum, open loop)\n\n{HEADER}"
+    );
+    for (i, (b, f)) in b_lat.iter().zip(&f_lat).enumerate() {
+        row(&mut out, &format!("baseline r{}", i + 1), b);
+        row(&mut out, &format!("fleet-authz r{}", i + 1), f);
+    }
+    let (b_p99, f_p99) = (
+        mean(&b_lat, |m| m.run.p99_us as f64),
+        mean(&f_lat, |m| m.run.p99_us as f64),
+    );
+    let (b_p50, f_p50) = (
+        mean(&b_lat, |m| m.run.p50_us as f64),
+        mean(&f_lat, |m| m.run.p50_us as f64),
+    );
+    let _ = writeln!(
+        out,
+        "\nMean p50: baseline {} ms, fleet-authz {} ms (ratio {}). Mean p99: baseline {} ms, fleet-authz {} ms, **ratio {}** (target ≤ 1.2).\n",
+        ms(b_p50 as u64),
+        ms(f_p50 as u64),
+        ratio(f_p50, b_p50),
+        ms(b_p99 as u64),
+        ms(f_p99 as u64),
+        ratio(f_p99, b_p99)
+    );
+    let _ = writeln!(
+        out,
+        "Server memory: fleet-authz with {} hosts {} before load, {} after; baseline {} before, {} after.\n",
+        o.hosts,
+        mem(fleet_idle),
+        mem(sample(fleet.pid())),
+        mem(base_idle),
+        mem(sample(baseline.pid()))
+    );
+
+    if o.envoy {
+        envoy_runs(&mut out, &o, &pems, &baseline, &fleet).await?;
+    }
+    drop((baseline, fleet));
+    println!("{out}");
+    std::fs::write(fixture::work_dir()?.join("report.md"), &out)?;
+    Ok(())
+}
+
+/// Item 3: Envoy with no ext_authz, with the baseline, with fleet-authz.
+async fn envoy_runs(
+    out: &mut String,
+    o: &Options,
+    pems: &[String],
+    baseline: &Server,
+    fleet: &Server,
+) -> anyhow::Result<()> {
+    let upstream = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let app = upstream.local_addr()?;
+    let upstream = tokio::spawn(envoy::serve_upstream(upstream));
+    let requests = Arc::new(
+        pems.iter()
+            .map(|p| fixture::http_request(p))
+            .collect::<Vec<_>>(),
+    );
+    let variants = [
+        ("no ext_authz", Authz::None),
+        ("ext_authz → baseline", Authz::At(baseline.addr)),
+        ("ext_authz → fleet-authz", Authz::At(fleet.addr)),
+    ];
+    let mut results: Vec<Vec<RunResult>> = vec![Vec::new(); variants.len()];
+    for round in 1..=o.rounds {
+        for (i, (name, authz)) in variants.iter().enumerate() {
+            eprintln!("envoy {name}, round {round}");
+            let envoy = Envoy::start(&envoy::load_config(*authz, app)?, SERVER_CPU).await?;
+            results[i].push(
+                envoy::http_load(
+                    envoy.addr,
+                    requests.clone(),
+                    o.envoy_rps,
+                    o.warmup,
+                    o.duration,
+                )
+                .await?,
+            );
+        }
+    }
+    upstream.abort();
+    let _ = writeln!(
+        out,
+        "### Through Envoy at {} req/s (plain HTTP/1.1, XFCC forwarded, open loop)\n",
+        o.envoy_rps
+    );
+    let _ = writeln!(
+        out,
+        "| variant | round | p50 ms | p90 ms | p99 ms | p99.9 ms | 200/403/error |\n|---|---|---|---|---|---|---|"
+    );
+    for ((name, _), runs) in variants.iter().zip(&results) {
+        for (r, run) in runs.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} | {} | {} | {}/{}/{} |",
+                r + 1,
+                ms(run.p50_us),
+                ms(run.p90_us),
+                ms(run.p99_us),
+                ms(run.p999_us),
+                run.allow,
+                run.deny,
+                run.errors
+            );
+        }
+    }
+    let avg = |runs: &Vec<RunResult>, f: fn(&RunResult) -> u64| {
+        runs.iter().map(|r| f(r) as f64).sum::<f64>() / runs.len().max(1) as f64
+    };
+    let none = (
+        avg(&results[0], |r| r.p50_us),
+        avg(&results[0], |r| r.p99_us),
+    );
+    let _ = writeln!(
+        out,
+        "\n| ext_authz server | added p50 ms | added p99 ms |\n|---|---|---|"
+    );
+    for (i, name) in [(1, "baseline"), (2, "fleet-authz")] {
+        let added50 = avg(&results[i], |r| r.p50_us) - none.0;
+        let added99 = avg(&results[i], |r| r.p99_us) - none.1;
+        let _ = writeln!(
+            out,
+            "| {name} | {:.3} | {:.3} |",
+            added50 / 1000.0,
+            added99 / 1000.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nAdded = mean over rounds of (variant − no ext_authz). Target for fleet-authz: added p99 < 0.3 ms.\n"
+    );
+    Ok(())
+}
+
+/// h2load's maximum throughput for both servers (second opinion); `None`
+/// when h2load is not installed.
+async fn h2load_pair(
+    baseline: &Server,
+    fleet: &Server,
+    o: &Options,
+    pems: &[String],
+) -> Option<String> {
+    let body = fixture::encoded_requests(&pems[..1]).pop()?;
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    let path = fixture::work_dir().ok()?.join("check.grpc");
+    std::fs::write(&path, frame).ok()?;
+    let run = |addr: SocketAddr| {
+        let out = Command::new("taskset")
+            .args([
+                "-c",
+                CLIENT_CPU,
+                "h2load",
+                "-c",
+                &o.connections.to_string(),
+                "-m",
+                &(o.concurrency / o.connections.max(1)).to_string(),
+            ])
+            .args([
+                "--warm-up-time",
+                &format!("{}s", o.warmup.as_secs()),
+                "-D",
+                &format!("{}s", o.duration.as_secs()),
+            ])
+            .args([
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                "-d",
+            ])
+            .arg(&path)
+            .arg(format!(
+                "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+            ))
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("finished in"))?
+            .to_owned();
+        let rps: f64 = line
+            .split(", ")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        let status = text
+            .lines()
+            .find(|l| l.starts_with("status codes:"))
+            .unwrap_or("")
+            .to_owned();
+        Some((rps, status))
+    };
+    let (b, f) = (run(baseline.addr)?, run(fleet.addr)?);
+    Some(format!(
+        "h2load second opinion (same connections and streams, one fixed request): baseline {:.0} req/s, fleet-authz {:.0} req/s, ratio {} ({}; {}).\n",
+        b.0,
+        f.0,
+        ratio(f.0, b.0),
+        b.1,
+        f.1
+    ))
+}
+
+/// Item 6: fleet-authz at `fraction` of its maximum for `minutes`, RSS every 10 s.
+pub async fn soak(o: Options) -> anyhow::Result<()> {
+    let pems = fixture::device_pems(o.devices)?;
+    let requests = Arc::new(fixture::encoded_requests(&pems));
+    let fleet = Server::start("fleet", &o)?;
+    let max = measure(&fleet, &o, grpc::Mode::Closed(o.concurrency), &requests).await?;
+    let rate = (max.run.rps * o.fraction).round() as u64;
+    println!(
+        "Machine: {}\n\nfleet-authz max {:.0} req/s; soak at {rate} req/s ({:.0}%) for {} min; RSS sampled every 10 s.\n",
+        machine(),
+        max.run.rps,
+        o.fraction * 100.0,
+        o.minutes
+    );
+    println!("| t (s) | VmRSS MiB | VmHWM MiB |\n|---|---|---|");
+    let pid = fleet.pid();
+    let sampler = tokio::spawn(async move {
+        let start = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            let s = sample(pid);
+            println!(
+                "| {} | {:.1} | {:.1} |",
+                start.elapsed().as_secs(),
+                s.rss_kb as f64 / 1024.0,
+                s.hwm_kb as f64 / 1024.0
+            );
+        }
+    });
+    let mut windows = Vec::new();
+    for _ in 0..o.minutes {
+        let run = grpc::run(
+            fleet.addr,
+            requests.clone(),
+            grpc::Mode::Rate(rate),
+            o.connections,
+            Duration::ZERO,
+            Duration::from_secs(60),
+        )
+        .await?;
+        windows.push(run);
+    }
+    sampler.abort();
+    println!(
+        "\n| minute | req/s | p50 ms | p99 ms | p99.9 ms | max ms | allow/deny/error |\n|---|---|---|---|---|---|---|"
+    );
+    for (i, r) in windows.iter().enumerate() {
+        println!(
+            "| {} | {:.0} | {} | {} | {} | {} | {}/{}/{} |",
+            i + 1,
+            r.rps,
+            ms(r.p50_us),
+            ms(r.p99_us),
+            ms(r.p999_us),
+            ms(r.max_us),
+            r.allow,
+            r.deny,
+            r.errors
+        );
+    }
+    Ok(())
+}
