@@ -17,7 +17,7 @@ use fleet_authz::{
     cli::{build_check_request, url_encode_pem},
     fingerprint::Fingerprint,
     identity::url_pem_to_der,
-    posture::{HostPosture, PolicyResponse, PolicyResult, Team},
+    posture::{HostPosture, PolicyMeta, PolicyResponse, PolicyResult, Team},
 };
 use prost::{Message, bytes::Bytes};
 use rcgen::{CertificateParams, DnType, Issuer, KeyPair, SanType};
@@ -125,7 +125,12 @@ pub fn host_of_device(i: usize) -> u64 {
 /// `count` hosts with 3 fingerprints and 20 policy results each; the
 /// devices' real fingerprints replace the first synthetic one of their host.
 pub fn hosts(count: u64, devices: &[Fingerprint]) -> Vec<HostPosture> {
-    let names: Vec<Arc<str>> = (0..20).map(|i| Arc::from(format!("policy {i}"))).collect();
+    let metas: Vec<Arc<PolicyMeta>> = (0..20u64)
+        .map(|i| {
+            let fix = (i == 0).then(|| Arc::from("Turn on Gatekeeper."));
+            PolicyMeta::new(i + 1, format!("policy {i}"), i == 0, fix)
+        })
+        .collect();
     let team = Team {
         id: Some(1),
         name: Arc::from("Workstations"),
@@ -139,20 +144,16 @@ pub fn hosts(count: u64, devices: &[Fingerprint]) -> Vec<HostPosture> {
             h.platform = "darwin".into();
             h.last_seen = Some(now - Duration::from_secs(60));
             let fail = id % 20 == 0;
-            h.policies = names
+            h.policies = metas
                 .iter()
                 .enumerate()
-                .map(|(i, n)| PolicyResult {
-                    id: i as u64 + 1,
-                    name: n.clone(),
-                    response: if fail && i == 0 {
+                .map(|(i, m)| {
+                    let response = if fail && i == 0 {
                         PolicyResponse::Fail
                     } else {
                         PolicyResponse::Pass
-                    },
-                    critical: i == 0,
-                    resolution: (i == 0).then(|| Arc::from("Turn on Gatekeeper.")),
-                    failing_since: None,
+                    };
+                    PolicyResult::new(Arc::clone(m), response)
                 })
                 .collect();
             h.fingerprints = (0..3u64)

@@ -394,6 +394,32 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// Bodies at least this large are parsed off the async workers, so a sync
+/// of a big fleet never delays the Checks sharing those threads.
+const OFFLOAD_BYTES: usize = 64 * 1024;
+
+async fn decode<R: DeserializeOwned + Send + 'static>(
+    endpoint: &'static str,
+    body: bytes::Bytes,
+) -> Result<R, FleetError> {
+    let large = body.len() >= OFFLOAD_BYTES;
+    let parse = move || {
+        serde_json::from_slice(&body).map_err(|e| FleetError::Decode {
+            endpoint,
+            message: e.to_string(),
+        })
+    };
+    if !large {
+        return parse();
+    }
+    tokio::task::spawn_blocking(parse)
+        .await
+        .map_err(|e| FleetError::Decode {
+            endpoint,
+            message: format!("decoder task failed: {e}"),
+        })?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,30 +451,4 @@ mod tests {
             "FleetClient { base: \"https://fleet.example.com\", .. }"
         );
     }
-}
-
-/// Bodies at least this large are parsed off the async workers, so a sync
-/// of a big fleet never delays the Checks sharing those threads.
-const OFFLOAD_BYTES: usize = 64 * 1024;
-
-async fn decode<R: DeserializeOwned + Send + 'static>(
-    endpoint: &'static str,
-    body: bytes::Bytes,
-) -> Result<R, FleetError> {
-    let large = body.len() >= OFFLOAD_BYTES;
-    let parse = move || {
-        serde_json::from_slice(&body).map_err(|e| FleetError::Decode {
-            endpoint,
-            message: e.to_string(),
-        })
-    };
-    if !large {
-        return parse();
-    }
-    tokio::task::spawn_blocking(parse)
-        .await
-        .map_err(|e| FleetError::Decode {
-            endpoint,
-            message: format!("decoder task failed: {e}"),
-        })?
 }
