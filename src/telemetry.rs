@@ -40,6 +40,8 @@ pub struct OtlpError(String);
 pub struct TelemetryGuard {
     tracer: Option<SdkTracerProvider>,
     meter: Option<SdkMeterProvider>,
+    /// Flushes the buffered log writer (every line, none dropped) on drop.
+    log: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl Drop for TelemetryGuard {
@@ -64,7 +66,7 @@ impl Drop for TelemetryGuard {
 /// runtime when an endpoint is set.
 pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (otel, guard) = match config.otlp_endpoint.as_deref().map(otel_layer) {
+    let (otel, mut guard) = match config.otlp_endpoint.as_deref().map(otel_layer) {
         Some(Ok((layer, guard))) => (Some(layer), guard),
         Some(Err(error)) => {
             eprintln!("{error}; continuing without OpenTelemetry");
@@ -74,13 +76,36 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
     };
     let registry = tracing_subscriber::registry().with(otel).with(filter);
     let result = match config.log_format {
-        LogFormat::Json => registry.with(json_layer(std::io::stdout)).try_init(),
+        LogFormat::Json => {
+            // One decision line per Check: write them from a background
+            // thread through a buffer instead of one locked write(2) per line
+            // on the request path. Lossless: a full queue slows logging down,
+            // it never drops a line.
+            let (writer, log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .lossy(false)
+                .thread_name("fleet-authz-log")
+                .finish(std::io::BufWriter::with_capacity(
+                    64 * 1024,
+                    std::io::stdout(),
+                ));
+            guard.log = Some(log_guard);
+            registry.with(json_layer(writer)).try_init()
+        }
         LogFormat::Pretty => registry.with(fmt::layer().compact()).try_init(),
     };
     if let Err(error) = result {
         eprintln!("logging was already initialised: {error}");
     }
     guard
+}
+
+/// Set once an OpenTelemetry layer exists: only then is a per-Check span
+/// worth its cost (the logs carry the decision line without one).
+static SPANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True when spans are exported (an OTLP layer was built).
+pub fn spans_enabled() -> bool {
+    SPANS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// One JSON object per line, event fields at the top level (so the decision
@@ -106,6 +131,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     use opentelemetry_otlp::WithExportConfig;
+    SPANS.store(true, std::sync::atomic::Ordering::Relaxed);
     let resource = Resource::builder().with_service_name("fleet-authz").build();
     let spans = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
@@ -132,6 +158,7 @@ where
         TelemetryGuard {
             tracer: Some(tracer_provider),
             meter: Some(meter_provider),
+            log: None,
         },
     ))
 }

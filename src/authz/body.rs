@@ -1,6 +1,7 @@
 //! The deny body a person sees: JSON by default, an HTML page when the
 //! request's `accept` prefers `text/html` (DESIGN.md §1.6). Pure functions.
 
+use serde::{Serialize, Serializer, ser::SerializeMap};
 use serde_json::{Value, json};
 
 use crate::{
@@ -22,30 +23,55 @@ pub struct BodyContext<'a> {
 
 /// The decision as the JSON document of DESIGN.md §1.6.
 pub fn decision_json(decision: &Decision, ctx: &BodyContext<'_>) -> Value {
-    let mut doc = json!({
-        "decision": decision.verdict(),
-        "route": &*decision.route,
-        "reasons": decision.reasons.iter().map(reason_json).collect::<Vec<_>>(),
-        "request_id": ctx.request_id,
-    });
-    if decision.is_dry_run_deny() {
-        doc["mode"] = json!("dry_run");
+    serde_json::to_value(DecisionBody { decision, ctx }).unwrap_or(Value::Null)
+}
+
+/// The same document as text: the deny body. Serialized straight from the
+/// decision, without building a `Value` first (it is on the deny path).
+pub fn decision_json_string(decision: &Decision, ctx: &BodyContext<'_>) -> String {
+    serde_json::to_string(&DecisionBody { decision, ctx }).unwrap_or_default()
+}
+
+/// Serializes as the deny body, keys in the documented order.
+struct DecisionBody<'a> {
+    decision: &'a Decision,
+    ctx: &'a BodyContext<'a>,
+}
+
+impl Serialize for DecisionBody<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (d, ctx) = (self.decision, self.ctx);
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("decision", d.verdict())?;
+        if d.is_dry_run_deny() {
+            map.serialize_entry("mode", "dry_run")?;
+        }
+        map.serialize_entry("route", &*d.route)?;
+        if let Some(h) = ctx.host {
+            map.serialize_entry(
+                "host",
+                &json!({"id": h.id.0, "display_name": h.display_name, "team": h.team_name()}),
+            )?;
+        }
+        if let Some(fp) = ctx.fingerprint {
+            map.serialize_entry("certificate", &json!({"sha1": fp.to_hex()}))?;
+        }
+        let reasons: Vec<ReasonBody<'_>> = d.reasons.iter().map(ReasonBody).collect();
+        map.serialize_entry("reasons", &reasons)?;
+        if let Some(url) = remediation_url(ctx) {
+            map.serialize_entry("remediation_url", &url)?;
+        }
+        map.serialize_entry("request_id", ctx.request_id)?;
+        map.end()
     }
-    if let Some(h) = ctx.host {
-        doc["host"] = json!({"id": h.id.0, "display_name": h.display_name, "team": h.team_name()});
-    }
-    if let Some(fp) = ctx.fingerprint {
-        doc["certificate"] = json!({"sha1": fp.to_hex()});
-    }
-    if let Some(url) = remediation_url(ctx) {
-        doc["remediation_url"] = json!(url);
-    }
-    doc
 }
 
 /// The remediation URL with `{host_id}` and `{host_uuid}` filled in.
 pub fn remediation_url(ctx: &BodyContext<'_>) -> Option<String> {
     let url = ctx.remediation_url?;
+    if !url.contains('{') {
+        return Some(url.to_owned());
+    }
     let (id, uuid) = ctx
         .host
         .map(|h| (h.id.0.to_string(), h.uuid.clone()))
@@ -55,37 +81,56 @@ pub fn remediation_url(ctx: &BodyContext<'_>) -> Option<String> {
 
 /// One reason as JSON, `kind` first.
 pub fn reason_json(reason: &Reason) -> Value {
-    let kind = reason.kind();
-    match reason {
-        Reason::NoClientCertificate { detail } | Reason::InvalidClientCertificate { detail } => {
-            json!({"kind": kind, "detail": detail})
+    serde_json::to_value(ReasonBody(reason)).unwrap_or(Value::Null)
+}
+
+/// Serializes one reason, `kind` first.
+struct ReasonBody<'a>(&'a Reason);
+
+impl Serialize for ReasonBody<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let reason = self.0;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("kind", reason.kind())?;
+        match reason {
+            Reason::NoClientCertificate { detail }
+            | Reason::InvalidClientCertificate { detail } => {
+                map.serialize_entry("detail", detail)?;
+            }
+            Reason::UnknownDevice => {}
+            Reason::FailingPolicy(p)
+            | Reason::FailingCriticalPolicy(p)
+            | Reason::FailingAnyPolicy(p) => {
+                map.serialize_entry("policy_id", &p.policy_id)?;
+                map.serialize_entry("name", &*p.name)?;
+                map.serialize_entry("critical", &p.critical)?;
+                map.serialize_entry("resolution", &p.resolution.as_deref())?;
+            }
+            Reason::Vulnerability { cve } => map.serialize_entry("cve", &**cve)?,
+            Reason::LastSeenOver { last_seen, limit } => {
+                let seen = last_seen.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+                map.serialize_entry("last_seen", &seen)?;
+                map.serialize_entry("limit", &format_duration(*limit))?;
+            }
+            Reason::StalePosture { age, limit } => {
+                map.serialize_entry("age", &format_duration(*age))?;
+                map.serialize_entry("limit", &format_duration(*limit))?;
+            }
+            Reason::Requirement {
+                requirement,
+                expected,
+                actual,
+            } => {
+                map.serialize_entry("requirement", requirement.as_str())?;
+                map.serialize_entry("expected", expected)?;
+                map.serialize_entry("actual", actual)?;
+            }
+            Reason::BreakGlass { grant_id, reason } => {
+                map.serialize_entry("grant_id", grant_id)?;
+                map.serialize_entry("reason", reason)?;
+            }
         }
-        Reason::UnknownDevice => json!({"kind": kind}),
-        Reason::FailingPolicy(p)
-        | Reason::FailingCriticalPolicy(p)
-        | Reason::FailingAnyPolicy(p) => json!({
-            "kind": kind, "policy_id": p.policy_id, "name": &*p.name, "critical": p.critical,
-            "resolution": p.resolution.as_deref(),
-        }),
-        Reason::Vulnerability { cve } => json!({"kind": kind, "cve": &**cve}),
-        Reason::LastSeenOver { last_seen, limit } => json!({
-            "kind": kind,
-            "last_seen": last_seen.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-            "limit": format_duration(*limit),
-        }),
-        Reason::StalePosture { age, limit } => {
-            json!({"kind": kind, "age": format_duration(*age), "limit": format_duration(*limit)})
-        }
-        Reason::Requirement {
-            requirement,
-            expected,
-            actual,
-        } => json!({
-            "kind": kind, "requirement": requirement.as_str(), "expected": expected, "actual": actual,
-        }),
-        Reason::BreakGlass { grant_id, reason } => {
-            json!({"kind": kind, "grant_id": grant_id, "reason": reason})
-        }
+        map.end()
     }
 }
 

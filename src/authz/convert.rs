@@ -198,7 +198,7 @@ fn denied_response(
     } else {
         (
             "application/json",
-            body::decision_json(decision, ctx).to_string(),
+            body::decision_json_string(decision, ctx),
         )
     };
     let status = HttpStatusCode::try_from(i32::from(decision.deny_status))
