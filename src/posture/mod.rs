@@ -7,8 +7,11 @@
 //!
 //! ## Why two DashMaps and one writer
 //! Readers (every Check) need `fingerprint → host` in one lookup without
-//! blocking each other or the writer for long, so both indexes are `DashMap`s
-//! whose shards lock only for the instant of a get. Readers clone the
+//! blocking each other or the writer for long, so both indexes (fingerprint →
+//! `Arc<HostPosture>` for Checks, host id → the same `Arc` for the admin API
+//! and the recheck) are `DashMap`s whose shards lock only for the instant of a
+//! get; a Check makes one probe, which keeps lookups cheap as the fleet grows
+//! past the CPU caches. Readers clone the
 //! `Arc<HostPosture>` out and drop the guard at once. There is a single logical
 //! writer (the poller, the file watcher, or the recheck, serialised by
 //! `write_lock`), so the two maps never disagree for longer than one upsert and

@@ -18,7 +18,8 @@ use crate::fingerprint::Fingerprint;
 /// In-memory posture of every host. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct PostureStore {
-    by_fingerprint: DashMap<Fingerprint, HostId>,
+    /// Straight to the host: one map probe per Check, not two.
+    by_fingerprint: DashMap<Fingerprint, Arc<HostPosture>>,
     hosts: DashMap<HostId, Arc<HostPosture>>,
     /// Unix ms of the last successful full publish; 0 = never.
     synced_at_ms: AtomicI64,
@@ -51,8 +52,7 @@ impl PostureStore {
 
     /// The host holding certificate `fp`.
     pub fn lookup(&self, fp: &Fingerprint) -> Option<Arc<HostPosture>> {
-        let id = *self.by_fingerprint.get(fp)?;
-        self.host(id)
+        self.by_fingerprint.get(fp).map(|h| Arc::clone(&h))
     }
 
     /// The host with Fleet id `id`.
@@ -124,13 +124,14 @@ impl PostureStore {
                 keep_fp.insert(*fp, host.id);
             }
             keep_hosts.insert(host.id);
-            self.hosts.insert(host.id, Arc::new(host));
-        }
-        for (fp, id) in &keep_fp {
-            self.by_fingerprint.insert(*fp, *id);
+            let host = Arc::new(host);
+            for fp in &host.fingerprints {
+                self.by_fingerprint.insert(*fp, Arc::clone(&host));
+            }
+            self.hosts.insert(host.id, host);
         }
         self.by_fingerprint
-            .retain(|fp, id| keep_fp.get(fp) == Some(id));
+            .retain(|fp, host| keep_fp.get(fp) == Some(&host.id));
         self.hosts.retain(|id, _| keep_hosts.contains(id));
         self.synced_at_ms
             .store(unix_ms(synced_at).max(1), Ordering::Release);
@@ -147,14 +148,16 @@ impl PostureStore {
         if let Some(prev) = &previous {
             for fp in &prev.fingerprints {
                 if !host.fingerprints.contains(fp) {
-                    self.by_fingerprint.remove_if(fp, |_, id| *id == host.id);
+                    self.by_fingerprint
+                        .remove_if(fp, |_, held| held.id == host.id);
                 }
             }
         }
+        let host = Arc::new(host);
         for fp in &host.fingerprints {
-            self.by_fingerprint.insert(*fp, host.id);
+            self.by_fingerprint.insert(*fp, Arc::clone(&host));
         }
-        self.hosts.insert(host.id, Arc::new(host));
+        self.hosts.insert(host.id, host);
     }
 
     /// Restores the `synced_at` of a snapshot without publishing hosts.
