@@ -259,7 +259,6 @@ impl FleetClient {
         mut each: impl FnMut(Vec<T>),
     ) -> Result<(), FleetError> {
         for page in 0..MAX_PAGES {
-            let started = tokio::time::Instant::now();
             let mut q = query.to_vec();
             q.push(("per_page", self.page_size.to_string()));
             q.push(("page", page.to_string()));
@@ -269,11 +268,6 @@ impl FleetClient {
             if short {
                 return Ok(());
             }
-            // A sync is background work: rest between pages for a share of
-            // the time the page took, so decoding and mapping a large fleet
-            // never take all of the cores that answer Checks (nor all of
-            // Fleet's). Measured in BENCHMARKS.md (sync_scale).
-            tokio::time::sleep(started.elapsed().mul_f64(PAGE_REST)).await;
         }
         Err(FleetError::TooManyPages {
             endpoint,
@@ -399,9 +393,6 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.dedup();
     parts.join(": ")
 }
-
-/// Rest after each page, as a fraction of the time the page took.
-const PAGE_REST: f64 = 0.5;
 
 /// Bodies at least this large are parsed off the async workers, so a sync
 /// of a big fleet never delays the Checks sharing those threads.

@@ -162,6 +162,16 @@ pub struct Poller {
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
+/// Runs CPU-heavy sync work (mapping a page of a thousand hosts) without
+/// holding up the Checks queued on this async worker: on a multi-threaded
+/// runtime, `block_in_place` hands them to another worker first.
+fn off_the_workers<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -374,19 +384,21 @@ impl Poller {
         let populate = membership == MembershipMode::PopulatePolicies;
         client
             .hosts_by_page(populate, |rows| {
-                for row in &rows {
-                    let mut posture = row.to_posture(&catalogue, &mut interner, &[]);
-                    if posture.team.as_ref().is_some_and(|t| t.name.is_empty()) {
-                        // Host rows may name the team only by id; the teams list knows its name.
-                        if let Some(team) = teams.iter().find(|t| Some(t.id) == row.team_id) {
-                            posture.team = posture.team.map(|t| crate::posture::Team {
-                                name: interner.intern(&team.name),
-                                ..t
-                            });
+                off_the_workers(|| {
+                    for row in &rows {
+                        let mut posture = row.to_posture(&catalogue, &mut interner, &[]);
+                        if posture.team.as_ref().is_some_and(|t| t.name.is_empty()) {
+                            // Host rows may name the team only by id; the teams list knows its name.
+                            if let Some(team) = teams.iter().find(|t| Some(t.id) == row.team_id) {
+                                posture.team = posture.team.map(|t| crate::posture::Team {
+                                    name: interner.intern(&team.name),
+                                    ..t
+                                });
+                            }
                         }
+                        hosts.insert(posture.id, posture);
                     }
-                    hosts.insert(posture.id, posture);
-                }
+                });
             })
             .await?;
 
