@@ -21,6 +21,7 @@ pub mod fingerprint;
 pub mod fleet;
 pub mod http;
 pub mod identity;
+pub mod logbuf;
 pub mod metrics;
 pub mod policy;
 pub mod posture;

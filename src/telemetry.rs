@@ -41,7 +41,7 @@ pub struct TelemetryGuard {
     tracer: Option<SdkTracerProvider>,
     meter: Option<SdkMeterProvider>,
     /// Flushes the buffered log writer (every line, none dropped) on drop.
-    log: Option<tracing_appender::non_blocking::WorkerGuard>,
+    log: Option<crate::logbuf::FlushGuard<std::io::Stdout>>,
 }
 
 impl Drop for TelemetryGuard {
@@ -77,17 +77,9 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
     let registry = tracing_subscriber::registry().with(otel).with(filter);
     let result = match config.log_format {
         LogFormat::Json => {
-            // One decision line per Check: write them from a background
-            // thread through a buffer instead of one locked write(2) per line
-            // on the request path. Lossless: a full queue slows logging down,
-            // it never drops a line.
-            let (writer, log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-                .lossy(false)
-                .thread_name("fleet-authz-log")
-                .finish(std::io::BufWriter::with_capacity(
-                    64 * 1024,
-                    std::io::stdout(),
-                ));
+            // One decision line per Check: batch them (lossless, bounded)
+            // instead of one write(2) per line on the request path.
+            let (writer, log_guard) = crate::logbuf::BatchWriter::new(std::io::stdout());
             guard.log = Some(log_guard);
             registry.with(json_layer(writer)).try_init()
         }
