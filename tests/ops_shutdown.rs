@@ -31,11 +31,8 @@ struct Parked {
 }
 
 impl Refresh for Parked {
-    fn min_age(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn refreshed_at(&self, _: HostId) -> Option<SystemTime> {
-        None
+    fn needs_refresh(&self, _: HostId, _: SystemTime) -> bool {
+        true
     }
     fn refresh(&self, _: HostId) -> BoxFuture<'_, Option<Arc<HostPosture>>> {
         let mut release = self.release.clone();

@@ -38,10 +38,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Fetches one host fresh from the source within a deadline (the live
 /// recheck, DESIGN.md §1.5). Implemented by the Fleet adapter.
 pub trait Refresh: Send + Sync {
-    /// Recheck only when the cached posture of `id` is older than this.
-    fn min_age(&self) -> Duration;
-    /// When `id`'s posture was last fetched on its own (not by a full sync).
-    fn refreshed_at(&self, id: HostId) -> Option<SystemTime>;
+    /// True when `id`'s cached posture is old enough to be worth a recheck
+    /// (older than `recheck.min_age`, counting a full sync or this host's
+    /// last recheck, whichever is newer).
+    fn needs_refresh(&self, id: HostId, now: SystemTime) -> bool;
     /// The fresh posture, or `None` when the source did not answer in time.
     fn refresh(&self, id: HostId) -> BoxFuture<'_, Option<Arc<HostPosture>>>;
 }
@@ -150,22 +150,13 @@ impl Authorizer {
         let (Some(refresh), Some(host)) = (&self.refresh, &outcome.host) else {
             return outcome;
         };
-        if outcome.decision.allowed || !self.should_recheck(refresh.as_ref(), host.id, now) {
+        if outcome.decision.allowed || !refresh.needs_refresh(host.id, now) {
             return outcome;
         }
         match refresh.refresh(host.id).await {
             Some(_) => self.decide(identity, target, SystemTime::now()),
             None => outcome,
         }
-    }
-
-    fn should_recheck(&self, refresh: &dyn Refresh, id: HostId, now: SystemTime) -> bool {
-        let fetched = [self.store.synced_at(), refresh.refreshed_at(id)]
-            .into_iter()
-            .flatten()
-            .max();
-        let age = fetched.map_or(Duration::MAX, |t| now.duration_since(t).unwrap_or_default());
-        age >= refresh.min_age()
     }
 
     /// Answers one Envoy Check, inside a `check` span that joins the
@@ -251,10 +242,11 @@ impl Authorizer {
         self.metrics
             .otel
             .record(decision, label, &d.route, elapsed.as_secs_f64());
+        let reasons = kinds.join(",");
         let span = tracing::Span::current();
         span.record("decision", decision);
         span.record("route", &*d.route);
-        span.record("reasons", kinds.join(","));
+        span.record("reasons", reasons.as_str());
         if let Some(h) = &outcome.host {
             span.record("host.id", h.id.0);
         }
@@ -266,7 +258,7 @@ impl Authorizer {
             fingerprint = outcome.fingerprint.map(|f| f.prefix(12)),
             decision,
             mode = if d.mode == policy::Mode::DryRun { "dry_run" } else { "enforce" },
-            reasons = %kinds.join(","),
+            reasons = %reasons,
             latency_us = elapsed.as_micros() as u64,
             "decision"
         );

@@ -39,18 +39,13 @@ impl Observer for MetricsObserver {
 /// The live recheck seen from the Check path.
 pub struct FleetRefresh {
     recheck: Arc<Recheck>,
-    min_age: Duration,
     budget: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl Refresh for FleetRefresh {
-    fn min_age(&self) -> Duration {
-        self.min_age
-    }
-
-    fn refreshed_at(&self, id: HostId) -> Option<SystemTime> {
-        self.recheck.fetched_at(id)
+    fn needs_refresh(&self, id: HostId, now: SystemTime) -> bool {
+        self.recheck.needs_recheck(id, now)
     }
 
     fn refresh(&self, id: HostId) -> BoxFuture<'_, Option<Arc<HostPosture>>> {
@@ -104,7 +99,6 @@ pub fn build(
             .with_watched_cves(handle.clone());
         Arc::new(FleetRefresh {
             recheck: Arc::new(recheck),
-            min_age: config.recheck.min_age,
             budget: config.recheck.budget,
             metrics: Arc::clone(metrics),
         }) as Arc<dyn Refresh>

@@ -92,11 +92,6 @@ impl Recheck {
         }
     }
 
-    /// When host `id` was last fetched on its own by a recheck.
-    pub fn fetched_at(&self, id: HostId) -> Option<SystemTime> {
-        self.fetched_at.get(&id).map(|t| *t)
-    }
-
     /// Callers waiting on the fetch in flight for `id` (0 when none).
     pub fn waiters(&self, id: HostId) -> usize {
         self.inflight.get(&id).map_or(0, |tx| tx.receiver_count())

@@ -6,6 +6,7 @@
 //! out of the PEM body in place, only if present) and one for the
 //! DER; nothing else allocates.
 
+use crate::fingerprint::hex_value;
 use base64::Engine as _;
 
 use super::{IdentityError, Problem};
@@ -41,15 +42,6 @@ pub fn client_cert_header_to_der(value: &str) -> Result<Vec<u8>, IdentityError> 
         .map_err(|_| invalid(Problem::NotByteSequence))?;
     check_der(&der).map_err(invalid)?;
     Ok(der)
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// Strict percent-decoding: a `%` must be followed by two hex digits.
