@@ -17,8 +17,8 @@ use crate::{
     admin::SyncTrigger,
     authz::BoxFuture,
     metrics::{Metrics, ResultLabels},
-    policy::{Policy, load_policy},
-    posture::{PostureStore, load_posture_file},
+    policy::{Policy, parse_policy},
+    posture::{PostureStore, parse_posture_file},
 };
 
 /// Called with each newly applied policy.
@@ -88,8 +88,8 @@ impl Reloader {
 
     /// Reloads the policy file if its bytes changed.
     pub fn reload_policy(&self) -> ReloadOutcome {
-        let outcome = self.reload_slot(0, &self.policy_path.clone(), |path| {
-            let policy = load_policy(path).map_err(|e| e.to_string())?;
+        let outcome = self.reload_slot(0, &self.policy_path.clone(), |path, text| {
+            let policy = parse_policy(text, path).map_err(|e| e.to_string())?;
             if let Some(hook) = &self.on_policy {
                 hook(&policy);
             }
@@ -105,9 +105,13 @@ impl Reloader {
         let Some(path) = self.posture_path.clone() else {
             return ReloadOutcome::Unchanged;
         };
-        let outcome = self.reload_slot(1, &path, |path| {
+        let outcome = self.reload_slot(1, &path, |path, text| {
             let now = SystemTime::now();
-            let file = load_posture_file(path, now).map_err(|e| e.to_string())?;
+            let json = path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+            let file = parse_posture_file(text, json, now)
+                .map_err(|message| format!("{}: {message}", path.display()))?;
             self.store.replace_all(file.hosts, now);
             Ok(())
         });
@@ -124,14 +128,24 @@ impl Reloader {
         &self,
         slot: usize,
         path: &Path,
-        apply: impl FnOnce(&Path) -> Result<(), String>,
+        apply: impl FnOnce(&Path, &str) -> Result<(), String>,
     ) -> ReloadOutcome {
-        let hash = content_hash(path);
+        // Read once: the bytes hashed are the bytes applied.
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => {
+                return ReloadOutcome::Failed(format!(
+                    "{}: (file): cannot read: {e}",
+                    path.display()
+                ));
+            }
+        };
+        let hash = Some(hash_of(text.as_bytes()));
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if hash.is_some() && seen[slot] == hash {
+        if seen[slot] == hash {
             return ReloadOutcome::Unchanged;
         }
-        match apply(path) {
+        match apply(path, &text) {
             Ok(()) => {
                 seen[slot] = hash;
                 ReloadOutcome::Applied
@@ -238,9 +252,12 @@ fn parent_dir(p: &Path) -> PathBuf {
 }
 
 fn content_hash(path: &Path) -> Option<u64> {
+    std::fs::read(path).ok().map(|bytes| hash_of(&bytes))
+}
+
+fn hash_of(bytes: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
-    let bytes = std::fs::read(path).ok()?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
-    Some(h.finish())
+    h.finish()
 }
