@@ -2,8 +2,10 @@
 //! and background tasks record through [`Metrics`]; `/metrics` encodes it.
 //! Gauges that mirror state (hosts held, posture age) are set at scrape time.
 
+use std::sync::Arc;
+
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
@@ -15,14 +17,25 @@ pub struct DecisionLabels {
     pub decision: &'static str,
     /// The first reason kind, or `none`.
     pub reason: &'static str,
-    pub route: String,
+    pub route: RouteLabel,
+}
+
+/// A route's name as a label value: shares the policy's string, so
+/// counting a Check allocates nothing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct RouteLabel(pub Arc<str>);
+
+impl EncodeLabelValue for RouteLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, &self.0)
+    }
 }
 
 /// Labels of `fleet_authz_decision_reasons_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
-    pub route: String,
+    pub route: RouteLabel,
 }
 
 /// Labels of `fleet_authz_fleet_requests_total`.

@@ -220,8 +220,9 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
         // writes (a CheckResponse is ~200 bytes) until the peer's delayed
         // ACK, ~40 ms on Linux: Checks then wait on the kernel, not on us.
         // tonic sets it only on listeners it binds itself.
+        // Coalescing: answers under 1 KiB share a write (see `net`).
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            crate::net::coalescing(TcpIncoming::from(grpc_listener).with_nodelay(Some(true))),
             shutdown(),
         );
     tasks.spawn(async move { grpc.await.context("grpc server failed") });

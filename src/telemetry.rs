@@ -108,10 +108,7 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     fmt::layer()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false)
+        .event_format(crate::logline::JsonLine)
         .with_writer(writer)
 }
 
@@ -183,6 +180,9 @@ pub fn sync_span(source: &'static str) -> tracing::Span {
 /// from the global meter provider, so they are no-ops without an endpoint.
 #[derive(Debug)]
 pub struct OtelInstruments {
+    /// False when no OTLP endpoint is configured: recording is skipped
+    /// rather than building attributes for a no-op meter on every Check.
+    enabled: bool,
     decisions: Counter<u64>,
     check_duration: Histogram<f64>,
 }
@@ -191,6 +191,7 @@ impl Default for OtelInstruments {
     fn default() -> Self {
         let meter = opentelemetry::global::meter("fleet-authz");
         Self {
+            enabled: spans_enabled(),
             decisions: meter
                 .u64_counter("fleet_authz.decisions")
                 .with_description("Check decisions by decision, first reason kind and route")
@@ -207,6 +208,9 @@ impl Default for OtelInstruments {
 impl OtelInstruments {
     /// Records one decision.
     pub fn record(&self, decision: &'static str, reason: &'static str, route: &str, secs: f64) {
+        if !self.enabled {
+            return;
+        }
         let attributes = [
             KeyValue::new("decision", decision),
             KeyValue::new("reason", reason),

@@ -24,6 +24,11 @@ mod suite;
 
 use std::{sync::Arc, time::Duration};
 
+/// The allocator `fleet-authz` ships with (src/main.rs), here for both
+/// servers under test and the client alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context, bail};
 
 /// Value of `--name` in `args`, if given.

@@ -27,7 +27,7 @@ use self::{body::BodyContext, convert::CheckFacts};
 use crate::{
     fingerprint::Fingerprint,
     identity::IdentityConfig,
-    metrics::{DecisionLabels, Metrics, ReasonLabels},
+    metrics::{DecisionLabels, Metrics, ReasonLabels, RouteLabel},
     policy::{self, Decision, Policy, Reason, RequestFacts, Subject},
     posture::{HostId, HostPosture, PostureStore},
 };
@@ -226,7 +226,7 @@ impl Authorizer {
             .get_or_create(&DecisionLabels {
                 decision,
                 reason: label,
-                route: d.route.to_string(),
+                route: RouteLabel(Arc::clone(&d.route)),
             })
             .inc();
         for kind in &kinds {
@@ -234,7 +234,7 @@ impl Authorizer {
                 .reasons
                 .get_or_create(&ReasonLabels {
                     reason: kind,
-                    route: d.route.to_string(),
+                    route: RouteLabel(Arc::clone(&d.route)),
                 })
                 .inc();
         }
