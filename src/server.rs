@@ -273,13 +273,16 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
     let fleet_handle = fleet.as_ref().map(|f| f.handle.clone());
     if let Some(source) = fleet {
         let stop = shutdown();
-        tasks.spawn(
-            async move {
-                source.poller.run(stop).await;
-                Ok(())
-            }
-            .instrument(tracing::info_span!("fleet_poller")),
-        );
+        let poller = source
+            .poller
+            .run(stop)
+            .instrument(tracing::info_span!("fleet_poller"));
+        let done = crate::fleet::spawn_low_priority("fleet-sync", poller)
+            .context("starting the Fleet sync thread")?;
+        tasks.spawn(async move {
+            let _ = done.await;
+            Ok(())
+        });
     }
 
     tracing::info!(%grpc_addr, %http_addr, hosts = store.host_count(), "serving");

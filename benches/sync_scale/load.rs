@@ -22,6 +22,7 @@ const SYNC_INTERVAL_SECS: u64 = 20;
 const POLICY: &str = "version: 1\ndefaults:\n  deny: {failing_critical_policy: true}\n";
 
 /// Latency percentiles of one phase, in microseconds.
+#[derive(Clone)]
 pub struct Latency {
     pub count: u64,
     pub p50: u64,
@@ -287,6 +288,15 @@ pub async fn run_fleet_authz(fake: &mut Fake, pem: &str) -> Figures {
         steady / 1024,
         peak / 1024
     );
+    let (idle, during) = (
+        latency(&samples, &idle_windows),
+        latency(&samples, &[(sync_start, sync_end)]),
+    );
+    eprintln!(
+        "Check latency idle: {}; during the sync: {}",
+        lat(&Some(idle.clone())),
+        lat(&Some(during.clone()))
+    );
     let hosts = super::hosts();
     drop(authz);
     Figures {
@@ -299,8 +309,8 @@ pub async fn run_fleet_authz(fake: &mut Fake, pem: &str) -> Figures {
         steady_first_kb: Some(steady1),
         fake_requests,
         fake_bytes,
-        idle: Some(latency(&samples, &idle_windows)),
-        during: Some(latency(&samples, &[(sync_start, sync_end)])),
+        idle: Some(idle),
+        during: Some(during),
     }
 }
 

@@ -85,24 +85,34 @@ pub fn build(
     snapshot: Option<(std::path::PathBuf, Option<GrantSource>)>,
 ) -> Result<FleetSource, super::FleetError> {
     let token = config.load_token()?;
-    let client = FleetClient::new(config, &token, RetryPolicy::default())?
-        .with_observer(Arc::new(MetricsObserver(Arc::clone(metrics))));
-    let client = Arc::new(client);
+    let new_client = || -> Result<Arc<FleetClient>, super::FleetError> {
+        Ok(Arc::new(
+            FleetClient::new(config, &token, RetryPolicy::default())?
+                .with_observer(Arc::new(MetricsObserver(Arc::clone(metrics)))),
+        ))
+    };
+    // Two clients, two connection pools: the poller runs on its own
+    // low-priority thread and runtime (`spawn_low_priority`), and a pooled
+    // connection is driven by the runtime that opened it, so the recheck,
+    // answering a Check, must not borrow the poller's connections.
+    let client = new_client()?;
     let mut poller = Poller::new(Arc::clone(&client), Arc::clone(store), config)
         .with_metrics(Arc::clone(metrics));
     if let Some((path, grants)) = snapshot {
         poller = poller.with_snapshot(path, grants);
     }
     let handle = poller.handle();
-    let refresh: Option<Arc<dyn Refresh>> = config.recheck.enabled.then(|| {
-        let recheck = Recheck::new(client, Arc::clone(store), &config.recheck)
+    let refresh: Option<Arc<dyn Refresh>> = if config.recheck.enabled {
+        let recheck = Recheck::new(new_client()?, Arc::clone(store), &config.recheck)
             .with_watched_cves(handle.clone());
-        Arc::new(FleetRefresh {
+        Some(Arc::new(FleetRefresh {
             recheck: Arc::new(recheck),
             budget: config.recheck.budget,
             metrics: Arc::clone(metrics),
-        }) as Arc<dyn Refresh>
-    });
+        }))
+    } else {
+        None
+    };
     Ok(FleetSource {
         poller,
         handle,

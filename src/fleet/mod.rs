@@ -16,6 +16,7 @@ mod poller;
 mod recheck;
 mod retry;
 mod stream;
+mod thread;
 
 pub use client::FleetClient;
 pub use config::{FleetConfig, MembershipMode, RecheckConfig, Token};
@@ -27,3 +28,4 @@ pub use poller::{
 pub use recheck::{Recheck, RecheckOutcome, SkipReason};
 pub use retry::{FleetStats, Observer, RetryPolicy};
 pub use stream::{FingerprintRow, ReportFingerprints};
+pub use thread::spawn_low_priority;

@@ -308,18 +308,41 @@ impl Poller {
                     duration,
                 };
                 // Publishing 100k hosts takes a while: keep it off the async
-                // workers that answer Checks.
+                // workers. The snapshot is written in the same blocking task,
+                // so once a posture is published its snapshot is written too,
+                // even if shutdown abandons this cycle meanwhile (a started
+                // blocking task runs to the end; the runtime waits for it).
                 let store = Arc::clone(&self.store);
-                let published =
-                    tokio::task::spawn_blocking(move || store.replace_all(hosts, now)).await;
-                if let Err(error) = published {
-                    tracing::error!(%error, "publishing the posture failed");
+                let snapshot = self.snapshot.as_ref().map(|(path, grants)| {
+                    (
+                        path.clone(),
+                        grants.as_ref().map(|g| g()).unwrap_or_default(),
+                    )
+                });
+                let published = tokio::task::spawn_blocking(move || {
+                    store.replace_all(hosts, now);
+                    snapshot.map(|(path, grants)| {
+                        crate::snapshot::save(&path, &store, &grants).map_err(|e| e.to_string())
+                    })
+                })
+                .await;
+                let snapshot_error = match published {
+                    Ok(None | Some(Ok(()))) => None,
+                    Ok(Some(Err(error))) => Some(error),
+                    Err(error) => {
+                        tracing::error!(%error, "publishing the posture failed");
+                        Some(format!("snapshot task failed: {error}"))
+                    }
+                };
+                if let Some(error) = &snapshot_error {
+                    tracing::error!(%error, "snapshot not written");
                 }
                 update(&|s| {
                     s.successes += 1;
                     s.last_success = Some(now);
                     s.last_error = None;
                     s.skipped_rows = facts.skipped_rows;
+                    s.snapshot_error = snapshot_error.clone();
                 });
                 tracing::info!(
                     hosts = report.hosts,
@@ -329,30 +352,9 @@ impl Poller {
                     ?duration,
                     "fleet sync published"
                 );
-                self.save_snapshot().await;
                 Ok(report)
             }
         }
-    }
-
-    async fn save_snapshot(&self) {
-        let Some((path, grants)) = &self.snapshot else {
-            return;
-        };
-        let (path, store) = (path.clone(), Arc::clone(&self.store));
-        let grants = grants.as_ref().map(|g| g()).unwrap_or_default();
-        let written =
-            tokio::task::spawn_blocking(move || crate::snapshot::save(&path, &store, &grants))
-                .await;
-        let error = match written {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(format!("snapshot task failed: {e}")),
-        };
-        if let Some(error) = &error {
-            tracing::error!(%error, "snapshot not written");
-        }
-        lock(&self.shared.status).snapshot_error = error;
     }
 
     async fn collect(&self) -> Result<(Vec<HostPosture>, CycleFacts), FleetError> {

@@ -130,9 +130,29 @@ impl PostureStore {
             }
             self.hosts.insert(host.id, host);
         }
-        self.by_fingerprint
-            .retain(|fp, host| keep_fp.get(fp) == Some(&host.id));
-        self.hosts.retain(|id, _| keep_hosts.contains(id));
+        // Not `retain`: it holds each shard's write lock while it walks the
+        // shard (milliseconds at 100,000 hosts), and every Check whose
+        // fingerprint falls in that shard waits. Find what is gone under
+        // read locks, then remove it one entry (one short lock) at a time.
+        let gone_fps: Vec<Fingerprint> = self
+            .by_fingerprint
+            .iter()
+            .filter(|e| keep_fp.get(e.key()) != Some(&e.value().id))
+            .map(|e| *e.key())
+            .collect();
+        for fp in gone_fps {
+            self.by_fingerprint
+                .remove_if(&fp, |fp, host| keep_fp.get(fp) != Some(&host.id));
+        }
+        let gone_hosts: Vec<HostId> = self
+            .hosts
+            .iter()
+            .filter(|e| !keep_hosts.contains(e.key()))
+            .map(|e| *e.key())
+            .collect();
+        for id in gone_hosts {
+            self.hosts.remove(&id);
+        }
         self.synced_at_ms
             .store(unix_ms(synced_at).max(1), Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);

@@ -22,8 +22,9 @@ use std::{
 
 use axum::{
     Router,
+    body::Bytes,
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode, Uri, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -136,6 +137,18 @@ struct State_ {
     software: Vec<String>,
     software_per_host: usize,
     holds: HashMap<String, Arc<tokio::sync::Semaphore>>,
+    /// Bodies by request URI, once [`FakeFleet::cache_bodies`] is called;
+    /// cleared whenever the data changes.
+    cache: Option<HashMap<String, Bytes>>,
+}
+
+impl State_ {
+    /// The data changed: cached bodies are stale.
+    fn changed(&mut self) {
+        if let Some(cache) = &mut self.cache {
+            cache.clear();
+        }
+    }
 }
 
 type Shared = Arc<Mutex<State_>>;
@@ -259,6 +272,7 @@ fn generate(spec: &FakeSpec) -> State_ {
         bytes: HashMap::new(),
         extra_rows: Vec::new(),
         holds: HashMap::new(),
+        cache: None,
         policy_prefix,
         software: software_catalogue(),
         software_per_host: spec.software_per_host,
@@ -323,12 +337,16 @@ impl FakeFleet {
 
     /// Changes host `id` in place.
     pub fn update_host(&self, id: u64, f: impl FnOnce(&mut FakeHost)) {
-        f(self.lock().hosts.get_mut(&id).unwrap());
+        let mut st = self.lock();
+        f(st.hosts.get_mut(&id).unwrap());
+        st.changed();
     }
 
     /// Deletes host `id` from Fleet.
     pub fn remove_host(&self, id: u64) {
-        self.lock().hosts.remove(&id);
+        let mut st = self.lock();
+        st.hosts.remove(&id);
+        st.changed();
     }
 
     /// Injects `fault` on `endpoint` until cleared.
@@ -405,7 +423,17 @@ impl FakeFleet {
     pub fn add_report_row(&self, host_id: u64, sha1: &str) {
         let row = json!({"host_id": host_id, "host_name": format!("host-{host_id}"),
             "last_fetched": "2026-11-20T08:00:00Z", "columns": {"sha1": sha1, "common_name": "odd"}});
-        self.lock().extra_rows.push(row);
+        let mut st = self.lock();
+        st.extra_rows.push(row);
+        st.changed();
+    }
+
+    /// From now on, serves each distinct request's body from memory after
+    /// building it once (until the data changes). For the scale benchmark:
+    /// there a remote Fleet's own CPU must not compete with the Checks
+    /// being measured on this machine.
+    pub fn cache_bodies(&self) {
+        self.lock().cache.get_or_insert_with(HashMap::new);
     }
 }
 
@@ -483,6 +511,7 @@ async fn serve(
     state: &Shared,
     label: &str,
     headers: &HeaderMap,
+    uri: &Uri,
     build: impl FnOnce(&State_) -> Result<String, Response>,
 ) -> Response {
     let fault = match gate(state, label, headers) {
@@ -496,18 +525,34 @@ async fn serve(
         let _released = gate.acquire().await;
     }
     let body = {
-        let st = state.lock().unwrap();
-        match build(&st) {
-            Ok(v) => v,
-            Err(r) => return r,
+        let mut st = state.lock().unwrap();
+        let key = uri.to_string();
+        match st.cache.as_ref().and_then(|c| c.get(&key)) {
+            Some(cached) => cached.clone(),
+            None => {
+                let body = match build(&st) {
+                    Ok(v) => Bytes::from(v),
+                    Err(r) => return r,
+                };
+                if let Some(cache) = &mut st.cache {
+                    cache.insert(key, body.clone());
+                }
+                body
+            }
         }
     };
-    let text = match fault {
-        Some(Fault::Malformed) => "<html><body>502 Bad Gateway</body></html>".to_owned(),
-        Some(Fault::Truncated) => body[..body.floor_char_boundary(body.len() / 2)].to_owned(),
-        Some(Fault::Clipped) => {
-            body.replacen("\"report_clipped\":false", "\"report_clipped\":true", 1)
+    let text = |b: &Bytes| std::str::from_utf8(b).unwrap().to_owned();
+    let body = match fault {
+        Some(Fault::Malformed) => Bytes::from_static(b"<html><body>502 Bad Gateway</body></html>"),
+        Some(Fault::Truncated) => {
+            let half = text(&body).floor_char_boundary(body.len() / 2);
+            body.slice(..half)
         }
+        Some(Fault::Clipped) => Bytes::from(text(&body).replacen(
+            "\"report_clipped\":false",
+            "\"report_clipped\":true",
+            1,
+        )),
         _ => body,
     };
     *state
@@ -515,8 +560,8 @@ async fn serve(
         .unwrap()
         .bytes
         .entry(label.to_owned())
-        .or_default() += text.len();
-    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+        .or_default() += body.len();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// `(per_page, page)` from the query.
@@ -715,8 +760,8 @@ fn write_host(out: &mut String, st: &State_, h: &FakeHost, policies: bool, softw
 
 type Q = Query<HashMap<String, String>>;
 
-async fn teams(State(s): State<Shared>, headers: HeaderMap, Query(q): Q) -> Response {
-    serve(&s, "teams", &headers, |st| {
+async fn teams(State(s): State<Shared>, uri: Uri, headers: HeaderMap, Query(q): Q) -> Response {
+    serve(&s, "teams", &headers, &uri, |st| {
         let all: Vec<Value> = st
             .teams
             .iter()
@@ -730,8 +775,8 @@ async fn teams(State(s): State<Shared>, headers: HeaderMap, Query(q): Q) -> Resp
     .await
 }
 
-async fn global_policies(State(s): State<Shared>, headers: HeaderMap) -> Response {
-    serve(&s, "global_policies", &headers, |st| {
+async fn global_policies(State(s): State<Shared>, uri: Uri, headers: HeaderMap) -> Response {
+    serve(&s, "global_policies", &headers, &uri, |st| {
         let list: Vec<Value> = st
             .policies
             .iter()
@@ -745,10 +790,11 @@ async fn global_policies(State(s): State<Shared>, headers: HeaderMap) -> Respons
 
 async fn team_policies(
     State(s): State<Shared>,
+    uri: Uri,
     headers: HeaderMap,
     Path(id): Path<u64>,
 ) -> Response {
-    serve(&s, "team_policies", &headers, |st| {
+    serve(&s, "team_policies", &headers, &uri, |st| {
         let own: Vec<Value> = st
             .policies
             .iter()
@@ -766,7 +812,7 @@ async fn team_policies(
     .await
 }
 
-async fn hosts(State(s): State<Shared>, headers: HeaderMap, Query(q): Q) -> Response {
+async fn hosts(State(s): State<Shared>, uri: Uri, headers: HeaderMap, Query(q): Q) -> Response {
     let label = if q.contains_key("policy_id") {
         "hosts_failing_policy"
     } else if q.contains_key("vulnerability") {
@@ -774,7 +820,7 @@ async fn hosts(State(s): State<Shared>, headers: HeaderMap, Query(q): Q) -> Resp
     } else {
         "hosts"
     };
-    serve(&s, label, &headers, |st| {
+    serve(&s, label, &headers, &uri, |st| {
         let (per_page, page) = paging(&q)?;
         let policy: Option<u64> = q.get("policy_id").and_then(|p| p.parse().ok());
         let flag = |k: &str| q.get(k).is_some_and(|v| v == "true");
@@ -804,8 +850,13 @@ async fn hosts(State(s): State<Shared>, headers: HeaderMap, Query(q): Q) -> Resp
     .await
 }
 
-async fn host(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
-    serve(&s, "host", &headers, |st| match st.hosts.get(&id) {
+async fn host(
+    State(s): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Response {
+    serve(&s, "host", &headers, &uri, |st| match st.hosts.get(&id) {
         Some(h) => {
             let mut out = String::from("{\"host\":");
             write_host(&mut out, st, h, true, true);
@@ -821,8 +872,13 @@ async fn host(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) 
     .await
 }
 
-async fn report(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
-    serve(&s, "query_report", &headers, |st| {
+async fn report(
+    State(s): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Response {
+    serve(&s, "query_report", &headers, &uri, |st| {
         if id != st.query_id {
             return Err(error_body(StatusCode::NOT_FOUND, "Resource Not Found", &format!("Query {id} was not found in the datastore")));
         }
