@@ -10,7 +10,6 @@ use std::{
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
@@ -182,9 +181,7 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
     let mut tasks = JoinSet::new();
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_not_serving::<AuthorizationServer<AuthzService>>()
-        .await;
+    health.set_not_serving::<AuthzService>().await;
     // tonic-health starts the whole-server status ("") as SERVING; probes
     // that ask for "" (Kubernetes' grpc probe does) must wait for readiness.
     health
@@ -196,7 +193,7 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
         tasks.spawn(async move {
             tokio::select! {
                 _ = store.wait_loaded() => {
-                    health.set_serving::<AuthorizationServer<AuthzService>>().await;
+                    health.set_serving::<AuthzService>().await;
                     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
                 }
                 _ = stop => {}
@@ -212,9 +209,7 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(AuthorizationServer::new(AuthzService::new(Arc::clone(
-            &authorizer,
-        ))))
+        .add_service(AuthzService::new(Arc::clone(&authorizer)))
         .add_service(admin::grpc::server(admin.clone()))
         // TCP_NODELAY: without it, Nagle's algorithm holds back small HTTP/2
         // writes (a CheckResponse is ~200 bytes) until the peer's delayed
@@ -334,9 +329,7 @@ impl RunningServer {
     /// stop accepting, in-flight requests finish, and every task is awaited,
     /// all within the configured grace period.
     pub async fn shutdown(mut self) {
-        self.health
-            .set_not_serving::<AuthorizationServer<AuthzService>>()
-            .await;
+        self.health.set_not_serving::<AuthzService>().await;
         self.health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;

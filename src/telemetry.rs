@@ -8,8 +8,6 @@
 //! a subscriber of their own ([`json_layer`], [`otel_layer`]). The returned
 //! guards flush and shut the exporters down when dropped; drop them last.
 
-use std::collections::HashMap;
-
 use opentelemetry::{
     KeyValue,
     metrics::{Counter, Histogram},
@@ -26,7 +24,10 @@ use tracing_subscriber::{
     EnvFilter, Layer, fmt, fmt::MakeWriter, prelude::*, registry::LookupSpan,
 };
 
-use crate::config::{LogFormat, TelemetryConfig};
+use crate::{
+    config::{LogFormat, TelemetryConfig},
+    identity::Headers,
+};
 
 /// Why the OTLP exporters could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -155,13 +156,29 @@ where
 /// Makes `span` a child of the W3C `traceparent` (and `tracestate`) in the
 /// request headers Envoy forwards, so a Check joins the caller's trace.
 /// Without a valid `traceparent` the span starts a trace of its own.
-pub fn set_parent_from_headers(span: &tracing::Span, headers: &HashMap<String, String>) {
-    if !headers.contains_key("traceparent") {
+pub fn set_parent_from_headers(span: &tracing::Span, headers: &impl Headers) {
+    if headers.header("traceparent").is_none() {
         return;
     }
-    let parent = TraceContextPropagator::new().extract(headers);
+    let parent = TraceContextPropagator::new().extract(&TraceHeaders(headers));
     // Fails only when no OpenTelemetry layer is installed: nothing to join.
     let _ = span.set_parent(parent);
+}
+
+/// The trace-context headers of a request, for the propagator.
+struct TraceHeaders<'a, H>(&'a H);
+
+impl<H: Headers> opentelemetry::propagation::Extractor for TraceHeaders<'_, H> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.header(key)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        ["traceparent", "tracestate"]
+            .into_iter()
+            .filter(|k| self.0.header(k).is_some())
+            .collect()
+    }
 }
 
 /// The span a posture sync cycle runs in (`sync`), for the Fleet poller:

@@ -22,10 +22,10 @@ use arc_swap::ArcSwap;
 use common::certs::{Leaf, TestPki};
 use envoy_types::pb::envoy::service::auth::v3::{
     CheckRequest, CheckResponse, authorization_client::AuthorizationClient,
-    authorization_server::Authorization, check_response::HttpResponse,
+    check_response::HttpResponse,
 };
 use fleet_authz::{
-    authz::{Authorizer, AuthzService, Grants},
+    authz::{Authorizer, Grants},
     cli::{build_check_request, url_encode_pem},
     config::Config,
     fingerprint::Fingerprint,
@@ -473,9 +473,8 @@ impl Grants for OneGrant {
     }
 }
 
-/// An authorizer over a Fleet-like store synced `age` ago, called through the
-/// tonic trait method directly.
-fn handler(pki_leaf: &Leaf, age: Duration, grants: Option<Arc<dyn Grants>>) -> AuthzService {
+/// An authorizer over a Fleet-like store synced `age` ago, called directly.
+fn handler(pki_leaf: &Leaf, age: Duration, grants: Option<Arc<dyn Grants>>) -> Arc<Authorizer> {
     let now = SystemTime::now();
     let posture = format!(
         "policies: [{{id: 12, name: Disk encryption, critical: true}}]\nhosts: [{{id: 9, display_name: x, last_seen_ago: 1m, policies: {{12: fail}}, fingerprints: [{}]}}]",
@@ -487,7 +486,7 @@ fn handler(pki_leaf: &Leaf, age: Duration, grants: Option<Arc<dyn Grants>>) -> A
         now - age,
     );
     let policy = parse_policy(POLICY, std::path::Path::new("policy.yaml")).unwrap();
-    AuthzService::new(Arc::new(Authorizer {
+    Arc::new(Authorizer {
         store,
         policy: Arc::new(ArcSwap::from_pointee(policy)),
         identity: Default::default(),
@@ -497,7 +496,7 @@ fn handler(pki_leaf: &Leaf, age: Duration, grants: Option<Arc<dyn Grants>>) -> A
         refresh: None,
         grants,
         fingerprints: Default::default(),
-    }))
+    })
 }
 
 #[tokio::test]
@@ -505,11 +504,7 @@ async fn stale_posture_is_reported_past_max_staleness() {
     let leaf = TestPki::new().device("d");
     let svc = handler(&leaf, Duration::from_secs(3600), None);
     let req = build_check_request(&leaf.cert_pem, &[], "app.example.com", "/", false);
-    let resp = svc
-        .check(tonic::Request::new(req))
-        .await
-        .unwrap()
-        .into_inner();
+    let resp = svc.check(&req).await;
     let (_, reason, body) = denied(&resp);
     assert_eq!(reason, "failing_critical_policy,stale_posture");
     let stale = &body["reasons"][1];
@@ -528,11 +523,7 @@ async fn break_glass_grant_turns_a_deny_into_an_allow() {
         Some(Arc::new(OneGrant(leaf.fingerprint))),
     );
     let req = build_check_request(&leaf.cert_pem, &[], "app.example.com", "/", false);
-    let resp = svc
-        .check(tonic::Request::new(req))
-        .await
-        .unwrap()
-        .into_inner();
+    let resp = svc.check(&req).await;
     let (set, _) = allowed(&resp);
     assert_eq!(set["x-fleet-host-id"], "9");
     let meta = &resp.dynamic_metadata.unwrap().fields;

@@ -288,6 +288,17 @@ pub async fn run_fleet_authz(fake: &mut Fake, pem: &str) -> Figures {
         steady / 1024,
         peak / 1024
     );
+    if std::env::var_os("SYNC_SCALE_SLOW").is_some() {
+        // Where in the sync the slowest Checks fall (ms after its start).
+        let mut slow: Vec<(u64, u128)> = samples
+            .iter()
+            .filter(|s| s.sent >= sync_start && s.sent < sync_end)
+            .map(|s| (s.micros, (s.sent - sync_start).as_millis()))
+            .collect();
+        slow.sort_unstable_by(|a, b| b.cmp(a));
+        slow.truncate(15);
+        eprintln!("slowest Checks during the sync (µs, ms after its start): {slow:?}");
+    }
     let (idle, during) = (
         latency(&samples, &idle_windows),
         latency(&samples, &[(sync_start, sync_end)]),

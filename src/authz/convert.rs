@@ -20,8 +20,11 @@ use envoy_types::pb::{
     },
 };
 
-use super::body::{self, BodyContext};
-use crate::{policy::Decision, posture::HostPosture};
+use super::{
+    body::{self, BodyContext},
+    wire,
+};
+use crate::{identity::Headers, policy::Decision, posture::HostPosture};
 
 /// Identity headers set on allowed requests; client-sent copies never pass.
 pub const IDENTITY_HEADERS: [&str; 4] = [
@@ -37,11 +40,36 @@ pub const DRY_RUN_HEADER: &str = "x-fleet-authz-dry-run";
 
 static EMPTY: LazyLock<HashMap<String, String>> = LazyLock::new(HashMap::new);
 
+/// The request headers, from either request type.
+#[derive(Debug, Clone, Copy)]
+pub enum HeaderView<'a> {
+    /// The generated `CheckRequest`'s map (admin API, CLI, tests).
+    Map(&'a HashMap<String, String>),
+    /// The lean request's list (the gRPC service).
+    List(wire::HeaderList<'a>),
+}
+
+impl<'a> HeaderView<'a> {
+    /// The value of header `name` (lower-case), borrowed from the request.
+    pub fn get(self, name: &str) -> Option<&'a str> {
+        match self {
+            Self::Map(map) => map.get(name).map(String::as_str),
+            Self::List(list) => list.get(name),
+        }
+    }
+}
+
+impl Headers for HeaderView<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.get(name)
+    }
+}
+
 /// What fleet-authz reads from a `CheckRequest`, borrowed.
 #[derive(Debug, Clone, Copy)]
 pub struct CheckFacts<'a> {
     /// Request headers, lower-case names.
-    pub headers: &'a HashMap<String, String>,
+    pub headers: HeaderView<'a>,
     /// Per-route `context_extensions`.
     pub context: &'a HashMap<String, String>,
     /// `source.certificate` (URL-encoded PEM), empty when not sent.
@@ -59,31 +87,66 @@ impl<'a> CheckFacts<'a> {
         let http = attrs
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref());
-        let headers = http.map_or(&*EMPTY, |h| &h.headers);
-        let header = |name: &str| headers.get(name).map_or("", String::as_str);
-        let authority = http
-            .map(|h| h.host.as_str())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| header(":authority"));
-        let request_id = http
-            .map(|h| h.id.as_str())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| header("x-request-id"));
-        Self {
-            headers,
-            context: attrs.map_or(&*EMPTY, |a| &a.context_extensions),
-            peer_certificate: attrs
+        Self::assemble(
+            HeaderView::Map(http.map_or(&*EMPTY, |h| &h.headers)),
+            attrs.map_or(&*EMPTY, |a| &a.context_extensions),
+            attrs
                 .and_then(|a| a.source.as_ref())
                 .map_or("", |s| s.certificate.as_str()),
-            authority,
-            path: http.map_or("", |h| h.path.as_str()),
-            request_id,
+            http.map_or(["", "", ""], |h| {
+                [h.host.as_str(), h.path.as_str(), h.id.as_str()]
+            }),
+        )
+    }
+
+    /// The same from the lean request the gRPC service decodes.
+    pub fn from_lean(req: &'a wire::CheckRequest) -> Self {
+        let attrs = req.attributes.as_ref();
+        let http = attrs
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        Self::assemble(
+            HeaderView::List(wire::HeaderList(http.map_or(&[], |h| &h.headers))),
+            attrs.map_or(&*EMPTY, |a| &a.context_extensions),
+            attrs
+                .and_then(|a| a.source.as_ref())
+                .map_or("", |s| wire::text(&s.certificate)),
+            http.map_or(["", "", ""], |h| {
+                [wire::text(&h.host), wire::text(&h.path), wire::text(&h.id)]
+            }),
+        )
+    }
+
+    /// `[host, path, id]` fall back to the `:authority` and `x-request-id`
+    /// headers when empty.
+    fn assemble(
+        headers: HeaderView<'a>,
+        context: &'a HashMap<String, String>,
+        peer_certificate: &'a str,
+        [host, path, id]: [&'a str; 3],
+    ) -> Self {
+        let header = |name: &str| headers.get(name).unwrap_or("");
+        Self {
+            headers,
+            context,
+            peer_certificate,
+            authority: if host.is_empty() {
+                header(":authority")
+            } else {
+                host
+            },
+            path,
+            request_id: if id.is_empty() {
+                header("x-request-id")
+            } else {
+                id
+            },
         }
     }
 
     /// A header by lower-case name, or "".
     pub fn header(&self, name: &str) -> &'a str {
-        self.headers.get(name).map_or("", String::as_str)
+        self.headers.get(name).unwrap_or("")
     }
 }
 

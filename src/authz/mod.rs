@@ -8,6 +8,10 @@
 pub mod body;
 pub mod cache;
 pub mod convert;
+pub mod service;
+pub mod wire;
+
+pub use service::AuthzService;
 
 use std::{
     future::Future,
@@ -17,10 +21,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use envoy_types::pb::envoy::service::auth::v3::{
-    CheckRequest, CheckResponse, authorization_server::Authorization,
-};
-use tonic::{Request, Response, Status};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use tracing::Instrument;
 
 use self::{body::BodyContext, convert::CheckFacts};
@@ -163,7 +164,15 @@ impl Authorizer {
     /// caller's trace (W3C `traceparent` among the forwarded headers) and
     /// carries the decision, route, reasons and host id.
     pub async fn check(&self, request: &CheckRequest) -> CheckResponse {
-        let facts = CheckFacts::from_request(request);
+        self.check_facts(CheckFacts::from_request(request)).await
+    }
+
+    /// [`Self::check`] for the lean request the gRPC service decodes.
+    pub async fn check_lean(&self, request: &wire::CheckRequest) -> CheckResponse {
+        self.check_facts(CheckFacts::from_lean(request)).await
+    }
+
+    async fn check_facts(&self, facts: CheckFacts<'_>) -> CheckResponse {
         if !crate::telemetry::spans_enabled() {
             return self.check_in_span(facts).await;
         }
@@ -176,7 +185,7 @@ impl Authorizer {
             reasons = tracing::field::Empty,
             host.id = tracing::field::Empty,
         );
-        crate::telemetry::set_parent_from_headers(&span, facts.headers);
+        crate::telemetry::set_parent_from_headers(&span, &facts.headers);
         self.check_in_span(facts).instrument(span).await
     }
 
@@ -184,7 +193,7 @@ impl Authorizer {
         let started = tokio::time::Instant::now();
         let identity = self
             .fingerprints
-            .fingerprint(&self.identity, facts.peer_certificate, facts.headers)
+            .fingerprint(&self.identity, facts.peer_certificate, &facts.headers)
             .map_err(|e| (e.is_missing(), e.to_string()));
         let target = Target {
             context: facts.context,
@@ -262,29 +271,5 @@ impl Authorizer {
             latency_us = elapsed.as_micros() as u64,
             "decision"
         );
-    }
-}
-
-/// Envoy's `envoy.service.auth.v3.Authorization` over an [`Authorizer`].
-#[derive(Debug, Clone)]
-pub struct AuthzService {
-    authorizer: Arc<Authorizer>,
-}
-
-impl AuthzService {
-    /// Wraps a shared authorizer.
-    pub fn new(authorizer: Arc<Authorizer>) -> Self {
-        Self { authorizer }
-    }
-}
-
-#[tonic::async_trait]
-impl Authorization for AuthzService {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
-        let response = self.authorizer.check(request.get_ref()).await;
-        Ok(Response::new(response))
     }
 }

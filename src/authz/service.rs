@@ -1,0 +1,84 @@
+//! Envoy's `envoy.service.auth.v3.Authorization` gRPC service over an
+//! [`Authorizer`], decoding the lean request ([`super::wire`]) instead of the
+//! generated `CheckRequest`. Same service name, method and wire format as the
+//! generated server: Envoy cannot tell them apart.
+
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
+use tonic::{
+    Status,
+    codegen::{Body as HttpBody, Service, StdError, http},
+    server::{Grpc, NamedService, UnaryService},
+};
+
+use super::{Authorizer, BoxFuture, wire};
+
+/// The gRPC path of the one method.
+const CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// The Authorization service; add it to a tonic `Server`.
+#[derive(Debug, Clone)]
+pub struct AuthzService {
+    authorizer: Arc<Authorizer>,
+}
+
+impl AuthzService {
+    /// Wraps a shared authorizer.
+    pub fn new(authorizer: Arc<Authorizer>) -> Self {
+        Self { authorizer }
+    }
+}
+
+impl NamedService for AuthzService {
+    const NAME: &'static str = "envoy.service.auth.v3.Authorization";
+}
+
+/// One Check call. A deny is a successful RPC: the handler never returns an
+/// error status.
+struct Check(Arc<Authorizer>);
+
+impl UnaryService<wire::CheckRequest> for Check {
+    type Response = CheckResponse;
+    type Future = BoxFuture<'static, Result<tonic::Response<CheckResponse>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<wire::CheckRequest>) -> Self::Future {
+        let authorizer = Arc::clone(&self.0);
+        Box::pin(async move {
+            let response = authorizer.check_lean(request.get_ref()).await;
+            Ok(tonic::Response::new(response))
+        })
+    }
+}
+
+impl<B> Service<http::Request<B>> for AuthzService
+where
+    B: HttpBody + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != CHECK {
+            let path = request.uri().path().to_owned();
+            return Box::pin(async move {
+                Ok(Status::unimplemented(format!("no method {path}")).into_http())
+            });
+        }
+        let check = Check(Arc::clone(&self.authorizer));
+        Box::pin(async move {
+            let codec = tonic_prost::ProstCodec::<CheckResponse, wire::CheckRequest>::default();
+            Ok(Grpc::new(codec).unary(check, request).await)
+        })
+    }
+}
