@@ -10,7 +10,11 @@
 //! Check, that cost several microseconds of CPU per Check under load (see
 //! BENCHMARKS.md). This one allocates nothing.
 
-use std::fmt::{self, Write as _};
+use std::{
+    cell::RefCell,
+    fmt::{self, Write as _},
+    time::{Duration, UNIX_EPOCH},
+};
 
 use tracing::{
     Event, Subscriber,
@@ -18,11 +22,7 @@ use tracing::{
 };
 use tracing_log::NormalizeEvent;
 use tracing_subscriber::{
-    fmt::{
-        FmtContext, FormatEvent, FormatFields,
-        format::Writer,
-        time::{FormatTime, SystemTime},
-    },
+    fmt::{FmtContext, FormatEvent, FormatFields, format::Writer},
     registry::LookupSpan,
 };
 
@@ -46,7 +46,7 @@ where
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         writer.write_str("{\"timestamp\":\"")?;
-        SystemTime.format_time(&mut writer)?;
+        timestamp(&mut writer, std::time::SystemTime::now())?;
         writer.write_str("\",\"level\":\"")?;
         writer.write_str(meta.level().as_str())?;
         writer.write_char('"')?;
@@ -97,11 +97,16 @@ impl Visit for Fields<'_, '_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.field(field, |w| write!(w, "{value}"));
+        self.field(field, |w| w.write_str(Decimal::new(value).as_str()));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.field(field, |w| write!(w, "{value}"));
+        self.field(field, |w| {
+            if value < 0 {
+                w.write_char('-')?;
+            }
+            w.write_str(Decimal::new(value.unsigned_abs()).as_str())
+        });
     }
 
     fn record_u128(&mut self, field: &Field, value: u128) {
@@ -133,6 +138,58 @@ impl Visit for Fields<'_, '_> {
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.field(field, |w| quoted(w, format_args!("{value:?}")));
+    }
+}
+
+/// RFC 3339 in UTC with microseconds, `2026-11-21T15:04:05.123456Z`. The
+/// part up to the seconds is formatted once per second per thread.
+fn timestamp(w: &mut Writer<'_>, now: std::time::SystemTime) -> fmt::Result {
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with_borrow_mut(|(cached, prefix)| {
+        if *cached != secs {
+            prefix.clear();
+            let whole = UNIX_EPOCH + Duration::from_secs(secs);
+            // `…T15:04:05Z`: keep everything before the `Z`.
+            write!(prefix, "{}", humantime::format_rfc3339_seconds(whole))?;
+            prefix.pop();
+            *cached = secs;
+        }
+        w.write_str(prefix)
+    })?;
+    let micros = Decimal::new(u64::from(since.subsec_micros()) + 1_000_000);
+    // 1xxxxxx: the leading 1 keeps the zeros; write the dot over it.
+    w.write_char('.')?;
+    w.write_str(&micros.as_str()[1..])?;
+    w.write_char('Z')
+}
+
+/// A `u64` in decimal, without the formatting machinery.
+struct Decimal {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    fn new(mut value: u64) -> Self {
+        let mut digits = [b'0'; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (value % 10) as u8;
+            value /= 10;
+            if value == 0 {
+                break;
+            }
+        }
+        Self { digits, start }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.digits[self.start..]).unwrap_or("0")
     }
 }
 
@@ -263,6 +320,32 @@ mod tests {
             ts.len() == 27 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
             "{ts}"
         );
+    }
+
+    #[test]
+    fn timestamps_and_numbers_are_written_exactly() {
+        let mut line = String::new();
+        let at = UNIX_EPOCH + Duration::from_micros(1_795_532_645_000_042);
+        timestamp(&mut Writer::new(&mut line), at).unwrap();
+        assert_eq!(line, "2026-11-24T15:04:05.000042Z");
+        line.clear();
+        // The same second again (from the per-thread cache), then the next.
+        timestamp(
+            &mut Writer::new(&mut line),
+            at + Duration::from_micros(999_000),
+        )
+        .unwrap();
+        timestamp(&mut Writer::new(&mut line), at + Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            line,
+            "2026-11-24T15:04:05.999042Z2026-11-24T15:04:06.000042Z"
+        );
+        for n in [0, 7, 10, 999_999, u64::MAX] {
+            assert_eq!(Decimal::new(n).as_str(), n.to_string());
+        }
+        let (_, lines) = lines(|| tracing::info!(low = i64::MIN, high = u64::MAX, "n"));
+        assert_eq!(lines[0]["low"], i64::MIN);
+        assert_eq!(lines[0]["high"], u64::MAX);
     }
 
     #[test]

@@ -534,3 +534,34 @@ async fn break_glass_grant_turns_a_deny_into_an_allow() {
         ))
     );
 }
+
+#[tokio::test]
+async fn a_kept_allow_answer_is_per_route_and_follows_the_posture() {
+    let mut h = Harness::start().await;
+    let pem = h.fleet.good.cert_pem.clone();
+    let route = |resp: &CheckResponse| {
+        match &resp.dynamic_metadata.as_ref().unwrap().fields["route"].kind {
+            Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => s.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let first = h.check_cert(&pem, &[], "/").await;
+    let again = h.check_cert(&pem, &[], "/").await;
+    assert_eq!(first, again);
+    assert_eq!(allowed(&again).0["x-fleet-host-name"], "Anna's MacBook");
+    // Another route the device passes: its own metadata, not the kept answer.
+    let mac = h.check_cert(&pem, &[("app", "mac")], "/").await;
+    assert_eq!(
+        (route(&first), route(&mac)),
+        ("default".into(), "mac-only".into())
+    );
+    assert_eq!(allowed(&mac).0["x-fleet-host-id"], "1");
+
+    let store = Arc::clone(&h.server.as_ref().unwrap().authorizer.store);
+    let mut host = (*store.host(HostId(1)).unwrap()).clone();
+    host.display_name = "Anna's new MacBook".into();
+    store.upsert(host, SystemTime::now());
+    let after = h.check_cert(&pem, &[], "/").await;
+    assert_eq!(allowed(&after).0["x-fleet-host-name"], "Anna's new MacBook");
+    assert_eq!(route(&after), "default");
+}

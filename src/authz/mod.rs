@@ -5,12 +5,14 @@
 //! status for bad input, so Envoy's `failure_mode_allow` applies only when
 //! fleet-authz itself is down.
 
+pub mod answer;
 pub mod body;
 pub mod cache;
 pub mod convert;
 pub mod service;
 pub mod wire;
 
+pub use answer::Answer;
 pub use service::AuthzService;
 
 use std::{
@@ -22,6 +24,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use prost::Message as _;
 use tracing::Instrument;
 
 use self::{body::BodyContext, convert::CheckFacts};
@@ -164,17 +167,20 @@ impl Authorizer {
     /// caller's trace (W3C `traceparent` among the forwarded headers) and
     /// carries the decision, route, reasons and host id.
     pub async fn check(&self, request: &CheckRequest) -> CheckResponse {
-        self.check_facts(CheckFacts::from_request(request)).await
+        let answer = self.check_facts(CheckFacts::from_request(request), false);
+        // Not kept, so never encoded: this cannot fail.
+        answer.await.into_response().unwrap_or_default()
     }
 
-    /// [`Self::check`] for the lean request the gRPC service decodes.
-    pub async fn check_lean(&self, request: &wire::CheckRequest) -> CheckResponse {
-        self.check_facts(CheckFacts::from_lean(request)).await
+    /// [`Self::check`] for the lean request the gRPC service decodes; a
+    /// plain allow comes back as the host's kept, encoded answer.
+    pub async fn check_lean(&self, request: &wire::CheckRequest) -> Answer {
+        self.check_facts(CheckFacts::from_lean(request), true).await
     }
 
-    async fn check_facts(&self, facts: CheckFacts<'_>) -> CheckResponse {
+    async fn check_facts(&self, facts: CheckFacts<'_>, keep: bool) -> Answer {
         if !crate::telemetry::spans_enabled() {
-            return self.check_in_span(facts).await;
+            return self.check_in_span(facts, keep).await;
         }
         let span = tracing::info_span!(
             "check",
@@ -186,10 +192,10 @@ impl Authorizer {
             host.id = tracing::field::Empty,
         );
         crate::telemetry::set_parent_from_headers(&span, &facts.headers);
-        self.check_in_span(facts).instrument(span).await
+        self.check_in_span(facts, keep).instrument(span).await
     }
 
-    async fn check_in_span(&self, facts: CheckFacts<'_>) -> CheckResponse {
+    async fn check_in_span(&self, facts: CheckFacts<'_>, keep: bool) -> Answer {
         let started = tokio::time::Instant::now();
         let identity = self
             .fingerprints
@@ -209,10 +215,10 @@ impl Authorizer {
             remediation_url: self.remediation_url.as_deref(),
             request_id: facts.request_id,
         };
-        let response = convert::to_response(&outcome.decision, &ctx, facts.header("accept"));
+        let answer = answer(&outcome, &ctx, facts.header("accept"), keep);
         let elapsed = started.elapsed();
         self.record(&outcome, facts.request_id, elapsed);
-        response
+        answer
     }
 
     fn record(&self, outcome: &Outcome, request_id: &str, elapsed: Duration) {
@@ -272,4 +278,24 @@ impl Authorizer {
             "decision"
         );
     }
+}
+
+/// The answer for `outcome`. With `keep`, a plain allow (no reasons) for a
+/// known host is encoded once and kept on that host's posture for the route;
+/// later Checks send the kept bytes.
+fn answer(outcome: &Outcome, ctx: &BodyContext<'_>, accept: &str, keep: bool) -> Answer {
+    let d = &outcome.decision;
+    let host = outcome
+        .host
+        .as_deref()
+        .filter(|_| keep && d.allowed && d.reasons.is_empty());
+    let Some(host) = host else {
+        return Answer::Built(convert::to_response(d, ctx, accept));
+    };
+    if let Some(kept) = host.allow_answer.get(&d.route) {
+        return Answer::Encoded(kept.clone());
+    }
+    let encoded = bytes::Bytes::from(convert::to_response(d, ctx, accept).encode_to_vec());
+    host.allow_answer.keep(&d.route, encoded.clone());
+    Answer::Encoded(encoded)
 }

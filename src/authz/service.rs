@@ -9,14 +9,13 @@ use std::{
     task::{Context, Poll},
 };
 
-use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use tonic::{
     Status,
     codegen::{Body as HttpBody, Service, StdError, http},
     server::{Grpc, NamedService, UnaryService},
 };
 
-use super::{Authorizer, BoxFuture, wire};
+use super::{Answer, Authorizer, BoxFuture, wire};
 
 /// The gRPC path of the one method.
 const CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
@@ -43,8 +42,8 @@ impl NamedService for AuthzService {
 struct Check(Arc<Authorizer>);
 
 impl UnaryService<wire::CheckRequest> for Check {
-    type Response = CheckResponse;
-    type Future = BoxFuture<'static, Result<tonic::Response<CheckResponse>, Status>>;
+    type Response = Answer;
+    type Future = BoxFuture<'static, Result<tonic::Response<Answer>, Status>>;
 
     fn call(&mut self, request: tonic::Request<wire::CheckRequest>) -> Self::Future {
         let authorizer = Arc::clone(&self.0);
@@ -77,7 +76,7 @@ where
         }
         let check = Check(Arc::clone(&self.authorizer));
         Box::pin(async move {
-            let codec = tonic_prost::ProstCodec::<CheckResponse, wire::CheckRequest>::default();
+            let codec = tonic_prost::ProstCodec::<Answer, wire::CheckRequest>::default();
             Ok(Grpc::new(codec).unary(check, request).await)
         })
     }

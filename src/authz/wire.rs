@@ -174,7 +174,10 @@ mod tests {
                 xfcc,
             );
             let lean = CheckRequest::decode(Bytes::from(full.encode_to_vec())).unwrap();
-            let (a, b) = (CheckFacts::from_request(&full), CheckFacts::from_lean(&lean));
+            let (a, b) = (
+                CheckFacts::from_request(&full),
+                CheckFacts::from_lean(&lean),
+            );
             assert_eq!(a.peer_certificate, b.peer_certificate);
             assert_eq!(!a.peer_certificate.is_empty(), !xfcc);
             assert_eq!(

@@ -201,6 +201,7 @@ impl Host {
             policies,
             cves,
             fingerprints: Vec::new(),
+            allow_answer: Default::default(),
         }
     }
 }
