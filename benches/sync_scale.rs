@@ -137,7 +137,18 @@ struct Fake {
 
 impl Fake {
     fn spawn(sha1: &str) -> Self {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        // `SYNC_SCALE_FAKE_NICE=N` runs the fake Fleet at nice N (via
+        // nice(1)), so its CPU competes less with the Checks under test.
+        let exe = std::env::current_exe().unwrap();
+        let mut command = match std::env::var("SYNC_SCALE_FAKE_NICE") {
+            Ok(n) => {
+                let mut c = Command::new("nice");
+                c.args(["-n", &n]).arg(&exe);
+                c
+            }
+            Err(_) => Command::new(&exe),
+        };
+        let mut child = command
             .env("SYNC_SCALE_ROLE", "fleet")
             .env("SYNC_SCALE_SHA1", sha1)
             .stdin(Stdio::piped())
