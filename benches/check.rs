@@ -16,16 +16,19 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+#[path = "support/synthetic.rs"]
+mod synthetic;
+
 use arc_swap::ArcSwap;
 use criterion::{Criterion, criterion_group, criterion_main};
 use fleet_authz::{
     authz::Authorizer,
-    cli::{build_check_request, url_encode_pem},
+    cli::{build_check_request, request_headers, url_encode_pem},
     fingerprint::Fingerprint,
     identity::{IdentityConfig, identify},
     metrics::Metrics,
     policy::{RequestFacts, Subject, evaluate, parse_policy},
-    posture::{HostId, HostPosture, PolicyMeta, PolicyResponse, PolicyResult, PostureStore, Team},
+    posture::{HostId, HostPosture, PolicyMeta, PostureStore, Team},
 };
 
 const HOSTS: u64 = 100_000;
@@ -62,31 +65,8 @@ fn fill_store(real: Fingerprint, failing: bool) -> Arc<PostureStore> {
     let now = SystemTime::now();
     let hosts: Vec<HostPosture> = (1..=HOSTS)
         .map(|id| {
-            let mut h = HostPosture::new(id, format!("host-{id}"));
-            h.team = Some(team.clone());
-            h.platform = "darwin".into();
-            h.last_seen = Some(now - Duration::from_secs(60));
             let fail = (id % 20 == 0) || (id == 1 && failing);
-            h.policies = metas
-                .iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    let response = if fail && i == 0 {
-                        PolicyResponse::Fail
-                    } else {
-                        PolicyResponse::Pass
-                    };
-                    PolicyResult::new(Arc::clone(m), response)
-                })
-                .collect();
-            h.fingerprints = (0..3u64)
-                .map(|k| {
-                    let mut b = [0u8; 20];
-                    b[..8].copy_from_slice(&id.to_be_bytes());
-                    b[8..16].copy_from_slice(&k.to_be_bytes());
-                    Fingerprint::from_bytes(b)
-                })
-                .collect();
+            let mut h = synthetic::host(id, &metas, &team, now, fail);
             if id == 1 {
                 h.fingerprints[0] = real;
             }
@@ -121,17 +101,7 @@ fn benches(c: &mut Criterion) {
         .unwrap();
     // XFCC source, as from an Istio gateway, plus the usual request headers.
     let mut req = build_check_request(&pem, &[], "app.example.com", "/reports/q3", true);
-    let headers = &mut req
-        .attributes
-        .as_mut()
-        .unwrap()
-        .request
-        .as_mut()
-        .unwrap()
-        .http
-        .as_mut()
-        .unwrap()
-        .headers;
+    let headers = request_headers(&mut req);
     for (k, v) in [
         ("user-agent", "Mozilla/5.0"),
         ("accept", "*/*"),

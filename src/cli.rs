@@ -162,6 +162,19 @@ pub fn build_check_request(
     }
 }
 
+/// The HTTP header map of `req` (created if absent), to add headers to a
+/// request [`build_check_request`] made.
+pub fn request_headers(req: &mut CheckRequest) -> &mut HashMap<String, String> {
+    &mut req
+        .attributes
+        .get_or_insert_default()
+        .request
+        .get_or_insert_default()
+        .http
+        .get_or_insert_default()
+        .headers
+}
+
 /// Renders a CheckResponse for people: decision, reasons, headers.
 pub fn describe_response(response: &CheckResponse, verbose: bool) -> (bool, String) {
     let mut out = String::new();

@@ -26,7 +26,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
 };
 use fleet_authz::{
     authz::{Authorizer, Grants},
-    cli::{build_check_request, url_encode_pem},
+    cli::{build_check_request, request_headers, url_encode_pem},
     config::Config,
     fingerprint::Fingerprint,
     metrics::Metrics,
@@ -266,18 +266,7 @@ async fn malformed_certificate_header_is_a_deny_with_a_reason() {
         "Cert=\"-----BEGIN%20CERTIFICATE-----%0Azzz\"",
     ] {
         let mut req = build_check_request("", &[], "app.example.com", "/", false);
-        let http = req
-            .attributes
-            .as_mut()
-            .unwrap()
-            .request
-            .as_mut()
-            .unwrap()
-            .http
-            .as_mut()
-            .unwrap();
-        http.headers
-            .insert("x-forwarded-client-cert".into(), xfcc.into());
+        request_headers(&mut req).insert("x-forwarded-client-cert".into(), xfcc.into());
         let (status, reason, body) = denied(&h.check(req).await);
         assert_eq!(
             (status, reason.as_str()),
@@ -399,17 +388,7 @@ async fn html_page_when_the_browser_prefers_it_and_custom_status() {
     let mut h = Harness::start().await;
     let pem = h.fleet.critical.cert_pem.clone();
     let mut req = build_check_request(&pem, &[], "api.example.com", "/", false);
-    let http = req
-        .attributes
-        .as_mut()
-        .unwrap()
-        .request
-        .as_mut()
-        .unwrap()
-        .http
-        .as_mut()
-        .unwrap();
-    http.headers.insert(
+    request_headers(&mut req).insert(
         "accept".into(),
         "text/html,application/xhtml+xml,*/*;q=0.8".into(),
     );
@@ -435,18 +414,7 @@ async fn xfcc_client_cert_and_peer_certificate_decide_alike() {
     let mut req = build_check_request("", &[], "app.example.com", "/", false);
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(&h.fleet.critical.der);
-    let http = req
-        .attributes
-        .as_mut()
-        .unwrap()
-        .request
-        .as_mut()
-        .unwrap()
-        .http
-        .as_mut()
-        .unwrap();
-    http.headers
-        .insert("client-cert".into(), format!(":{b64}:"));
+    request_headers(&mut req).insert("client-cert".into(), format!(":{b64}:"));
     let via_rfc9440 = denied(&h.check(req).await);
     assert_eq!(via_peer.1, "failing_critical_policy");
     assert_eq!(

@@ -9,41 +9,12 @@
 
 mod common;
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-};
-
-use common::ops::{Env, check, http, json};
+use common::ops::{Captured, Env, check, http, json};
 use fleet_authz::server::start;
 use reqwest::Method;
 use tracing_subscriber::prelude::*;
 
 const TOKEN: &str = "very-secret-admin-token-4242";
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<String> {
-        let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
 
 #[tokio::test(flavor = "current_thread")]
 async fn each_check_logs_one_json_line_with_the_decision_fields() {

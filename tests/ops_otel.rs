@@ -111,17 +111,7 @@ async fn checks_and_syncs_are_exported_as_spans_joined_to_the_callers_trace() {
     let mut client = AuthorizationClient::new(channel(server.grpc_addr()).await);
     let mut request =
         fleet_authz::cli::build_check_request(&env.bad.pem, &[], "app.example.com", "/", false);
-    let http = request
-        .attributes
-        .as_mut()
-        .unwrap()
-        .request
-        .as_mut()
-        .unwrap()
-        .http
-        .as_mut()
-        .unwrap();
-    http.headers.insert(
+    fleet_authz::cli::request_headers(&mut request).insert(
         "traceparent".to_owned(),
         format!("00-{TRACE_ID}-{PARENT_ID}-01"),
     );

@@ -10,12 +10,12 @@ mod common;
 use std::{
     io::Write,
     path::Path,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use arc_swap::ArcSwap;
-use common::ops::{Env, POLICY, allowed, check, metric, reason_header, scrape};
+use common::ops::{Captured, Env, POLICY, allowed, check, metric, reason_header, scrape};
 use fleet_authz::{
     metrics::Metrics,
     policy::load_policy,
@@ -135,20 +135,6 @@ async fn a_bad_policy_keeps_the_last_good_one_and_is_counted() {
     server.shutdown().await;
 }
 
-/// A writer the test can read back.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A reloader on its own (no watcher), so every reload below is the one the
 /// test asked for: what SIGHUP runs, including changes made while nothing
 /// watched.
@@ -217,7 +203,7 @@ fn reload_all_applies_changes_made_while_unwatched_and_logs_failures() {
         policy.load().default.deny.failing_any_policy,
         "the last good policy stays"
     );
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(text.contains("ERROR"), "{text}");
     assert!(
         text.contains("reload failed; keeping the last good version"),

@@ -8,16 +8,18 @@
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use anyhow::Context;
+
+use crate::synthetic;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use fleet_authz::{
     cli::{build_check_request, url_encode_pem},
     fingerprint::Fingerprint,
     identity::url_pem_to_der,
-    posture::{HostPosture, PolicyMeta, PolicyResponse, PolicyResult, Team},
+    posture::{HostPosture, PolicyMeta, Team},
 };
 use prost::{Message, bytes::Bytes};
 use rcgen::{CertificateParams, DnType, Issuer, KeyPair, SanType};
@@ -138,32 +140,8 @@ pub fn hosts(count: u64, devices: &[Fingerprint]) -> Vec<HostPosture> {
     let now = SystemTime::now();
     let mut hosts: Vec<HostPosture> = (1..=count)
         .map(|id| {
-            let mut h = HostPosture::new(id, format!("host-{id}"));
+            let mut h = synthetic::host(id, &metas, &team, now, id % 20 == 0);
             h.uuid = format!("5f0c7c4e-2d0b-4c4e-9a58-{id:012}");
-            h.team = Some(team.clone());
-            h.platform = "darwin".into();
-            h.last_seen = Some(now - Duration::from_secs(60));
-            let fail = id % 20 == 0;
-            h.policies = metas
-                .iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    let response = if fail && i == 0 {
-                        PolicyResponse::Fail
-                    } else {
-                        PolicyResponse::Pass
-                    };
-                    PolicyResult::new(Arc::clone(m), response)
-                })
-                .collect();
-            h.fingerprints = (0..3u64)
-                .map(|k| {
-                    let mut b = [0u8; 20];
-                    b[..8].copy_from_slice(&id.to_be_bytes());
-                    b[8..16].copy_from_slice(&k.to_be_bytes());
-                    Fingerprint::from_bytes(b)
-                })
-                .collect();
             h
         })
         .collect();

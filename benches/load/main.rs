@@ -21,6 +21,8 @@ mod grpc;
 mod report;
 mod servers;
 mod suite;
+#[path = "../support/synthetic.rs"]
+mod synthetic;
 
 use std::{sync::Arc, time::Duration};
 
