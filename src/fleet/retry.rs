@@ -83,6 +83,15 @@ impl RetryPolicy {
         let half = d / 2;
         half + rand::rng().random_range(Duration::ZERO..=half)
     }
+
+    /// The wait before attempt `attempt + 1`: Fleet's `retry-after`
+    /// (capped at `max_retry_after`) when it sent one, else [`Self::backoff`].
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        retry_after.map_or_else(
+            || self.backoff(attempt),
+            |wait| wait.min(self.max_retry_after),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -109,5 +118,20 @@ mod tests {
                 "{d30:?}"
             );
         }
+    }
+
+    #[test]
+    fn delay_honours_retry_after_up_to_its_cap_and_backs_off_without_it() {
+        let p = RetryPolicy::default();
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(3600))),
+            p.max_retry_after
+        );
+        let d = p.delay(1, None);
+        assert!(d >= p.base_delay / 2 && d <= p.base_delay, "{d:?}");
     }
 }

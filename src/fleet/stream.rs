@@ -190,10 +190,7 @@ impl FleetClient {
             if attempt >= self.retry.max_attempts {
                 return Err(error);
             }
-            let delay = wait.map_or_else(
-                || self.retry.backoff(attempt),
-                |w| w.min(self.retry.max_retry_after),
-            );
+            let delay = self.retry.delay(attempt, wait);
             tracing::debug!(endpoint, attempt, ?delay, %error, "fleet request will be retried");
             tokio::time::sleep(delay).await;
         }
