@@ -33,15 +33,6 @@ use fleet_authz::{
 
 const HOSTS: u64 = 100_000;
 
-const POLICY: &str = "
-version: 1
-defaults:
-  deny: {failing_critical_policy: true, vulnerabilities: [CVE-2024-3094], last_seen_over: 24h}
-routes:
-  - {name: payroll, match: {context: {app: payroll}}, deny: {failing_any_policy: true}}
-  - {name: wiki, match: {path_prefix: /wiki}, mode: dry_run}
-";
-
 fn certificate() -> (String, Fingerprint) {
     // A ~1 KB RSA-2048-sized certificate is what devices present; rcgen's
     // default ECDSA one is smaller, so use the demo's RSA certificate.
@@ -82,7 +73,7 @@ fn authorizer(store: Arc<PostureStore>) -> Authorizer {
     Authorizer {
         store,
         policy: Arc::new(ArcSwap::from_pointee(
-            parse_policy(POLICY, "bench.yaml".as_ref()).unwrap(),
+            parse_policy(synthetic::POLICY, "bench.yaml".as_ref()).unwrap(),
         )),
         identity: IdentityConfig::default(),
         remediation_url: Some("https://fleet.example.com/device/{host_id}".into()),

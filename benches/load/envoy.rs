@@ -27,7 +27,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::report::{Counts, RunResult, histogram};
+use crate::report::{Counts, RunResult, histogram, wait_until_due};
 
 /// The Envoy binary, or an error saying how to get one.
 pub fn envoy_bin() -> anyhow::Result<PathBuf> {
@@ -280,19 +280,10 @@ pub async fn http_load(
     let end = record_from + duration;
     let interval = Duration::from_secs_f64(1.0 / rps.max(1) as f64);
     let mut tasks = tokio::task::JoinSet::new();
-    let mut i = 0usize;
-    loop {
-        let due = start + interval.mul_f64(i as f64);
-        if due >= end {
-            break;
-        }
-        if due > Instant::now() {
-            tokio::time::sleep_until(due).await;
-        } else {
-            tokio::task::yield_now().await;
-        }
+    let mut i: u64 = 0;
+    while let Some(due) = wait_until_due(start, interval, i, end).await {
         let (idle, hist, counts) = (idle.clone(), hist.clone(), counts.clone());
-        let request = requests[i % requests.len()].clone();
+        let request = requests[i as usize % requests.len()].clone();
         tasks.spawn(async move {
             let pooled = idle.lock().ok().and_then(|mut v| v.pop());
             let stream = match pooled {

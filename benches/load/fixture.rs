@@ -25,14 +25,7 @@ use prost::{Message, bytes::Bytes};
 use rcgen::{CertificateParams, DnType, Issuer, KeyPair, SanType};
 
 /// The policy both the in-process bench and the load server use.
-pub const POLICY: &str = "
-version: 1
-defaults:
-  deny: {failing_critical_policy: true, vulnerabilities: [CVE-2024-3094], last_seen_over: 24h}
-routes:
-  - {name: payroll, match: {context: {app: payroll}}, deny: {failing_any_policy: true}}
-  - {name: wiki, match: {path_prefix: /wiki}, mode: dry_run}
-";
+pub use crate::synthetic::POLICY;
 
 /// Every `DENY_EVERY`-th device sits on a host failing a critical policy.
 pub const DENY_EVERY: usize = 20;

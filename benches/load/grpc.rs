@@ -29,7 +29,7 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use crate::report::{Counts, RunResult, histogram};
+use crate::report::{Counts, RunResult, histogram, wait_until_due};
 
 const CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
 
@@ -196,18 +196,7 @@ async fn open(
     let overloaded = Arc::new(AtomicBool::new(false));
     let interval = Duration::from_secs_f64(1.0 / rps.max(1) as f64);
     let mut i: u64 = 0;
-    loop {
-        let due = start + interval.mul_f64(i as f64);
-        if due >= end {
-            break;
-        }
-        if due > Instant::now() {
-            tokio::time::sleep_until(due).await;
-        } else {
-            // Behind schedule: still let the requests in flight run (and
-            // complete) on this single-threaded runtime before sending more.
-            tokio::task::yield_now().await;
-        }
+    while let Some(due) = wait_until_due(start, interval, i, end).await {
         // Past 10,000 outstanding the server is not keeping up: count the
         // rest as errors instead of letting the client run out of memory.
         if in_flight.load(Ordering::Relaxed) > 10_000 {

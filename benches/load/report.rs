@@ -107,3 +107,27 @@ pub fn ratio(a: f64, b: f64) -> String {
         format!("{:.2}", a / b)
     }
 }
+
+/// Open loop: waits until request `i` of a run that sends one request every
+/// `interval` from `start` is due, and returns when that is; `None` once it
+/// would be due at or after `end`. Behind schedule it only yields, so the
+/// requests in flight on a single-threaded runtime still run (and complete)
+/// before more are sent. Latency is measured from the returned time, so a
+/// slow server cannot hide its queue (no coordinated omission).
+pub async fn wait_until_due(
+    start: tokio::time::Instant,
+    interval: Duration,
+    i: u64,
+    end: tokio::time::Instant,
+) -> Option<tokio::time::Instant> {
+    let due = start + interval.mul_f64(i as f64);
+    if due >= end {
+        return None;
+    }
+    if due > tokio::time::Instant::now() {
+        tokio::time::sleep_until(due).await;
+    } else {
+        tokio::task::yield_now().await;
+    }
+    Some(due)
+}

@@ -11,6 +11,16 @@ use fleet_authz::{
     posture::{HostPosture, PolicyMeta, PolicyResponse, PolicyResult, Team},
 };
 
+/// The policy of the in-process Check bench and the load bench's server.
+pub const POLICY: &str = "
+version: 1
+defaults:
+  deny: {failing_critical_policy: true, vulnerabilities: [CVE-2024-3094], last_seen_over: 24h}
+routes:
+  - {name: payroll, match: {context: {app: payroll}}, deny: {failing_any_policy: true}}
+  - {name: wiki, match: {path_prefix: /wiki}, mode: dry_run}
+";
+
 /// Certificate `k` of host `id`: distinct for every pair, no real DER.
 pub fn fingerprint(id: u64, k: u64) -> Fingerprint {
     let mut bytes = [0u8; 20];
