@@ -97,24 +97,19 @@ impl Visit for Fields<'_, '_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.field(field, |w| w.write_str(Decimal::new(value).as_str()));
+        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.field(field, |w| {
-            if value < 0 {
-                w.write_char('-')?;
-            }
-            w.write_str(Decimal::new(value.unsigned_abs()).as_str())
-        });
+        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_u128(&mut self, field: &Field, value: u128) {
-        self.field(field, |w| write!(w, "{value}"));
+        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_i128(&mut self, field: &Field, value: i128) {
-        self.field(field, |w| write!(w, "{value}"));
+        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -160,37 +155,12 @@ fn timestamp(w: &mut Writer<'_>, now: std::time::SystemTime) -> fmt::Result {
         }
         w.write_str(prefix)
     })?;
-    let micros = Decimal::new(u64::from(since.subsec_micros()) + 1_000_000);
-    // 1xxxxxx: the leading 1 keeps the zeros; write the dot over it.
+    // Six digits with leading zeros: format 1xxxxxx and drop the 1.
+    let mut digits = itoa::Buffer::new();
+    let micros = digits.format(since.subsec_micros() + 1_000_000);
     w.write_char('.')?;
-    w.write_str(&micros.as_str()[1..])?;
+    w.write_str(&micros[1..])?;
     w.write_char('Z')
-}
-
-/// A `u64` in decimal, without the formatting machinery.
-struct Decimal {
-    digits: [u8; 20],
-    start: usize,
-}
-
-impl Decimal {
-    fn new(mut value: u64) -> Self {
-        let mut digits = [b'0'; 20];
-        let mut start = digits.len();
-        loop {
-            start -= 1;
-            digits[start] = b'0' + (value % 10) as u8;
-            value /= 10;
-            if value == 0 {
-                break;
-            }
-        }
-        Self { digits, start }
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.digits[self.start..]).unwrap_or("0")
-    }
 }
 
 /// `s` as a JSON string.
@@ -340,9 +310,6 @@ mod tests {
             line,
             "2026-11-24T15:04:05.999042Z2026-11-24T15:04:06.000042Z"
         );
-        for n in [0, 7, 10, 999_999, u64::MAX] {
-            assert_eq!(Decimal::new(n).as_str(), n.to_string());
-        }
         let (_, lines) = lines(|| tracing::info!(low = i64::MIN, high = u64::MAX, "n"));
         assert_eq!(lines[0]["low"], i64::MIN);
         assert_eq!(lines[0]["high"], u64::MAX);
