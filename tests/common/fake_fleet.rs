@@ -541,18 +541,14 @@ async fn serve(
             }
         }
     };
-    let text = |b: &Bytes| std::str::from_utf8(b).unwrap().to_owned();
+    // Bodies are built as `String`s: always UTF-8.
+    let text = std::str::from_utf8(&body).unwrap();
     let body = match fault {
         Some(Fault::Malformed) => Bytes::from_static(b"<html><body>502 Bad Gateway</body></html>"),
-        Some(Fault::Truncated) => {
-            let half = text(&body).floor_char_boundary(body.len() / 2);
-            body.slice(..half)
+        Some(Fault::Truncated) => body.slice(..text.floor_char_boundary(body.len() / 2)),
+        Some(Fault::Clipped) => {
+            Bytes::from(text.replacen("\"report_clipped\":false", "\"report_clipped\":true", 1))
         }
-        Some(Fault::Clipped) => Bytes::from(text(&body).replacen(
-            "\"report_clipped\":false",
-            "\"report_clipped\":true",
-            1,
-        )),
         _ => body,
     };
     *state
