@@ -331,7 +331,10 @@ impl Poller {
                     Ok(Some(Err(error))) => Some(error),
                     Err(error) => {
                         tracing::error!(%error, "publishing the posture failed");
-                        Some(format!("snapshot task failed: {error}"))
+                        // Only a configured snapshot can have been missed.
+                        self.snapshot
+                            .as_ref()
+                            .map(|_| format!("snapshot task failed: {error}"))
                     }
                 };
                 if let Some(error) = &snapshot_error {
