@@ -27,6 +27,8 @@ use tokio::{
     time::Instant,
 };
 
+use hdrhistogram::Histogram;
+
 use crate::report::{Counts, RunResult, histogram, wait_until_due};
 
 /// The Envoy binary, or an error saying how to get one.
@@ -271,7 +273,7 @@ pub async fn http_load(
     rps: u64,
     warmup: Duration,
     duration: Duration,
-) -> anyhow::Result<RunResult> {
+) -> anyhow::Result<(RunResult, Histogram<u64>)> {
     let idle: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
     let hist = Arc::new(Mutex::new(histogram()));
     let counts = Arc::new(Counts::default());
@@ -326,5 +328,5 @@ pub async fn http_load(
         .lock()
         .map(|h| h.clone())
         .unwrap_or_else(|_| histogram());
-    Ok(RunResult::new(&hist, &counts, duration))
+    Ok((RunResult::new(&hist, &counts, duration), hist))
 }

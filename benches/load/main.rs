@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench load -- suite [--duration 10] [--rounds 2] [--no-envoy]
+//! cargo bench --bench load -- envoy [--rounds 6] [--duration 10]   (item 3 alone)
 //! cargo bench --bench load -- soak [--minutes 10] [--fraction 0.7]
 //! cargo bench --bench load -- serve fleet|baseline [--hosts 100000]
 //! cargo bench --bench load -- client --addr HOST:PORT (--concurrency N | --rate RPS)
@@ -102,14 +103,14 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&result)?);
             Ok(())
         }
-        "suite" | "soak" => {
+        "suite" | "soak" | "envoy" => {
             suite::pin_self("1")?;
             let options = suite::Options::parse(&args)?;
             let rt = single_thread()?;
-            if command == "suite" {
-                rt.block_on(suite::suite(options))
-            } else {
-                rt.block_on(suite::soak(options))
+            match command.as_str() {
+                "suite" => rt.block_on(suite::suite(options)),
+                "envoy" => rt.block_on(suite::envoy_only(options)),
+                _ => rt.block_on(suite::soak(options)),
             }
         }
         other => bail!("unknown command `{other}`"),

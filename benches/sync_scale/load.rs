@@ -17,7 +17,7 @@ use super::{Fake, proc_status};
 
 /// Checks per second, sent open-loop (each on its own task).
 const RATE: u64 = 500;
-const SYNC_INTERVAL_SECS: u64 = 20;
+const SYNC_INTERVAL_SECS: u64 = 10;
 
 const POLICY: &str = "version: 1\ndefaults:\n  deny: {failing_critical_policy: true}\n";
 
@@ -217,8 +217,52 @@ async fn poll<T>(mut f: impl AsyncFnMut() -> Option<T>, every: Duration, what: &
     }
 }
 
+/// Measured sync cycles: `SYNC_SCALE_CYCLES`, default 4.
+fn cycles() -> usize {
+    std::env::var("SYNC_SCALE_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(4)
+}
+
+/// Every sync fleet-authz has published so far, as (start, end): the end is
+/// the timestamp of its "fleet sync published" log line, the start that less
+/// the line's `duration`.
+fn published(log: &std::path::Path) -> Vec<(Instant, Instant)> {
+    let (base_instant, base_time) = (Instant::now(), SystemTime::now());
+    let at = |time: SystemTime| match time.duration_since(base_time) {
+        Ok(after) => base_instant + after,
+        Err(before) => base_instant - before.duration(),
+    };
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("\"fleet sync published\""))
+        .filter_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            let end = humantime::parse_rfc3339(v["timestamp"].as_str()?).ok()?;
+            let took = debug_duration(v["duration"].as_str()?)?;
+            Some((at(end - took), at(end)))
+        })
+        .collect()
+}
+
+/// Parses a `Duration`'s `Debug` text ("2.94s", "941.2ms", "12µs").
+fn debug_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let scale = match unit {
+        "s" => 1.0,
+        "ms" => 1e-3,
+        "µs" => 1e-6,
+        "ns" => 1e-9,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(number.parse::<f64>().ok()? * scale))
+}
+
 /// Starts fleet-authz, waits for its first sync, measures Checks idle and
-/// during its second sync, returns that sync's figures.
+/// during its next syncs, returns the first of those syncs' figures.
 pub async fn run_fleet_authz(fake: &mut Fake, pem: &str) -> Figures {
     let dir = tempfile::TempDir::new().unwrap();
     fake.reset();
@@ -247,80 +291,72 @@ pub async fn run_fleet_authz(fake: &mut Fake, pem: &str) -> Figures {
     let samples = Arc::new(Mutex::new(Vec::new()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let load = tokio::spawn(generate(grpc, pem.to_owned(), samples.clone(), stop_rx));
+    // Several syncs, each followed by an idle window, so both phases see the
+    // same machine (its speed drifts) and p99 rests on thousands of Checks.
+    // Nothing asks anything of either server while Checks are measured but
+    // a read of fleet-authz's log once a second, the same in both phases:
+    // the sync windows come from that log afterwards.
     fake.reset();
-    let mut steady1 = 0;
-    let sync_start = poll(
-        async || {
-            steady1 = proc_status(pid).1;
-            (fake.stats().0 > 0).then(Instant::now)
-        },
-        Duration::from_millis(10),
-        "the second sync to start",
-    )
-    .await;
-    eprintln!(
-        "second sync started {:?} after ready; RSS before it {} MB",
-        sync_start - ready,
-        steady1 / 1024
-    );
-    // The sync's end is the time fleet-authz logs "fleet sync published" for
-    // it, read from its log file: nothing asks the server anything while
-    // the Checks are measured (an earlier version scraped /metrics every
-    // 50 ms during the sync only, which loaded that window alone).
-    let (base_instant, base_time) = (Instant::now(), SystemTime::now());
+    let steady1 = proc_status(pid).1;
     let log = dir.path().join("fleet-authz.log");
-    let published = poll(
+    let syncs = poll(
         async || {
-            let text = std::fs::read_to_string(&log).ok()?;
-            let line = text
-                .lines()
-                .filter(|l| l.contains("\"fleet sync published\""))
-                .nth(1)?;
-            let v: serde_json::Value = serde_json::from_str(line).ok()?;
-            humantime::parse_rfc3339(v["timestamp"].as_str()?).ok()
+            let syncs = published(&log);
+            (syncs.len() > cycles()).then_some(syncs)
         },
-        Duration::from_millis(100),
-        "the second sync to finish",
+        Duration::from_secs(1),
+        "the measured syncs",
     )
     .await;
-    let sync_end = match published.duration_since(base_time) {
-        Ok(after) => base_instant + after,
-        Err(before) => base_instant - before.duration(),
-    };
-    let (r2, b2, s2, _) = authz.sync_counters().await;
-    let (fake_requests, fake_bytes) = fake.stats();
-    let settle = sync_end + Duration::from_secs(2);
-    let idle_end = settle + Duration::from_secs(5);
+    let sync_windows = &syncs[1..];
+    let mut idle_windows = Vec::new();
+    let mut idle_from = ready + Duration::from_secs(1);
+    for (i, (start, end)) in sync_windows.iter().enumerate() {
+        idle_windows.push((idle_from, *start));
+        eprintln!(
+            "measured sync {}: {:?}, {:?} after the previous idle window began",
+            i + 1,
+            *end - *start,
+            start.saturating_duration_since(idle_from)
+        );
+        idle_from = *end + Duration::from_secs(2);
+    }
+    let idle_end = idle_from + Duration::from_secs(5);
+    idle_windows.push((idle_from, idle_end));
     tokio::time::sleep_until(idle_end.into()).await;
     let (peak, steady) = proc_status(pid);
     let _ = stop_tx.send(true);
     load.await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let samples = std::mem::take(&mut *samples.lock().unwrap());
-    let idle_windows = [
-        (ready + Duration::from_secs(1), sync_start),
-        (settle, idle_end),
-    ];
+    let (r2, b2, s2, _) = authz.sync_counters().await;
+    let (fake_requests, fake_bytes) = fake.stats();
+    let n = sync_windows.len() as u64;
     eprintln!(
-        "second sync: {:?}; steady RSS {} MB, peak {} MB",
-        sync_end - sync_start,
+        "RSS before the measured syncs {} MB; steady RSS {} MB, peak {} MB",
+        steady1 / 1024,
         steady / 1024,
         peak / 1024
     );
     if std::env::var_os("SYNC_SCALE_SLOW").is_some() {
-        // Where in the sync the slowest Checks fall (ms after its start).
-        let mut slow: Vec<(u64, u128)> = samples
+        // Where in its sync the slowest Checks fall (ms after the start).
+        let mut slow: Vec<(u64, usize, u128)> = samples
             .iter()
-            .filter(|s| s.sent >= sync_start && s.sent < sync_end)
-            .map(|s| (s.micros, (s.sent - sync_start).as_millis()))
+            .filter_map(|s| {
+                let (i, (a, _)) = sync_windows
+                    .iter()
+                    .enumerate()
+                    .find(|(_, (a, b))| s.sent >= *a && s.sent < *b)?;
+                Some((s.micros, i + 1, (s.sent - *a).as_millis()))
+            })
             .collect();
         slow.sort_unstable_by(|a, b| b.cmp(a));
         slow.truncate(15);
-        eprintln!("slowest Checks during the sync (µs, ms after its start): {slow:?}");
+        eprintln!("slowest Checks during the syncs (µs, sync, ms after its start): {slow:?}");
     }
     let (idle, during) = (
         latency(&samples, &idle_windows),
-        latency(&samples, &[(sync_start, sync_end)]),
+        latency(&samples, sync_windows),
     );
     eprintln!(
         "Check latency idle: {}; during the sync: {}",
@@ -330,15 +366,15 @@ pub async fn run_fleet_authz(fake: &mut Fake, pem: &str) -> Figures {
     let hosts = super::hosts();
     drop(authz);
     Figures {
-        requests: r2 - r1,
-        bytes: b2 - b1,
-        wall: Duration::from_secs_f64(s2 - s1),
+        requests: (r2 - r1) / n,
+        bytes: (b2 - b1) / n,
+        wall: Duration::from_secs_f64((s2 - s1) / n as f64),
         hosts,
         peak_kb: peak,
         steady_kb: steady,
         steady_first_kb: Some(steady1),
-        fake_requests,
-        fake_bytes,
+        fake_requests: fake_requests / n,
+        fake_bytes: fake_bytes / n,
         idle: Some(idle),
         during: Some(during),
     }
