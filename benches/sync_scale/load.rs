@@ -40,7 +40,7 @@ pub struct Figures {
     pub hosts: u64,
     pub peak_kb: u64,
     pub steady_kb: u64,
-    /// fleet-authz only: RSS between its first and second sync.
+    /// fleet-authz only: RSS as its first sync ends (before the allocator returns the sync's memory).
     pub steady_first_kb: Option<u64>,
     /// Requests and bytes as the fake Fleet counted them.
     pub fake_requests: u64,
@@ -419,7 +419,7 @@ pub fn print_table(a: &Figures, p: &Figures) {
         format!("{:.2} s", f.wall.as_secs_f64())
     });
     row("peak RSS (VmHWM)", &|f| mb(f.peak_kb));
-    row("steady RSS after the 1st sync (VmRSS)", &|f| {
+    row("RSS as the 1st sync ends (VmRSS)", &|f| {
         f.steady_first_kb.map_or("–".into(), mb)
     });
     row("steady RSS (VmRSS, 7 s after the sync)", &|f| {

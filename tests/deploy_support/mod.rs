@@ -1,6 +1,7 @@
-//! Helpers for `tests/deploy_configs.rs`: where the repository and its
-//! `deploy/` files are, YAML loading, and the external tools (Envoy, kubectl's
-//! kustomize, kubernetes-validate) installed once into `target/`.
+//! Helpers for `tests/deploy_configs.rs` and `tests/deploy_kubernetes.rs`:
+//! where the repository and its `deploy/` files are, YAML loading, and the
+//! external tools (Envoy, kubectl's kustomize, kubernetes-validate) installed
+//! once into `target/`.
 //!
 //! Nothing here knows the expected contents of a file: the assertions live in
 //! the test functions, so a failing test names the file and what differs.
@@ -26,6 +27,32 @@ use yaml_serde::Value;
 /// The repository root (the crate's manifest directory).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `deploy/` in the repository.
+pub fn deploy_dir() -> PathBuf {
+    repo_root().join("deploy")
+}
+
+/// A kustomize overlay under `deploy/kubernetes/overlays/`.
+pub fn overlay(name: &str) -> PathBuf {
+    deploy_dir().join("kubernetes/overlays").join(name)
+}
+
+/// The YAML files under `deploy/` of one kind.
+pub fn files_of_kind(kind: FileKind) -> Vec<PathBuf> {
+    yaml_files(&deploy_dir())
+        .into_iter()
+        .filter(|p| classify(p) == kind)
+        .collect()
+}
+
+/// `path` relative to the repository root, for messages.
+pub fn rel(path: &Path) -> String {
+    path.strip_prefix(repo_root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 /// Cargo's target directory (`CARGO_TARGET_TMPDIR` is `<target>/tmp`).
