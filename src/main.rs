@@ -7,7 +7,9 @@ use clap::Parser;
 use fleet_authz::{
     cli::{self, Cli, Command, EXIT_CONFIG},
     config::Config,
-    policy, server, shutdown, telemetry,
+    policy,
+    server::{self, Preloaded},
+    shutdown, telemetry,
 };
 
 /// mimalloc hands freed memory back to the OS soon after a sync drops the
@@ -27,11 +29,11 @@ async fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Serve { config } => {
-            let config = match load(&config) {
-                Ok(c) => c,
+            let (config, preloaded) = match load(&config) {
+                Ok(loaded) => loaded,
                 Err(code) => return code,
             };
-            serve(config).await
+            serve(config, preloaded).await
         }
         Command::Check {
             cert,
@@ -53,31 +55,38 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Loads and validates the config and its policy file; prints one message
-/// naming the file, the key and the problem, and gives exit code 64.
-fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+/// Loads and validates the config, its policy file and its posture file;
+/// prints one message naming the file, the key and the problem, and gives
+/// exit code 64. What was read is kept for `serve`.
+fn load(path: &std::path::Path) -> Result<(Config, Preloaded), ExitCode> {
     let config = Config::load(path).map_err(|e| {
         eprintln!("invalid configuration: {e}");
         ExitCode::from(EXIT_CONFIG)
     })?;
-    policy::load_policy(&config.policy_file).map_err(|e| {
+    let policy = policy::load_policy(&config.policy_file).map_err(|e| {
         eprintln!("invalid policy: {e}");
         ExitCode::from(EXIT_CONFIG)
     })?;
-    if let Some(posture) = &config.posture_file {
-        fleet_authz::posture::load_posture_file(posture, std::time::SystemTime::now()).map_err(
-            |e| {
-                eprintln!("invalid posture file: {e}");
-                ExitCode::from(EXIT_CONFIG)
-            },
-        )?;
-    }
-    Ok(config)
+    let posture = match &config.posture_file {
+        Some(posture) => Some(
+            fleet_authz::posture::load_posture_file(posture, std::time::SystemTime::now())
+                .map_err(|e| {
+                    eprintln!("invalid posture file: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                })?,
+        ),
+        None => None,
+    };
+    Ok((config, Preloaded { policy, posture }))
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(config: Config, preloaded: Preloaded) -> ExitCode {
     let _telemetry = telemetry::init(&config.telemetry);
-    let mut running = match server::start(config).await {
+    let ext = server::Extensions {
+        preloaded: Some(preloaded),
+        ..Default::default()
+    };
+    let mut running = match server::start_with(config, ext).await {
         Ok(r) => r,
         Err(error) => {
             tracing::error!(error = %format!("{error:#}"), "cannot start");

@@ -20,8 +20,8 @@ use crate::{
     config::Config,
     http::{self, HttpState},
     metrics::Metrics,
-    policy::load_policy,
-    posture::{PostureStore, load_posture_file},
+    policy::{Policy, load_policy},
+    posture::{PostureFile, PostureStore, load_posture_file},
     reload::{FileSync, Reloader},
 };
 
@@ -38,6 +38,18 @@ pub struct Extensions {
     /// A store the caller fills. When given, `posture_file` is not loaded at
     /// start, so readiness waits for the caller's first publish.
     pub store: Option<Arc<PostureStore>>,
+    /// The policy and posture files, already read (the binary validates them
+    /// before it starts, and hands them over rather than reading twice).
+    pub preloaded: Option<Preloaded>,
+}
+
+/// The files a configuration names, read and checked.
+#[derive(Debug)]
+pub struct Preloaded {
+    /// `policy_file`.
+    pub policy: Policy,
+    /// `posture_file`, when set.
+    pub posture: Option<PostureFile>,
 }
 
 impl std::fmt::Debug for Extensions {
@@ -46,6 +58,7 @@ impl std::fmt::Debug for Extensions {
             .field("refresh", &self.refresh.is_some())
             .field("sync", &self.sync.is_some())
             .field("store", &self.store.is_some())
+            .field("preloaded", &self.preloaded.is_some())
             .finish()
     }
 }
@@ -85,7 +98,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
 /// [`start`], with parts supplied by the caller.
 pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<RunningServer> {
     let metrics = Arc::new(Metrics::new());
-    let policy = load_policy(&config.policy_file)?;
+    let (policy, mut posture) = match ext.preloaded {
+        Some(p) => (p.policy, p.posture),
+        None => (load_policy(&config.policy_file)?, None),
+    };
     let policy = Arc::new(ArcSwap::from_pointee(policy));
     let store = match ext.store {
         Some(store) => store,
@@ -93,7 +109,10 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
             let store = Arc::new(PostureStore::new());
             if let Some(path) = &config.posture_file {
                 let now = SystemTime::now();
-                let file = load_posture_file(path, now)?;
+                let file = match posture.take() {
+                    Some(file) => file,
+                    None => load_posture_file(path, now)?,
+                };
                 store.replace_all(file.hosts, now);
             }
             store

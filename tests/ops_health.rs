@@ -1,5 +1,6 @@
 //! Health: `/livez`, `/readyz` with what is missing, `grpc.health.v1` SERVING
-//! only once ready, and gRPC reflection listing every service.
+//! only once ready, gRPC reflection listing every service, and a start from
+//! files the binary has already read.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,10 +11,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use common::ops::{Env, channel, get};
+use common::ops::{Env, allowed, channel, check, get, reason_header};
 use fleet_authz::{
+    policy::load_policy,
     posture::{PostureStore, load_posture_file},
-    server::{Extensions, start, start_with},
+    server::{Extensions, Preloaded, start, start_with},
 };
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -155,5 +157,30 @@ async fn reflection_lists_every_service_and_describes_envoy_check() {
             .any(|n| n == "envoy/service/auth/v3/external_auth.proto"),
         "{names:?}"
     );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_preloaded_policy_and_posture_are_served_without_reading_the_files_again() {
+    // `fleet-authz serve` validates both files before it starts and hands
+    // them over: the server must use those, not read the files a second time.
+    let env = Env::new();
+    let preloaded = Preloaded {
+        policy: load_policy(&env.policy).unwrap(),
+        posture: Some(load_posture_file(&env.posture, SystemTime::now()).unwrap()),
+    };
+    std::fs::remove_file(&env.policy).unwrap();
+    std::fs::remove_file(&env.posture).unwrap();
+    let ext = Extensions {
+        preloaded: Some(preloaded),
+        ..Extensions::default()
+    };
+    let server = start_with(env.config(""), ext).await.unwrap();
+
+    assert_eq!(get(server.http_addr(), "/readyz", None).await.0, 200);
+    let good = check(server.grpc_addr(), &env.good.pem, &[]).await;
+    assert!(allowed(&good), "{good:?}");
+    let bad = check(server.grpc_addr(), &env.bad.pem, &[]).await;
+    assert_eq!(reason_header(&bad), "failing_critical_policy");
     server.shutdown().await;
 }
