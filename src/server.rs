@@ -98,7 +98,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
 /// [`start`], with parts supplied by the caller.
 pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<RunningServer> {
     let metrics = Arc::new(Metrics::new());
-    let (policy, mut posture) = match ext.preloaded {
+    let (policy, posture) = match ext.preloaded {
         Some(p) => (p.policy, p.posture),
         None => (load_policy(&config.policy_file)?, None),
     };
@@ -109,7 +109,7 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
             let store = Arc::new(PostureStore::new());
             if let Some(path) = &config.posture_file {
                 let now = SystemTime::now();
-                let file = match posture.take() {
+                let file = match posture {
                     Some(file) => file,
                     None => load_posture_file(path, now)?,
                 };

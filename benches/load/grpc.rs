@@ -170,6 +170,11 @@ async fn closed(
             hist
         }));
     }
+    merged(tasks).await
+}
+
+/// The callers' histograms, added up once every caller has finished.
+async fn merged(tasks: Vec<tokio::task::JoinHandle<Histogram<u64>>>) -> Histogram<u64> {
     let mut all = histogram();
     for t in tasks {
         if let Ok(h) = t.await {
@@ -218,11 +223,5 @@ async fn open(
             hist
         }));
     }
-    let mut all = histogram();
-    for t in tasks {
-        if let Ok(h) = t.await {
-            let _ = all.add(h);
-        }
-    }
-    all
+    merged(tasks).await
 }

@@ -249,7 +249,8 @@ pub async fn suite(o: Options) -> anyhow::Result<()> {
     let _ = writeln!(out, "Machine: {}\n", machine());
     let _ = writeln!(
         out,
-        "Pinning: servers (and Envoy) `taskset -c {SERVER_CPU}`, 1 tokio worker; client `taskset -c {CLIENT_CPU}`, current-thread runtime, {} HTTP/2 connections. Runs: {}s warm-up + {}s recorded, {} round(s), baseline and fleet-authz alternating.\n",
+        "Pinning: servers `taskset -c {}` and Envoy `taskset -c {SERVER_CPU}`, 1 tokio worker; client `taskset -c {CLIENT_CPU}`, current-thread runtime, {} HTTP/2 connections. Runs: {}s warm-up + {}s recorded, {} round(s), baseline and fleet-authz alternating.\n",
+        o.server_cpus,
         o.connections,
         o.warmup.as_secs(),
         o.duration.as_secs(),

@@ -134,6 +134,7 @@ impl PostureStore {
         // shard (milliseconds at 100,000 hosts), and every Check whose
         // fingerprint falls in that shard waits. Find what is gone under
         // read locks, then remove it one entry (one short lock) at a time.
+        // Writers hold `write_lock`, so what is gone now stays gone.
         let gone_fps: Vec<Fingerprint> = self
             .by_fingerprint
             .iter()
@@ -141,8 +142,7 @@ impl PostureStore {
             .map(|e| *e.key())
             .collect();
         for fp in gone_fps {
-            self.by_fingerprint
-                .remove_if(&fp, |fp, host| keep_fp.get(fp) != Some(&host.id));
+            self.by_fingerprint.remove(&fp);
         }
         let gone_hosts: Vec<HostId> = self
             .hosts
