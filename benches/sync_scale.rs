@@ -17,7 +17,11 @@
 //! `sync_scale/pomerium_style.rs`) syncs the same fake once.
 //!
 //! Run: `cargo bench --bench sync_scale` (`SYNC_SCALE_HOSTS=N` for a smaller
-//! run). Results: BENCHMARKS.md.
+//! run). Results: BENCHMARKS.md. Options for experiments:
+//! `SYNC_SCALE_SKIP_POMERIUM=1`, `SYNC_SCALE_SLOW=1` (where the slowest
+//! Checks fall), `SYNC_SCALE_FAKE_NICE=N`, `SYNC_SCALE_AUTHZ_ENV=K=V,…`,
+//! `SYNC_SCALE_MEMBERSHIP=…` and `SYNC_SCALE_NEIGHBOUR=1` (another process
+//! runs the syncs; see `sync_scale/load.rs`).
 
 #![allow(
     clippy::unwrap_used,

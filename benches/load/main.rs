@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench load -- suite [--duration 10] [--rounds 2] [--no-envoy]
-//! cargo bench --bench load -- envoy [--rounds 6] [--duration 10]   (item 3 alone)
+//! cargo bench --bench load -- envoy [--rounds 6] [--duration 10] [--closed]   (item 3 alone)
 //! cargo bench --bench load -- soak [--minutes 10] [--fraction 0.7]
 //! cargo bench --bench load -- serve fleet|baseline [--hosts 100000]
 //! cargo bench --bench load -- client --addr HOST:PORT (--concurrency N | --rate RPS)

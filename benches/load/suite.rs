@@ -38,6 +38,9 @@ pub struct Options {
     pub devices: usize,
     pub envoy_rps: u64,
     pub envoy: bool,
+    /// Item 3 in a closed loop on one connection (`--closed`) instead of at
+    /// `envoy_rps`.
+    pub closed: bool,
     pub minutes: u64,
     pub fraction: f64,
     /// CPUs of the servers under test (`--server-cpus`, default CPU 0, where
@@ -59,6 +62,7 @@ impl Options {
             devices: opt_or(args, "--devices", 1000)?,
             envoy_rps: opt_or(args, "--envoy-rps", 1000)?,
             envoy: !args.iter().any(|a| a == "--no-envoy"),
+            closed: args.iter().any(|a| a == "--closed"),
             minutes: opt_or(args, "--minutes", 10)?,
             fraction: opt_or(args, "--fraction", 0.7)?,
             server_cpus: opt(args, "--server-cpus").unwrap_or_else(|| SERVER_CPU.to_owned()),
@@ -361,9 +365,21 @@ pub async fn envoy_only(o: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One Envoy round: the client's figures and the CPU each process spent
+/// per request sent (warm-up included), in µs.
+#[derive(Debug, Clone)]
+struct EnvoyRound {
+    run: RunResult,
+    p99_from_due_us: Option<u64>,
+    envoy_cpu_us: f64,
+    server_cpu_us: Option<f64>,
+}
+
 /// Item 3: Envoy with no ext_authz, with the baseline, with fleet-authz, in
 /// alternating rounds (a fresh Envoy each), so the machine's drift and its
-/// spikes fall on every variant alike.
+/// spikes fall on every variant alike. Each round also reads the CPU time
+/// Envoy and the ext_authz server spent, so the added latency can be set
+/// against the added work.
 async fn envoy_runs(
     out: &mut String,
     o: &Options,
@@ -380,91 +396,145 @@ async fn envoy_runs(
             .collect::<Vec<_>>(),
     );
     let variants = [
-        ("no ext_authz", Authz::None),
-        ("ext_authz → baseline", Authz::At(baseline.addr)),
-        ("ext_authz → fleet-authz", Authz::At(fleet.addr)),
+        ("no ext_authz", Authz::None, None),
+        (
+            "ext_authz → baseline",
+            Authz::At(baseline.addr),
+            Some(baseline.pid()),
+        ),
+        (
+            "ext_authz → fleet-authz",
+            Authz::At(fleet.addr),
+            Some(fleet.pid()),
+        ),
     ];
-    let mut results: Vec<Vec<RunResult>> = vec![Vec::new(); variants.len()];
+    let mut rounds: Vec<Vec<EnvoyRound>> = vec![Vec::new(); variants.len()];
     let mut merged: Vec<Histogram<u64>> = vec![histogram(); variants.len()];
     for round in 1..=o.rounds {
-        for (i, (name, authz)) in variants.iter().enumerate() {
+        for (i, (name, authz, server)) in variants.iter().enumerate() {
             eprintln!("envoy {name}, round {round}");
             let envoy = Envoy::start(&envoy::load_config(*authz, app)?, SERVER_CPU).await?;
-            let (run, hist) = envoy::http_load(
-                envoy.addr,
-                requests.clone(),
-                o.envoy_rps,
-                o.warmup,
-                o.duration,
-            )
-            .await?;
+            let envoy_pid = envoy.child.id();
+            let before = (sample(envoy_pid), server.map(sample));
+            let envoy::HttpRun {
+                run,
+                hist,
+                sent,
+                p99_from_due_us,
+            } = if o.closed {
+                envoy::http_closed(envoy.addr, requests.clone(), o.warmup, o.duration).await?
+            } else {
+                envoy::http_load(
+                    envoy.addr,
+                    requests.clone(),
+                    o.envoy_rps,
+                    o.warmup,
+                    o.duration,
+                )
+                .await?
+            };
+            let per_request = |a: ProcSample, b: ProcSample| {
+                // Clock ticks are 10 ms.
+                b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 * 10_000.0 / sent.max(1) as f64
+            };
+            let envoy_cpu_us = per_request(before.0, sample(envoy_pid));
+            let server_cpu_us = server
+                .zip(before.1)
+                .map(|(pid, a)| per_request(a, sample(pid)));
             merged[i].add(&hist)?;
-            results[i].push(run);
+            rounds[i].push(EnvoyRound {
+                run,
+                p99_from_due_us,
+                envoy_cpu_us,
+                server_cpu_us,
+            });
         }
     }
     upstream.abort();
+    let load = if o.closed {
+        "closed loop, one connection".to_owned()
+    } else {
+        format!("{} req/s, open loop", o.envoy_rps)
+    };
     let _ = writeln!(
         out,
-        "### Through Envoy at {} req/s (plain HTTP/1.1, XFCC forwarded, open loop)\n",
-        o.envoy_rps
+        "### Through Envoy ({load}; plain HTTP/1.1, XFCC forwarded)\n"
     );
     let _ = writeln!(
         out,
-        "| variant | round | p50 ms | p90 ms | p99 ms | p99.9 ms | 200/403/error |\n|---|---|---|---|---|---|---|"
+        "| variant | round | p50 ms | p90 ms | p99 ms | p99.9 ms | p99 from due ms | 200/403/error | Envoy CPU µs/req | server CPU µs/req |\n|---|---|---|---|---|---|---|---|---|---|"
     );
-    for ((name, _), runs) in variants.iter().zip(&results) {
-        for (r, run) in runs.iter().enumerate() {
+    for ((name, ..), runs) in variants.iter().zip(&rounds) {
+        for (r, round) in runs.iter().enumerate() {
+            let EnvoyRound {
+                run,
+                p99_from_due_us,
+                envoy_cpu_us,
+                server_cpu_us,
+            } = round;
             let _ = writeln!(
                 out,
-                "| {name} | {} | {} | {} | {} | {} | {}/{}/{} |",
+                "| {name} | {} | {} | {} | {} | {} | {} | {}/{}/{} | {envoy_cpu_us:.0} | {} |",
                 r + 1,
                 ms(run.p50_us),
                 ms(run.p90_us),
                 ms(run.p99_us),
                 ms(run.p999_us),
+                p99_from_due_us.map_or("–".to_owned(), ms),
                 run.allow,
                 run.deny,
-                run.errors
+                run.errors,
+                server_cpu_us.map_or("–".to_owned(), |c| format!("{c:.0}")),
             );
         }
     }
     // Added latency two ways: from all rounds' requests pooled per variant,
     // and the median over rounds of each round's difference.
     let pooled = |i: usize, q: f64| merged[i].value_at_quantile(q) as f64;
-    let median_added = |i: usize, f: fn(&RunResult) -> u64| {
-        let mut d: Vec<f64> = results[i]
-            .iter()
-            .zip(&results[0])
-            .map(|(v, none)| f(v) as f64 - f(none) as f64)
-            .collect();
+    let median = |mut d: Vec<f64>| {
         d.sort_by(f64::total_cmp);
-        d.get(d.len() / 2).copied().unwrap_or(0.0)
+        match d.len() {
+            0 => 0.0,
+            n if n % 2 == 0 => (d[n / 2 - 1] + d[n / 2]) / 2.0,
+            n => d[n / 2],
+        }
+    };
+    let median_added = |i: usize, f: fn(&EnvoyRound) -> f64| {
+        median(
+            rounds[i]
+                .iter()
+                .zip(&rounds[0])
+                .map(|(v, none)| f(v) - f(none))
+                .collect(),
+        )
     };
     let _ = writeln!(
         out,
-        "\n| ext_authz server | pooled p50 / p99 ms | added p50 ms (pooled) | added p99 ms (pooled) | added p50 / p99 ms (median of rounds) |\n|---|---|---|---|---|"
+        "\n| ext_authz server | pooled p50 / p99 ms | added p50 ms (pooled) | added p99 ms (pooled) | added p50 / p99 ms (median of rounds) | added Envoy CPU µs/req (median) | server CPU µs/req (median) |\n|---|---|---|---|---|---|---|"
     );
     let _ = writeln!(
         out,
-        "| none | {} / {} | – | – | – |",
+        "| none | {} / {} | – | – | – | – | – |",
         ms(pooled(0, 0.5) as u64),
         ms(pooled(0, 0.99) as u64)
     );
     for (i, name) in [(1, "baseline"), (2, "fleet-authz")] {
         let _ = writeln!(
             out,
-            "| {name} | {} / {} | {:.3} | {:.3} | {:.3} / {:.3} |",
+            "| {name} | {} / {} | {:.3} | {:.3} | {:.3} / {:.3} | {:.0} | {:.0} |",
             ms(pooled(i, 0.5) as u64),
             ms(pooled(i, 0.99) as u64),
             (pooled(i, 0.5) - pooled(0, 0.5)) / 1000.0,
             (pooled(i, 0.99) - pooled(0, 0.99)) / 1000.0,
-            median_added(i, |r| r.p50_us) / 1000.0,
-            median_added(i, |r| r.p99_us) / 1000.0
+            median_added(i, |r| r.run.p50_us as f64) / 1000.0,
+            median_added(i, |r| r.run.p99_us as f64) / 1000.0,
+            median_added(i, |r| r.envoy_cpu_us),
+            median(rounds[i].iter().filter_map(|r| r.server_cpu_us).collect()),
         );
     }
     let _ = writeln!(
         out,
-        "\nAdded = variant − no ext_authz, {} rounds of {} s each. Target for fleet-authz: added p99 < 0.3 ms.\n",
+        "\nLatency from when each request was sent; \"p99 from due\" (open loop) adds the client's timer lateness. Added = variant − no ext_authz, {} rounds of {} s each; CPU per request counts the warm-up too. Target for fleet-authz: added p99 < 0.3 ms at 1,000 req/s.\n",
         o.rounds,
         o.duration.as_secs()
     );

@@ -108,7 +108,7 @@ impl Authz {
     }
 }
 
-fn spawn_authz(fake_url: &str, dir: &std::path::Path) -> (Authz, u16) {
+fn spawn_authz(fake_url: &str, dir: &std::path::Path, interval: u64) -> (Authz, u16) {
     let (grpc, http) = (free_port(), free_port());
     std::fs::write(dir.join("policy.yaml"), POLICY).unwrap();
     std::fs::write(dir.join("token"), super::TOKEN).unwrap();
@@ -118,7 +118,7 @@ fleet:
   url: {fake_url}
   token_file: {d}/token
   certificate_query_id: {q}
-  sync_interval: {SYNC_INTERVAL_SECS}s
+  sync_interval: {interval}s
   request_timeout: 60s
   recheck: {{enabled: false}}
   membership: {membership}
@@ -267,7 +267,14 @@ pub async fn run_fleet_authz(fake: &mut Fake, pem: &str) -> Figures {
     let dir = tempfile::TempDir::new().unwrap();
     fake.reset();
     let started = Instant::now();
-    let (authz, grpc) = spawn_authz(&fake.url, dir.path());
+    // `SYNC_SCALE_NEIGHBOUR=1`: the server under Checks syncs only at start,
+    // and a second fleet-authz (the neighbour) runs the measured syncs from
+    // the same fake, so the "during" windows are another process's syncs.
+    // It tells a stall of the process that syncs from one of the machine.
+    // The sync figures (requests, bytes, wall time) are then zero.
+    let neighbour = std::env::var_os("SYNC_SCALE_NEIGHBOUR").is_some();
+    let interval = if neighbour { 3600 } else { SYNC_INTERVAL_SECS };
+    let (authz, grpc) = spawn_authz(&fake.url, dir.path(), interval);
     let pid = authz.child.id();
     let ready_url = format!("{}/readyz", authz.http);
     poll(
@@ -298,7 +305,11 @@ pub async fn run_fleet_authz(fake: &mut Fake, pem: &str) -> Figures {
     // the sync windows come from that log afterwards.
     fake.reset();
     let steady1 = proc_status(pid).1;
-    let log = dir.path().join("fleet-authz.log");
+    let neighbour_dir = tempfile::TempDir::new().unwrap();
+    let _neighbour =
+        neighbour.then(|| spawn_authz(&fake.url, neighbour_dir.path(), SYNC_INTERVAL_SECS));
+    let syncing = if neighbour { &neighbour_dir } else { &dir };
+    let log = syncing.path().join("fleet-authz.log");
     let syncs = poll(
         async || {
             let syncs = published(&log);
@@ -312,7 +323,13 @@ pub async fn run_fleet_authz(fake: &mut Fake, pem: &str) -> Figures {
     // been logged since the last poll and is not measured.
     let sync_windows = &syncs[1..=cycles()];
     let mut idle_windows = Vec::new();
-    let mut idle_from = ready + Duration::from_secs(1);
+    // The neighbour's start-up sync falls in the first idle window unless
+    // that begins after it.
+    let mut idle_from = if neighbour {
+        syncs[0].1 + Duration::from_secs(2)
+    } else {
+        ready + Duration::from_secs(1)
+    };
     for (i, (start, end)) in sync_windows.iter().enumerate() {
         idle_windows.push((idle_from, *start));
         eprintln!(
