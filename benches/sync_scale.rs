@@ -5,7 +5,7 @@
 //! Three processes, so each RSS is its own: this orchestrator (which also
 //! sends the Checks), the fake Fleet (this binary re-executed with
 //! `SYNC_SCALE_ROLE=fleet`) and `fleet-authz serve` (the release binary).
-//! fleet-authz syncs every 10 s; after its first sync, Checks go at 500/s
+//! fleet-authz syncs every 10 s (`SYNC_SCALE_INTERVAL=N` seconds); after its first sync, Checks go at 500/s
 //! through `SYNC_SCALE_CYCLES` (default 4) further syncs, each followed by an
 //! idle window (from 2 s after the sync until the next one starts, and 5 s
 //! after the last): a Check counts as "during" when it was sent after the

@@ -17,7 +17,14 @@ use super::{Fake, proc_status};
 
 /// Checks per second, sent open-loop (each on its own task).
 const RATE: u64 = 500;
-const SYNC_INTERVAL_SECS: u64 = 10;
+/// fleet-authz's `sync_interval`: `SYNC_SCALE_INTERVAL` seconds, default 10.
+fn sync_interval_secs() -> u64 {
+    std::env::var("SYNC_SCALE_INTERVAL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(10)
+}
 
 const POLICY: &str = "version: 1\ndefaults:\n  deny: {failing_critical_policy: true}\n";
 
@@ -273,7 +280,11 @@ pub async fn run_fleet_authz(fake: &mut Fake, pem: &str) -> Figures {
     // It tells a stall of the process that syncs from one of the machine.
     // The sync figures (requests, bytes, wall time) are then zero.
     let neighbour = std::env::var_os("SYNC_SCALE_NEIGHBOUR").is_some();
-    let interval = if neighbour { 3600 } else { SYNC_INTERVAL_SECS };
+    let interval = if neighbour {
+        3600
+    } else {
+        sync_interval_secs()
+    };
     let (authz, grpc) = spawn_authz(&fake.url, dir.path(), interval);
     let pid = authz.child.id();
     let ready_url = format!("{}/readyz", authz.http);
@@ -307,7 +318,7 @@ pub async fn run_fleet_authz(fake: &mut Fake, pem: &str) -> Figures {
     let steady1 = proc_status(pid).1;
     let neighbour_dir = tempfile::TempDir::new().unwrap();
     let _neighbour =
-        neighbour.then(|| spawn_authz(&fake.url, neighbour_dir.path(), SYNC_INTERVAL_SECS));
+        neighbour.then(|| spawn_authz(&fake.url, neighbour_dir.path(), sync_interval_secs()));
     let syncing = if neighbour { &neighbour_dir } else { &dir };
     let log = syncing.path().join("fleet-authz.log");
     let syncs = poll(
