@@ -17,13 +17,18 @@ use super::{Fake, proc_status};
 
 /// Checks per second, sent open-loop (each on its own task).
 const RATE: u64 = 500;
-/// fleet-authz's `sync_interval`: `SYNC_SCALE_INTERVAL` seconds, default 10.
-fn sync_interval_secs() -> u64 {
-    std::env::var("SYNC_SCALE_INTERVAL")
+/// A positive count from the environment variable `name`, or `default`.
+fn env_count(name: &str, default: u64) -> u64 {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or(10)
+        .unwrap_or(default)
+}
+
+/// fleet-authz's `sync_interval`: `SYNC_SCALE_INTERVAL` seconds, default 10.
+fn sync_interval_secs() -> u64 {
+    env_count("SYNC_SCALE_INTERVAL", 10)
 }
 
 const POLICY: &str = "version: 1\ndefaults:\n  deny: {failing_critical_policy: true}\n";
@@ -226,11 +231,7 @@ async fn poll<T>(mut f: impl AsyncFnMut() -> Option<T>, every: Duration, what: &
 
 /// Measured sync cycles: `SYNC_SCALE_CYCLES`, default 4.
 fn cycles() -> usize {
-    std::env::var("SYNC_SCALE_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(4)
+    usize::try_from(env_count("SYNC_SCALE_CYCLES", 4)).unwrap_or(4)
 }
 
 /// Every sync fleet-authz has published so far, as (start, end): the end is
