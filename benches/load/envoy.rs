@@ -399,3 +399,68 @@ pub async fn http_load(
         p99_from_due_us: Some(from_due.value_at_quantile(0.99)),
     })
 }
+
+/// Second opinion from h2load (nghttp2) on the same Envoy: HTTP/1.1 on one
+/// connection at `rps` (a request waits for the previous answer: over
+/// several connections h2load's pacing sends them in bursts, which Envoy's
+/// one worker then queues), one fixed XFCC header (device `pem`), for
+/// `warmup + duration`. Latency comes from h2load's per-request
+/// log (`--log-file`); requests that started in the warm-up are dropped.
+/// `None` when h2load is not installed or fails. Asynchronous: the upstream
+/// app answering Envoy runs on this same runtime.
+pub async fn h2load_http(
+    addr: SocketAddr,
+    pem: &str,
+    rps: u64,
+    warmup: Duration,
+    duration: Duration,
+) -> Option<Histogram<u64>> {
+    let dir = tempfile::tempdir().ok()?;
+    let log = dir.path().join("h2load.log");
+    let total = rps * (warmup + duration).as_secs();
+    let mut command = tokio::process::Command::new("h2load");
+    command.args(["--h1", "-c", "1", "--rps", &rps.to_string()]);
+    command
+        .args(["-n", &total.to_string(), "--log-file"])
+        .arg(&log);
+    for (k, v) in crate::fixture::EXTRA_HEADERS {
+        command.args(["-H", &format!("{k}: {v}")]);
+    }
+    command.args([
+        "-H",
+        &format!(
+            "x-forwarded-client-cert: Cert=\"{}\"",
+            fleet_authz::cli::url_encode_pem(pem)
+        ),
+    ]);
+    let status = command
+        .arg(format!("http://{addr}/reports/q3"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .ok()?;
+    if !status.success() {
+        return None;
+    }
+    // Columns: start (µs since the epoch), status, µs until the response ended.
+    let text = std::fs::read_to_string(&log).ok()?;
+    let rows: Vec<(u64, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut cols = l.split('\t');
+            let start = cols.next()?.parse().ok()?;
+            let micros = cols.nth(1)?.parse().ok()?;
+            Some((start, micros))
+        })
+        .collect();
+    let first = rows.iter().map(|r| r.0).min()?;
+    let record_from = first + warmup.as_micros() as u64;
+    let mut hist = histogram();
+    for (start, micros) in rows {
+        if start >= record_from {
+            hist.record(micros.max(1)).ok()?;
+        }
+    }
+    Some(hist)
+}

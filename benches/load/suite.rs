@@ -410,6 +410,8 @@ async fn envoy_runs(
     ];
     let mut rounds: Vec<Vec<EnvoyRound>> = vec![Vec::new(); variants.len()];
     let mut merged: Vec<Histogram<u64>> = vec![histogram(); variants.len()];
+    // h2load's figures per variant and round (open loop only).
+    let mut h2load: Vec<Vec<Histogram<u64>>> = vec![Vec::new(); variants.len()];
     for round in 1..=o.rounds {
         for (i, (name, authz, server)) in variants.iter().enumerate() {
             eprintln!("envoy {name}, round {round}");
@@ -442,6 +444,13 @@ async fn envoy_runs(
                 .zip(before.1)
                 .map(|(pid, a)| per_request(a, sample(pid)));
             merged[i].add(&hist)?;
+            if !o.closed
+                && let Some(h) =
+                    envoy::h2load_http(envoy.addr, &pems[0], o.envoy_rps, o.warmup, o.duration)
+                        .await
+            {
+                h2load[i].push(h);
+            }
             rounds[i].push(EnvoyRound {
                 run,
                 p99_from_due_us,
@@ -491,14 +500,6 @@ async fn envoy_runs(
     // Added latency two ways: from all rounds' requests pooled per variant,
     // and the median over rounds of each round's difference.
     let pooled = |i: usize, q: f64| merged[i].value_at_quantile(q) as f64;
-    let median = |mut d: Vec<f64>| {
-        d.sort_by(f64::total_cmp);
-        match d.len() {
-            0 => 0.0,
-            n if n % 2 == 0 => (d[n / 2 - 1] + d[n / 2]) / 2.0,
-            n => d[n / 2],
-        }
-    };
     let median_added = |i: usize, f: fn(&EnvoyRound) -> f64| {
         median(
             rounds[i]
@@ -532,6 +533,9 @@ async fn envoy_runs(
             median(rounds[i].iter().filter_map(|r| r.server_cpu_us).collect()),
         );
     }
+    if let Some(table) = h2load_table(&h2load) {
+        out.push_str(&table);
+    }
     let _ = writeln!(
         out,
         "\nLatency from when each request was sent; \"p99 from due\" (open loop) adds the client's timer lateness. Added = variant − no ext_authz, {} rounds of {} s each; CPU per request counts the warm-up too. Target for fleet-authz: added p99 < 0.3 ms at 1,000 req/s.\n",
@@ -539,6 +543,67 @@ async fn envoy_runs(
         o.duration.as_secs()
     );
     Ok(())
+}
+
+/// The median (the mean of the middle two for an even count; 0 when empty).
+fn median(mut d: Vec<f64>) -> f64 {
+    d.sort_by(f64::total_cmp);
+    match d.len() {
+        0 => 0.0,
+        n if n % 2 == 0 => (d[n / 2 - 1] + d[n / 2]) / 2.0,
+        n => d[n / 2],
+    }
+}
+
+/// The h2load second opinion on item 3: pooled and median-of-rounds added
+/// latency per ext_authz server; `None` unless every round has a figure.
+fn h2load_table(h2load: &[Vec<Histogram<u64>>]) -> Option<String> {
+    let rounds = h2load.first()?.len();
+    if rounds == 0 || h2load.iter().any(|v| v.len() != rounds) {
+        return None;
+    }
+    let pooled = |i: usize, q: f64| {
+        let mut all = histogram();
+        for h in &h2load[i] {
+            let _ = all.add(h);
+        }
+        all.value_at_quantile(q) as f64
+    };
+    let median_added = |i: usize, q: f64| {
+        median(
+            h2load[i]
+                .iter()
+                .zip(&h2load[0])
+                .map(|(v, none)| v.value_at_quantile(q) as f64 - none.value_at_quantile(q) as f64)
+                .collect(),
+        )
+    };
+    let mut out = String::from(
+        "\nh2load second opinion (HTTP/1.1, one connection at the same rate, one fixed XFCC device; latency from its per-request log):\n\n| variant | pooled p50 / p99 ms | added p50 / p99 ms (pooled) | added p50 / p99 ms (median of rounds) |\n|---|---|---|---|\n",
+    );
+    for (i, name) in ["no ext_authz", "baseline", "fleet-authz"]
+        .iter()
+        .enumerate()
+    {
+        let added = if i == 0 {
+            "– | –".to_owned()
+        } else {
+            format!(
+                "{:.3} / {:.3} | {:.3} / {:.3}",
+                (pooled(i, 0.5) - pooled(0, 0.5)) / 1000.0,
+                (pooled(i, 0.99) - pooled(0, 0.99)) / 1000.0,
+                median_added(i, 0.5) / 1000.0,
+                median_added(i, 0.99) / 1000.0
+            )
+        };
+        let _ = writeln!(
+            out,
+            "| {name} | {} / {} | {added} |",
+            ms(pooled(i, 0.5) as u64),
+            ms(pooled(i, 0.99) as u64)
+        );
+    }
+    Some(out)
 }
 
 /// h2load's maximum throughput for both servers (second opinion); `None`
