@@ -264,6 +264,17 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<u16> {
     Some(status)
 }
 
+/// Counts an answer by its HTTP status (`None`: no answer): 200 is an allow,
+/// 403 a deny, anything else an error.
+fn count(counts: &Counts, status: Option<u16>) {
+    let c = match status {
+        Some(200) => &counts.allow,
+        Some(403) => &counts.deny,
+        _ => &counts.errors,
+    };
+    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// What one Envoy run measured.
 pub struct HttpRun {
     /// Latency from when each request was sent.
@@ -306,13 +317,7 @@ pub async fn http_closed(
         i += 1;
         if sent >= record_from {
             hist.record(sent.elapsed().as_micros() as u64)?;
-            use std::sync::atomic::Ordering::Relaxed;
-            match status {
-                200 => &counts.allow,
-                403 => &counts.deny,
-                _ => &counts.errors,
-            }
-            .fetch_add(1, Relaxed);
+            count(&counts, Some(status));
         }
     }
     Ok(HttpRun {
@@ -375,13 +380,7 @@ pub async fn http_load(
                     let _ = h.0.record(sent.elapsed().as_micros() as u64);
                     let _ = h.1.record(due.elapsed().as_micros() as u64);
                 }
-                use std::sync::atomic::Ordering::Relaxed;
-                let c = match status {
-                    Some(200) => &counts.allow,
-                    Some(403) => &counts.deny,
-                    _ => &counts.errors,
-                };
-                c.fetch_add(1, Relaxed);
+                count(&counts, status);
             }
         });
         while tasks.try_join_next().is_some() {}
