@@ -5,14 +5,15 @@
 //! Three processes, so each RSS is its own: this orchestrator (which also
 //! sends the Checks), the fake Fleet (this binary re-executed with
 //! `SYNC_SCALE_ROLE=fleet`) and `fleet-authz serve` (the release binary).
-//! fleet-authz syncs every 10 s (`SYNC_SCALE_INTERVAL=N` seconds); after its first sync, Checks go at 500/s
-//! through `SYNC_SCALE_CYCLES` (default 4) further syncs, each followed by an
-//! idle window (from 2 s after the sync until the next one starts, and 5 s
-//! after the last): a Check counts as "during" when it was sent after the
-//! fake saw the cycle's first request and before fleet-authz logged the
-//! cycle's "fleet sync published", as "idle" when sent in an idle window.
-//! Requests, bytes and wall time are the first measured sync's. Peak RSS is
-//! `VmHWM`, steady RSS `VmRSS` 7 s after the last sync.
+//! fleet-authz syncs every 10 s (`SYNC_SCALE_INTERVAL=N` seconds); after
+//! its first sync, Checks go at 500/s through `SYNC_SCALE_CYCLES` (default
+//! 4) further syncs, each followed by an idle window (from 2 s after the sync
+//! until the next one starts, and 5 s after the last). A sync's window ends
+//! at the timestamp of fleet-authz's "fleet sync published" log line and
+//! starts that line's `duration` earlier; a Check counts as "during" when it
+//! was sent in such a window, as "idle" when sent in an idle window.
+//! Requests, bytes and wall time are means over the measured syncs. Peak RSS
+//! is `VmHWM`, steady RSS `VmRSS` 7 s after the last sync.
 //! Then the Pomerium-style client (`SYNC_SCALE_ROLE=pomerium`, see
 //! `sync_scale/pomerium_style.rs`) syncs the same fake once.
 //!

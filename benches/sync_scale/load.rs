@@ -279,7 +279,8 @@ pub async fn run_fleet_authz(fake: &mut Fake, pem: &str) -> Figures {
     // and a second fleet-authz (the neighbour) runs the measured syncs from
     // the same fake, so the "during" windows are another process's syncs.
     // It tells a stall of the process that syncs from one of the machine.
-    // The sync figures (requests, bytes, wall time) are then zero.
+    // The measured server's sync figures (requests, bytes, wall time) are
+    // then zero, and the fake's counts include the neighbour's first sync.
     let neighbour = std::env::var_os("SYNC_SCALE_NEIGHBOUR").is_some();
     let interval = if neighbour {
         3600
