@@ -21,7 +21,8 @@
 //! run). Results: BENCHMARKS.md. Options for experiments:
 //! `SYNC_SCALE_SKIP_POMERIUM=1`, `SYNC_SCALE_SLOW=1` (where the slowest
 //! Checks fall), `SYNC_SCALE_FAKE_NICE=N`, `SYNC_SCALE_AUTHZ_ENV=K=V,…`,
-//! `SYNC_SCALE_MEMBERSHIP=…` and `SYNC_SCALE_NEIGHBOUR=1` (another process
+//! `SYNC_SCALE_MEMBERSHIP=…`, `SYNC_SCALE_GZIP=1` (the fake gzips its bodies,
+//! as Fleet with `server_gzip_responses`) and `SYNC_SCALE_NEIGHBOUR=1` (another process
 //! runs the syncs; see `sync_scale/load.rs`).
 
 #![allow(
@@ -119,6 +120,10 @@ fn fleet_role() {
     // A remote Fleet's CPU is not on this machine: after the first sync
     // builds each body, the fake serves it from memory.
     fake.cache_bodies();
+    // `SYNC_SCALE_GZIP=1`: as a Fleet with `server_gzip_responses` enabled.
+    if std::env::var_os("SYNC_SCALE_GZIP").is_some() {
+        fake.serve_gzip();
+    }
     println!("READY {} {}", fake.url(), started.elapsed().as_millis());
     for line in std::io::stdin().lock().lines() {
         match line.unwrap().as_str() {

@@ -147,7 +147,7 @@ impl Metrics {
         );
         registry.register(
             "fleet_received_bytes",
-            "Bytes received from the Fleet API",
+            "Fleet API response body bytes, counted after gzip is inflated",
             m.fleet_bytes.clone(),
         );
         registry.register(

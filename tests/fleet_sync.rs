@@ -219,6 +219,52 @@ async fn removed_hosts_disappear() {
 }
 
 #[tokio::test]
+async fn gzip_responses_are_inflated_into_the_same_posture() {
+    let spec = || FakeSpec {
+        hosts: 25,
+        fingerprints_per_host: 3,
+        ..FakeSpec::default()
+    };
+    let (plain, gzip) = (
+        FakeFleet::start(spec()).await,
+        FakeFleet::start(spec()).await,
+    );
+    gzip.serve_gzip();
+    let (plain_poller, plain_store) = poller(&plain);
+    let (gzip_poller, gzip_store) = poller(&gzip);
+    let plain_report = plain_poller.poll_once().await.unwrap();
+    let gzip_report = gzip_poller.poll_once().await.unwrap();
+
+    // The client counts bodies as inflated; on the wire gzip is far smaller.
+    assert_eq!(gzip_report.bytes, plain_report.bytes);
+    assert_eq!(gzip.totals().0, plain.totals().0);
+    for endpoint in ["hosts", "query_report"] {
+        let (z, p) = (gzip.bytes(endpoint), plain.bytes(endpoint));
+        assert!(z > 0 && z * 3 < p, "{endpoint}: gzip {z} bytes, plain {p}");
+    }
+    assert_eq!(
+        (gzip_store.host_count(), gzip_store.fingerprint_count()),
+        (25, 75)
+    );
+    for id in 1..=25 {
+        let (z, p) = (gzip_store.host(HostId(id)), plain_store.host(HostId(id)));
+        let (z, p) = (z.unwrap(), p.unwrap());
+        assert_eq!(z.fingerprints, p.fingerprints, "host {id}");
+        let failing = |h: &fleet_authz::posture::HostPosture| {
+            h.failing_policies().map(|p| p.id()).collect::<Vec<_>>()
+        };
+        assert_eq!(failing(&z), failing(&p), "host {id}");
+        assert_eq!(failing(&z), gzip.host(id).failing(), "host {id}");
+    }
+
+    // A gzip body cut short is a failed cycle like any other broken body.
+    gzip.set_fault("query_report", Fault::Truncated);
+    gzip.remove_host(4);
+    assert!(gzip_poller.poll_once().await.is_err());
+    assert_eq!(gzip_store.lookup(&fingerprint(4, 0)).unwrap().id, HostId(4));
+}
+
+#[tokio::test]
 async fn large_catalogue_uses_per_policy_membership() {
     let fake = FakeFleet::start(FakeSpec {
         hosts: 12,

@@ -24,7 +24,7 @@ use axum::{
     Router,
     body::Bytes,
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode, Uri, header},
+    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -140,6 +140,8 @@ struct State_ {
     /// Bodies by request URI, once [`FakeFleet::cache_bodies`] is called;
     /// cleared whenever the data changes.
     cache: Option<HashMap<String, Bytes>>,
+    /// Fleet's `server_gzip_responses`: gzip the body when the client asks.
+    gzip: bool,
 }
 
 impl State_ {
@@ -273,6 +275,7 @@ fn generate(spec: &FakeSpec) -> State_ {
         extra_rows: Vec::new(),
         holds: HashMap::new(),
         cache: None,
+        gzip: false,
         policy_prefix,
         software: software_catalogue(),
         software_per_host: spec.software_per_host,
@@ -435,6 +438,13 @@ impl FakeFleet {
     pub fn cache_bodies(&self) {
         self.lock().cache.get_or_insert_with(HashMap::new);
     }
+
+    /// As Fleet's `server_gzip_responses: true`: from now on a request whose
+    /// `Accept-Encoding` names gzip gets a gzip body (`Content-Encoding:
+    /// gzip`); [`FakeFleet::bytes`] then counts the compressed bytes.
+    pub fn serve_gzip(&self) {
+        self.lock().gzip = true;
+    }
 }
 
 // === request handling ===
@@ -543,11 +553,38 @@ async fn serve(
     };
     // Bodies are built as `String`s: always UTF-8.
     let text = std::str::from_utf8(&body).unwrap();
+    let gzip = state.lock().unwrap().gzip && accepts_gzip(headers);
+    let encode = |b: Bytes| if gzip { compress(&b) } else { b };
     let body = match fault {
-        Some(Fault::Malformed) => Bytes::from_static(b"<html><body>502 Bad Gateway</body></html>"),
+        Some(Fault::Malformed) => encode(Bytes::from_static(
+            b"<html><body>502 Bad Gateway</body></html>",
+        )),
+        // The body breaks off halfway, as sent on the wire.
+        Some(Fault::Truncated) if gzip => {
+            let sent = compress(&body);
+            sent.slice(..sent.len() / 2)
+        }
         Some(Fault::Truncated) => body.slice(..text.floor_char_boundary(body.len() / 2)),
-        Some(Fault::Clipped) => {
-            Bytes::from(text.replacen("\"report_clipped\":false", "\"report_clipped\":true", 1))
+        Some(Fault::Clipped) => encode(Bytes::from(text.replacen(
+            "\"report_clipped\":false",
+            "\"report_clipped\":true",
+            1,
+        ))),
+        _ if gzip => {
+            let key = format!("gzip {uri}");
+            let cached = state
+                .lock()
+                .unwrap()
+                .cache
+                .as_ref()
+                .and_then(|c| c.get(&key).cloned());
+            cached.unwrap_or_else(|| {
+                let gz = compress(&body);
+                if let Some(cache) = &mut state.lock().unwrap().cache {
+                    cache.insert(key, gz.clone());
+                }
+                gz
+            })
         }
         _ => body,
     };
@@ -557,7 +594,30 @@ async fn serve(
         .bytes
         .entry(label.to_owned())
         .or_default() += body.len();
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if gzip {
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+    resp
+}
+
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| coding.split(';').next().is_some_and(|c| c.trim() == "gzip"))
+}
+
+/// gzip at the default level (6).
+fn compress(body: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(body).unwrap();
+    Bytes::from(enc.finish().unwrap())
 }
 
 /// `(per_page, page)` from the query.
