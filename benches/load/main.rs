@@ -3,9 +3,10 @@
 //!
 //! ```text
 //! cargo bench --bench load -- suite [--duration 10] [--rounds 2] [--no-envoy]
-//! cargo bench --bench load -- envoy [--rounds 6] [--duration 10] [--closed]   (item 3 alone)
+//! cargo bench --bench load -- envoy [--rounds 6] [--duration 10] [--closed]   (item 3 alone,
+//!     with the allow-shaped baseline as a fourth variant)
 //! cargo bench --bench load -- soak [--minutes 10] [--fraction 0.7]
-//! cargo bench --bench load -- serve fleet|baseline [--hosts 100000]
+//! cargo bench --bench load -- serve fleet|baseline|baseline-shaped [--hosts 100000]
 //! cargo bench --bench load -- client --addr HOST:PORT (--concurrency N | --rate RPS)
 //! ```
 //!
@@ -78,8 +79,11 @@ fn main() -> anyhow::Result<()> {
             let hosts = opt_or(&args, "--hosts", 100_000)?;
             match args.get(1).map(String::as_str) {
                 Some("fleet") => runtime(workers)?.block_on(servers::serve_fleet(hosts, devices)),
-                Some("baseline") => runtime(workers)?.block_on(servers::serve_baseline()),
-                other => bail!("serve: expected fleet or baseline, got {other:?}"),
+                Some("baseline") => runtime(workers)?.block_on(servers::serve_baseline(false)),
+                Some("baseline-shaped") => {
+                    runtime(workers)?.block_on(servers::serve_baseline(true))
+                }
+                other => bail!("serve: expected fleet, baseline or baseline-shaped, got {other:?}"),
             }
         }
         "client" => {

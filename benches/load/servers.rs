@@ -4,7 +4,11 @@
 //!   serve`), with 100,000 hosts put in its store after start;
 //! - `baseline`: the physical limit, a minimal tonic 0.14 `Authorization`
 //!   server that answers OK to every Check without looking at it (tonic still
-//!   decodes the request, as any tonic server must).
+//!   decodes the request, as any tonic server must);
+//! - `baseline-shaped`: the same server, but every answer is shaped as
+//!   fleet-authz's allow (DESIGN §1.6): four identity headers to set, two to
+//!   remove, and the dynamic metadata. Through Envoy it tells what applying
+//!   that answer costs Envoy, apart from what fleet-authz itself spends.
 //!
 //! Both print `LISTEN <addr>` on stderr once serving and stop when stdin
 //! closes.
@@ -13,13 +17,23 @@ use std::{net::SocketAddr, time::SystemTime};
 
 use anyhow::Context;
 use envoy_types::pb::{
-    envoy::service::auth::v3::{
-        CheckRequest, CheckResponse,
-        authorization_server::{Authorization, AuthorizationServer},
+    envoy::{
+        config::core::v3::{
+            HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+        },
+        service::auth::v3::{
+            CheckRequest, CheckResponse, OkHttpResponse,
+            authorization_server::{Authorization, AuthorizationServer},
+            check_response::HttpResponse,
+        },
     },
-    google::rpc,
+    google::{
+        protobuf::{Struct, Value, value::Kind},
+        rpc,
+    },
 };
 use fleet_authz::{
+    authz::convert::{DRY_RUN_HEADER, IDENTITY_HEADERS, REASON_HEADER},
     config::{Config, LogFormat, TelemetryConfig},
     server, telemetry,
 };
@@ -72,9 +86,9 @@ pub async fn serve_fleet(hosts: u64, devices: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The baseline's handler: OK, nothing else.
+/// The baseline's handler: the same answer to every Check, built once.
 #[derive(Debug, Default)]
-struct AlwaysOk;
+struct AlwaysOk(CheckResponse);
 
 #[tonic::async_trait]
 impl Authorization for AlwaysOk {
@@ -82,22 +96,74 @@ impl Authorization for AlwaysOk {
         &self,
         _request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        Ok(Response::new(CheckResponse {
-            status: Some(rpc::Status {
-                code: rpc::Code::Ok as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }))
+        Ok(Response::new(self.0.clone()))
     }
 }
 
-/// Serves the baseline until stdin closes.
-pub async fn serve_baseline() -> anyhow::Result<()> {
+/// OK, nothing else.
+fn plain_ok() -> CheckResponse {
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: rpc::Code::Ok as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// OK shaped as fleet-authz's allow for a fixture host (`fixture::hosts`).
+fn shaped_ok() -> CheckResponse {
+    let string = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    let set = |key: &str, value: &str| HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    };
+    let values = [
+        "4711",
+        "5f0c7c4e-2d0b-4c4e-9a58-000000004711",
+        "host-4711",
+        "Workstations",
+    ];
+    let metadata = [
+        ("route", "default"),
+        ("decision", "allow"),
+        ("host_id", "4711"),
+    ];
+    CheckResponse {
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers: IDENTITY_HEADERS
+                .iter()
+                .zip(values)
+                .map(|(k, v)| set(k, v))
+                .collect(),
+            headers_to_remove: vec![DRY_RUN_HEADER.to_owned(), REASON_HEADER.to_owned()],
+            ..Default::default()
+        })),
+        dynamic_metadata: Some(Struct {
+            fields: metadata
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), string(v)))
+                .collect(),
+        }),
+        ..plain_ok()
+    }
+}
+
+/// Serves the baseline (`shaped`: with fleet-authz's allow shape) until stdin
+/// closes.
+pub async fn serve_baseline(shaped: bool) -> anyhow::Result<()> {
+    let answer = if shaped { shaped_ok() } else { plain_ok() };
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     eprintln!("LISTEN {}", listener.local_addr()?);
     tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(AlwaysOk))
+        .add_service(AuthorizationServer::new(AlwaysOk(answer)))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             stdin_closed(),

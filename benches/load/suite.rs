@@ -343,7 +343,8 @@ pub async fn suite(o: Options) -> anyhow::Result<()> {
     );
 
     if o.envoy {
-        envoy_runs(&mut out, &o, &pems, &baseline, &fleet).await?;
+        let servers = [("baseline", &baseline), ("fleet-authz", &fleet)];
+        envoy_runs(&mut out, &o, &pems, &servers).await?;
     }
     drop((baseline, fleet));
     println!("{out}");
@@ -351,15 +352,22 @@ pub async fn suite(o: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Item 3 alone (`envoy`): both servers, then the Envoy runs.
+/// Item 3 alone (`envoy`): the baseline, the baseline with fleet-authz's
+/// allow shape, and fleet-authz, then the Envoy runs.
 pub async fn envoy_only(o: Options) -> anyhow::Result<()> {
     let pems = fixture::device_pems(o.devices)?;
     let mut out = String::new();
     let _ = writeln!(out, "Machine: {}\n", machine());
     let baseline = Server::start("baseline", &o)?;
+    let shaped = Server::start("baseline-shaped", &o)?;
     let fleet = Server::start("fleet", &o)?;
-    envoy_runs(&mut out, &o, &pems, &baseline, &fleet).await?;
-    drop((baseline, fleet));
+    let servers = [
+        ("baseline", &baseline),
+        ("baseline, allow-shaped", &shaped),
+        ("fleet-authz", &fleet),
+    ];
+    envoy_runs(&mut out, &o, &pems, &servers).await?;
+    drop((baseline, shaped, fleet));
     println!("{out}");
     std::fs::write(fixture::work_dir()?.join("report-envoy.md"), &out)?;
     Ok(())
@@ -375,17 +383,16 @@ struct EnvoyRound {
     server_cpu_us: Option<f64>,
 }
 
-/// Item 3: Envoy with no ext_authz, with the baseline, with fleet-authz, in
-/// alternating rounds (a fresh Envoy each), so the machine's drift and its
-/// spikes fall on every variant alike. Each round also reads the CPU time
+/// Item 3: Envoy with no ext_authz, then with each of `servers` (the
+/// baseline, fleet-authz, …), in alternating rounds (a fresh Envoy each), so
+/// the machine's drift and its spikes fall on every variant alike. Each round also reads the CPU time
 /// Envoy and the ext_authz server spent, so the added latency can be set
 /// against the added work.
 async fn envoy_runs(
     out: &mut String,
     o: &Options,
     pems: &[String],
-    baseline: &Server,
-    fleet: &Server,
+    servers: &[(&str, &Server)],
 ) -> anyhow::Result<()> {
     let upstream = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let app = upstream.local_addr()?;
@@ -395,19 +402,16 @@ async fn envoy_runs(
             .map(|p| fixture::http_request(p))
             .collect::<Vec<_>>(),
     );
-    let variants = [
-        ("no ext_authz", Authz::None, None),
-        (
-            "ext_authz → baseline",
-            Authz::At(baseline.addr),
-            Some(baseline.pid()),
-        ),
-        (
-            "ext_authz → fleet-authz",
-            Authz::At(fleet.addr),
-            Some(fleet.pid()),
-        ),
-    ];
+    let variants: Vec<(String, Authz, Option<u32>)> =
+        std::iter::once(("no ext_authz".to_owned(), Authz::None, None))
+            .chain(servers.iter().map(|(name, server)| {
+                (
+                    format!("ext_authz → {name}"),
+                    Authz::At(server.addr),
+                    Some(server.pid()),
+                )
+            }))
+            .collect();
     let mut rounds: Vec<Vec<EnvoyRound>> = vec![Vec::new(); variants.len()];
     let mut merged: Vec<Histogram<u64>> = vec![histogram(); variants.len()];
     // h2load's figures per variant and round (open loop only).
@@ -519,7 +523,7 @@ async fn envoy_runs(
         ms(pooled(0, 0.5) as u64),
         ms(pooled(0, 0.99) as u64)
     );
-    for (i, name) in [(1, "baseline"), (2, "fleet-authz")] {
+    for (i, (name, _)) in servers.iter().enumerate().map(|(i, s)| (i + 1, s)) {
         let _ = writeln!(
             out,
             "| {name} | {} / {} | {:.3} | {:.3} | {:.3} / {:.3} | {:.0} | {:.0} |",
@@ -533,7 +537,7 @@ async fn envoy_runs(
             median(rounds[i].iter().filter_map(|r| r.server_cpu_us).collect()),
         );
     }
-    if let Some(table) = h2load_table(&h2load) {
+    if let Some(table) = h2load_table(&h2load, servers) {
         out.push_str(&table);
     }
     let _ = writeln!(
@@ -557,7 +561,7 @@ fn median(mut d: Vec<f64>) -> f64 {
 
 /// The h2load second opinion on item 3: pooled and median-of-rounds added
 /// latency per ext_authz server; `None` unless every round has a figure.
-fn h2load_table(h2load: &[Vec<Histogram<u64>>]) -> Option<String> {
+fn h2load_table(h2load: &[Vec<Histogram<u64>>], servers: &[(&str, &Server)]) -> Option<String> {
     let rounds = h2load.first()?.len();
     if rounds == 0 || h2load.iter().any(|v| v.len() != rounds) {
         return None;
@@ -581,10 +585,8 @@ fn h2load_table(h2load: &[Vec<Histogram<u64>>]) -> Option<String> {
     let mut out = String::from(
         "\nh2load second opinion (HTTP/1.1, one connection at the same rate, one fixed XFCC device; latency from its per-request log):\n\n| variant | pooled p50 / p99 ms | added p50 / p99 ms (pooled) | added p50 / p99 ms (median of rounds) |\n|---|---|---|---|\n",
     );
-    for (i, name) in ["no ext_authz", "baseline", "fleet-authz"]
-        .iter()
-        .enumerate()
-    {
+    let names = std::iter::once("no ext_authz").chain(servers.iter().map(|(name, _)| *name));
+    for (i, name) in names.enumerate() {
         let added = if i == 0 {
             "– | –".to_owned()
         } else {
