@@ -9,13 +9,15 @@
 //! value) the sync takes only the CPU that Checks leave idle; it is no slower
 //! when the service is quiet.
 //!
-//! When the process may run on two CPUs or more, the sync thread (and again
-//! the threads it starts) is also kept on one of them, the last in the
-//! process's set. Left free to move, the sync was found on either core in
-//! turn, and Checks waited behind it on both: with it kept on one core, Check
-//! p99 during a sync of 100,000 hosts fell from 1.8–2.1 ms to 0.7–1.1 ms on
-//! a 2-core machine, at the same sync time (BENCHMARKS.md). The Check
-//! workers keep every CPU.
+//! When the process may run on 2 to 4 CPUs (a small VM, or a pod given its
+//! own cpuset), the sync thread (and again the threads it starts) is also
+//! kept on one of them, the last in the process's set; the Check workers
+//! keep every CPU. Why this helps was not traced, only measured: on a 2-core
+//! machine, Check p99 during a sync of 100,000 hosts fell from 1.8–2.3 ms to
+//! 0.7–1.5 ms, at the same sync time (BENCHMARKS.md). On a larger set (a big
+//! node shared with other work) the thread is left free: kept on one CPU
+//! that other processes keep busy, a nice-19 thread would get a few percent
+//! of it and the sync would crawl.
 
 use std::future::Future;
 
@@ -58,8 +60,11 @@ fn lower_priority() {
 #[cfg(not(target_os = "linux"))]
 fn lower_priority() {}
 
-/// Restricts this thread to the last CPU it may use, if it may use two or
-/// more; threads it starts inherit the restriction.
+/// Most CPUs the process may use for the sync to be kept on one of them.
+const KEEP_TO_ONE_UP_TO: u32 = 4;
+
+/// Restricts this thread to the last CPU it may use, if it may use 2 to
+/// [`KEEP_TO_ONE_UP_TO`]; threads it starts inherit the restriction.
 #[cfg(target_os = "linux")]
 fn keep_to_one_cpu() {
     use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
@@ -70,7 +75,7 @@ fn keep_to_one_cpu() {
             return;
         }
     };
-    if allowed.count() < 2 {
+    if !(2..=KEEP_TO_ONE_UP_TO).contains(&allowed.count()) {
         return;
     }
     let Some(last) = (0..CpuSet::MAX_CPU).rev().find(|&cpu| allowed.is_set(cpu)) else {
@@ -118,8 +123,8 @@ mod tests {
         let (thread, own, blocking) = rx.await.unwrap();
         done.await.unwrap();
         assert_eq!(thread.as_deref(), Some("test-sync"));
-        // One CPU, the caller's last, when the caller has two or more.
-        let expected_cpus = if caller_cpus.len() >= 2 {
+        // One CPU, the caller's last, when the caller has 2 to 4.
+        let expected_cpus = if (2..=4).contains(&caller_cpus.len()) {
             vec![*caller_cpus.last().unwrap()]
         } else {
             caller_cpus.clone()
