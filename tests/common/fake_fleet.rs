@@ -570,22 +570,14 @@ async fn serve(
             "\"report_clipped\":true",
             1,
         ))),
-        _ if gzip => {
-            let key = format!("gzip {uri}");
-            let cached = state
-                .lock()
-                .unwrap()
-                .cache
-                .as_ref()
-                .and_then(|c| c.get(&key).cloned());
-            cached.unwrap_or_else(|| {
-                let gz = compress(&body);
-                if let Some(cache) = &mut state.lock().unwrap().cache {
-                    cache.insert(key, gz.clone());
-                }
-                gz
-            })
-        }
+        // Compressed once per URI when bodies are cached, as built ones are.
+        _ if gzip => match &mut state.lock().unwrap().cache {
+            Some(cache) => cache
+                .entry(format!("gzip {uri}"))
+                .or_insert_with(|| compress(&body))
+                .clone(),
+            None => compress(&body),
+        },
         _ => body,
     };
     *state
