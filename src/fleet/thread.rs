@@ -61,25 +61,34 @@ fn lower_priority() {
 fn lower_priority() {}
 
 /// Most CPUs the process may use for the sync to be kept on one of them.
-const KEEP_TO_ONE_UP_TO: u32 = 4;
+#[cfg(target_os = "linux")]
+const KEEP_TO_ONE_UP_TO: usize = 4;
+
+/// The CPUs this thread may run on, in ascending order.
+#[cfg(target_os = "linux")]
+fn allowed_cpus() -> rustix::io::Result<Vec<usize>> {
+    use rustix::thread::{CpuSet, sched_getaffinity};
+    let set = sched_getaffinity(None)?;
+    Ok((0..CpuSet::MAX_CPU)
+        .filter(|&cpu| set.is_set(cpu))
+        .collect())
+}
 
 /// Restricts this thread to the last CPU it may use, if it may use 2 to
 /// [`KEEP_TO_ONE_UP_TO`]; threads it starts inherit the restriction.
 #[cfg(target_os = "linux")]
 fn keep_to_one_cpu() {
-    use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
-    let allowed = match sched_getaffinity(None) {
-        Ok(set) => set,
+    use rustix::thread::{CpuSet, sched_setaffinity};
+    let allowed = match allowed_cpus() {
+        Ok(cpus) => cpus,
         Err(error) => {
             tracing::warn!(%error, "could not read the sync thread's CPUs");
             return;
         }
     };
-    if !(2..=KEEP_TO_ONE_UP_TO).contains(&allowed.count()) {
-        return;
-    }
-    let Some(last) = (0..CpuSet::MAX_CPU).rev().find(|&cpu| allowed.is_set(cpu)) else {
-        return;
+    let last = match allowed[..] {
+        [_, .., last] if allowed.len() <= KEEP_TO_ONE_UP_TO => last,
+        _ => return,
     };
     let mut one = CpuSet::new();
     one.set(last);
@@ -99,32 +108,25 @@ mod tests {
         rustix::process::getpriority_process(Some(rustix::thread::gettid()))
     }
 
-    /// The CPUs this thread may run on.
-    fn cpus() -> rustix::io::Result<Vec<usize>> {
-        let set = rustix::thread::sched_getaffinity(None)?;
-        Ok((0..rustix::thread::CpuSet::MAX_CPU)
-            .filter(|&cpu| set.is_set(cpu))
-            .collect())
-    }
-
     #[tokio::test]
     async fn work_and_its_blocking_tasks_run_at_nice_19_on_one_cpu_while_the_caller_keeps_its_own()
     {
-        let (before, caller_cpus) = (nice().unwrap(), cpus().unwrap());
+        let (before, caller_cpus) = (nice().unwrap(), allowed_cpus().unwrap());
         let (tx, rx) = oneshot::channel();
         let done = spawn_low_priority("test-sync", async move {
             let thread = std::thread::current().name().map(str::to_owned);
-            let blocking = tokio::task::spawn_blocking(|| (nice().unwrap(), cpus().unwrap()))
-                .await
-                .unwrap();
-            let _ = tx.send((thread, (nice().unwrap(), cpus().unwrap()), blocking));
+            let blocking =
+                tokio::task::spawn_blocking(|| (nice().unwrap(), allowed_cpus().unwrap()))
+                    .await
+                    .unwrap();
+            let _ = tx.send((thread, (nice().unwrap(), allowed_cpus().unwrap()), blocking));
         })
         .unwrap();
         let (thread, own, blocking) = rx.await.unwrap();
         done.await.unwrap();
         assert_eq!(thread.as_deref(), Some("test-sync"));
         // One CPU, the caller's last, when the caller has 2 to 4.
-        let expected_cpus = if (2..=4).contains(&caller_cpus.len()) {
+        let expected_cpus = if (2..=KEEP_TO_ONE_UP_TO).contains(&caller_cpus.len()) {
             vec![*caller_cpus.last().unwrap()]
         } else {
             caller_cpus.clone()
@@ -132,7 +134,7 @@ mod tests {
         assert_eq!(own, (19, expected_cpus.clone()));
         assert_eq!(blocking, (19, expected_cpus));
         assert_eq!(
-            (nice().unwrap(), cpus().unwrap()),
+            (nice().unwrap(), allowed_cpus().unwrap()),
             (before, caller_cpus),
             "the caller's priority and CPUs must not change"
         );
