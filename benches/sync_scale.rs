@@ -21,9 +21,9 @@
 //! run). Results: BENCHMARKS.md. Options for experiments:
 //! `SYNC_SCALE_SKIP_POMERIUM=1`, `SYNC_SCALE_SLOW=1` (where the slowest
 //! Checks fall), `SYNC_SCALE_FAKE_NICE=N`, `SYNC_SCALE_AUTHZ_ENV=K=V,…`,
-//! `SYNC_SCALE_MEMBERSHIP=…`, `SYNC_SCALE_GZIP=1` (the fake gzips its bodies,
-//! as Fleet with `server_gzip_responses`) and `SYNC_SCALE_NEIGHBOUR=1` (another process
-//! runs the syncs; see `sync_scale/load.rs`).
+//! `SYNC_SCALE_MEMBERSHIP=…`, `SYNC_SCALE_GZIP=1` (the fake gzips its
+//! bodies, as Fleet with `server_gzip_responses`) and `SYNC_SCALE_NEIGHBOUR=1`
+//! (another process runs the syncs; see `sync_scale/load.rs`).
 
 #![allow(
     clippy::unwrap_used,

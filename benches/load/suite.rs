@@ -385,9 +385,9 @@ struct EnvoyRound {
 
 /// Item 3: Envoy with no ext_authz, then with each of `servers` (the
 /// baseline, fleet-authz, …), in alternating rounds (a fresh Envoy each), so
-/// the machine's drift and its spikes fall on every variant alike. Each round also reads the CPU time
-/// Envoy and the ext_authz server spent, so the added latency can be set
-/// against the added work.
+/// the machine's drift and its spikes fall on every variant alike. Each round
+/// also reads the CPU time Envoy and the ext_authz server spent, so the added
+/// latency can be set against the added work.
 async fn envoy_runs(
     out: &mut String,
     o: &Options,
@@ -566,13 +566,18 @@ fn h2load_table(h2load: &[Vec<Histogram<u64>>], servers: &[(&str, &Server)]) -> 
     if rounds == 0 || h2load.iter().any(|v| v.len() != rounds) {
         return None;
     }
-    let pooled = |i: usize, q: f64| {
-        let mut all = histogram();
-        for h in &h2load[i] {
-            let _ = all.add(h);
-        }
-        all.value_at_quantile(q) as f64
-    };
+    // Each variant's rounds merged once.
+    let merged: Vec<Histogram<u64>> = h2load
+        .iter()
+        .map(|rounds| {
+            let mut all = histogram();
+            for h in rounds {
+                let _ = all.add(h);
+            }
+            all
+        })
+        .collect();
+    let pooled = |i: usize, q: f64| merged[i].value_at_quantile(q) as f64;
     let median_added = |i: usize, q: f64| {
         median(
             h2load[i]
