@@ -77,9 +77,9 @@ impl FleetClient {
             .default_headers(headers)
             .user_agent(concat!("fleet-authz/", env!("CARGO_PKG_VERSION")))
             // Asks for gzip and inflates it as the body streams in. A Fleet
-            // with `server_gzip_responses` enabled then sends the hosts walk
-            // and the certificate report in a tenth of the bytes; one without
-            // it ignores the header.
+            // with `server_gzip_responses` enabled then sends a sync in about
+            // 1/25 of the bytes (BENCHMARKS.md); one without it ignores the
+            // header.
             .gzip(true)
             .connect_timeout(config.request_timeout);
         if let Some(path) = &config.ca_file {
