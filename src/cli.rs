@@ -51,7 +51,8 @@ pub enum Command {
         /// Envoy context_extensions, `key=value` (repeatable).
         #[arg(long = "context", value_parser = parse_key_value)]
         context: Vec<(String, String)>,
-        /// The service's gRPC address.
+        /// The service's gRPC address: a URL, or `unix:/path/to.sock` when
+        /// `listen.grpc` is a Unix socket.
         #[arg(long, default_value = "http://127.0.0.1:9191")]
         addr: String,
         /// `:authority` of the simulated request.
@@ -366,8 +367,8 @@ pub async fn run_check(
         }
     };
     let request = build_check_request(&pem, context, host, path, xfcc);
-    let mut client = match AuthorizationClient::connect(addr.to_owned()).await {
-        Ok(c) => c,
+    let mut client = match grpc_channel(addr).await {
+        Ok(c) => AuthorizationClient::new(c),
         Err(e) => {
             eprintln!("cannot connect to {addr}: {e}");
             return ExitCode::from(EXIT_UNAVAILABLE);
@@ -388,4 +389,27 @@ pub async fn run_check(
             ExitCode::from(EXIT_UNAVAILABLE)
         }
     }
+}
+
+/// A gRPC channel to `addr`: an `http(s)://` URL, or a Unix socket in the
+/// form `listen.grpc` takes (`unix:/path/to.sock`).
+pub async fn grpc_channel(
+    addr: &str,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let Ok(crate::config::GrpcListen::Unix(path)) = addr.parse() else {
+        return tonic::transport::Endpoint::from_shared(addr.to_owned())?
+            .connect()
+            .await;
+    };
+    // The URL only fills `:authority`; the connector ignores it.
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
 }

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use crate::{
     admin::{self, AdminState, AdminToken, GrantStore, SyncTrigger},
     authz::{Authorizer, AuthzService, BoxFuture, Refresh},
-    config::Config,
+    config::{Config, GrpcListen},
     http::{self, HttpState},
     metrics::Metrics,
     policy::{Policy, load_policy},
@@ -72,10 +72,17 @@ impl SyncTrigger for FleetSync {
     }
 }
 
+/// The gRPC listener, bound before anything is served.
+enum GrpcListener {
+    Tcp(TcpListener),
+    /// The listener and its socket file, removed once serving stops.
+    Unix(tokio::net::UnixListener, std::path::PathBuf),
+}
+
 /// A service that is serving. Drop does not stop it: call [`shutdown`](Self::shutdown).
 #[derive(Debug)]
 pub struct RunningServer {
-    grpc_addr: SocketAddr,
+    grpc_at: GrpcListen,
     http_addr: SocketAddr,
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<anyhow::Result<()>>,
@@ -181,13 +188,20 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
     };
     admin.update_grant_gauge(SystemTime::now());
 
-    let grpc_listener = TcpListener::bind(config.listen.grpc)
-        .await
-        .with_context(|| format!("listen.grpc: cannot bind {}", config.listen.grpc))?;
+    let grpc_listener = match &config.listen.grpc {
+        GrpcListen::Tcp(addr) => TcpListener::bind(addr).await.map(GrpcListener::Tcp),
+        GrpcListen::Unix(path) => {
+            crate::net::bind_unix(path).map(|l| GrpcListener::Unix(l, path.clone()))
+        }
+    }
+    .with_context(|| format!("listen.grpc: cannot bind {}", config.listen.grpc))?;
     let http_listener = TcpListener::bind(config.listen.http)
         .await
         .with_context(|| format!("listen.http: cannot bind {}", config.listen.http))?;
-    let grpc_addr = grpc_listener.local_addr()?;
+    let grpc_at = match &grpc_listener {
+        GrpcListener::Tcp(l) => GrpcListen::Tcp(l.local_addr()?),
+        GrpcListener::Unix(_, path) => GrpcListen::Unix(path.clone()),
+    };
     let http_addr = http_listener.local_addr()?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -229,17 +243,33 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
         .add_service(health_service)
         .add_service(reflection)
         .add_service(AuthzService::new(Arc::clone(&authorizer)))
-        .add_service(admin::grpc::server(admin.clone()))
-        // TCP_NODELAY: without it, Nagle's algorithm holds back small HTTP/2
-        // writes (a CheckResponse is ~200 bytes) until the peer's delayed
-        // ACK, ~40 ms on Linux: Checks then wait on the kernel, not on us.
-        // tonic sets it only on listeners it binds itself.
-        // Coalescing: answers under 1 KiB share a write (see `net`).
-        .serve_with_incoming_shutdown(
-            crate::net::coalescing(TcpIncoming::from(grpc_listener).with_nodelay(Some(true))),
-            shutdown(),
-        );
-    tasks.spawn(async move { grpc.await.context("grpc server failed") });
+        .add_service(admin::grpc::server(admin.clone()));
+    // Coalescing: answers under 1 KiB share a write (see `net`).
+    match grpc_listener {
+        GrpcListener::Tcp(listener) => {
+            // TCP_NODELAY: without it, Nagle's algorithm holds back small
+            // HTTP/2 writes (a CheckResponse is ~200 bytes) until the peer's
+            // delayed ACK, ~40 ms on Linux: Checks then wait on the kernel,
+            // not on us. tonic sets it only on listeners it binds itself.
+            let incoming =
+                crate::net::coalescing(TcpIncoming::from(listener).with_nodelay(Some(true)));
+            let serving = grpc.serve_with_incoming_shutdown(incoming, shutdown());
+            tasks.spawn(async move { serving.await.context("grpc server failed") });
+        }
+        GrpcListener::Unix(listener, path) => {
+            let incoming = crate::net::coalescing_unix(listener);
+            let serving = grpc.serve_with_incoming_shutdown(incoming, shutdown());
+            tasks.spawn(async move {
+                let served = serving.await.context("grpc server failed");
+                // The next start would replace it anyway, but a socket file
+                // nobody answers on misleads whoever looks.
+                if let Err(error) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), %error, "cannot remove the gRPC socket");
+                }
+                served
+            });
+        }
+    }
 
     let source_status: Arc<dyn Fn() -> Option<String> + Send + Sync> = match &fleet {
         None => Arc::new(|| None),
@@ -299,9 +329,9 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
         });
     }
 
-    tracing::info!(%grpc_addr, %http_addr, hosts = store.host_count(), "serving");
+    tracing::info!(grpc = %grpc_at, %http_addr, hosts = store.host_count(), "serving");
     Ok(RunningServer {
-        grpc_addr,
+        grpc_at,
         http_addr,
         shutdown_tx,
         tasks,
@@ -334,9 +364,21 @@ fn restore_snapshot(path: &std::path::Path, store: &PostureStore) {
 }
 
 impl RunningServer {
-    /// Where the gRPC services listen.
+    /// Where the gRPC services listen (a TCP port 0 resolved to the one
+    /// picked).
+    pub fn grpc_listen(&self) -> &GrpcListen {
+        &self.grpc_at
+    }
+
+    /// The gRPC services' TCP address.
+    ///
+    /// # Panics
+    /// When they listen on a Unix socket: use [`grpc_listen`](Self::grpc_listen).
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_addr
+        match &self.grpc_at {
+            GrpcListen::Tcp(addr) => *addr,
+            GrpcListen::Unix(path) => panic!("gRPC listens on {}, not TCP", path.display()),
+        }
     }
 
     /// Where the HTTP endpoints listen.

@@ -35,13 +35,18 @@ fn run(args: &[&str]) -> (i32, String, String) {
 
 /// A config in a temp dir pointing at `policy` text and the demo posture.
 fn config_with(dir: &TempDir, extra: &str, policy: &str) -> String {
+    config_listening(dir, "127.0.0.1:0", extra, policy)
+}
+
+/// [`config_with`], with gRPC on `grpc`.
+fn config_listening(dir: &TempDir, grpc: &str, extra: &str, policy: &str) -> String {
     let policy_path = dir.path().join("policy.yaml");
     std::fs::write(&policy_path, policy).unwrap();
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
         format!(
-            "listen: {{grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\"}}\nposture_file: {}\npolicy_file: {}\n{extra}",
+            "listen: {{grpc: \"{grpc}\", http: \"127.0.0.1:0\"}}\nposture_file: {}\npolicy_file: {}\n{extra}",
             repo("deploy/demo/posture.yaml"),
             policy_path.display()
         ),
@@ -68,6 +73,23 @@ fn bad_config_key_exits_64_naming_file_key_and_problem() {
             err.contains(&config)
                 && err.contains("telemetry")
                 && err.contains("unknown field `log_fromat`"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn bad_grpc_listen_address_exits_64_naming_the_key() {
+    for (grpc, problem) in [
+        ("localhost", "`localhost` is neither host:port"),
+        ("unix:", "`unix:` names no socket path"),
+    ] {
+        let dir = TempDir::new().unwrap();
+        let config = config_listening(&dir, grpc, "", "version: 1\n");
+        let (code, _, err) = run(&["check-config", "--config", &config]);
+        assert_eq!(code, 64, "{grpc}: {err}");
+        assert!(
+            err.contains(&config) && err.contains("listen.grpc") && err.contains(problem),
             "{err}"
         );
     }
@@ -131,6 +153,25 @@ fn bad_posture_file_exits_64() {
     );
 }
 
+/// `check`'s result for the demo's compliant device: allowed, as host 101.
+fn assert_compliant_allowed((code, out, err): &(i32, String, String)) {
+    assert_eq!(*code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("ALLOW\n") && out.contains("x-fleet-host-id: 101"),
+        "{out}"
+    );
+}
+
+/// `check`'s result for the demo's critical device: denied by BitLocker.
+fn assert_critical_denied((code, out, err): &(i32, String, String)) {
+    assert_eq!(*code, 1, "{out}{err}");
+    assert!(
+        out.contains("DENY (HTTP 403)")
+            && out.contains("- failing_critical_policy name=BitLocker enabled"),
+        "{out}"
+    );
+}
+
 #[tokio::test]
 async fn check_prints_the_decision_and_reasons() {
     let dir = TempDir::new().unwrap();
@@ -147,26 +188,21 @@ async fn check_prints_the_decision_and_reasons() {
             run(&args.iter().map(String::as_str).collect::<Vec<_>>())
         })
     };
-    let (code, out, _) = check("deploy/demo/certs/device-compliant.pem", &[])
+    assert_compliant_allowed(
+        &check("deploy/demo/certs/device-compliant.pem", &[])
+            .await
+            .unwrap(),
+    );
+    let critical = check("deploy/demo/certs/device-critical.pem", &[])
         .await
         .unwrap();
-    assert_eq!(code, 0, "{out}");
+    assert_critical_denied(&critical);
     assert!(
-        out.starts_with("ALLOW\n") && out.contains("x-fleet-host-id: 101"),
-        "{out}"
-    );
-    let (code, out, _) = check("deploy/demo/certs/device-critical.pem", &[])
-        .await
-        .unwrap();
-    assert_eq!(code, 1);
-    assert!(
-        out.contains("DENY (HTTP 403)")
-            && out.contains("- failing_critical_policy name=BitLocker enabled"),
-        "{out}"
-    );
-    assert!(
-        out.contains("fix: Open Settings > Privacy & security"),
-        "{out}"
+        critical
+            .1
+            .contains("fix: Open Settings > Privacy & security"),
+        "{}",
+        critical.1
     );
     let (code, out, _) = check(
         "deploy/demo/certs/device-noncritical.pem",
@@ -186,6 +222,67 @@ async fn check_prints_the_decision_and_reasons() {
     assert!(out.contains("- unknown_device"), "{out}");
     server.shutdown().await;
     let (code, _, err) = check("deploy/demo/certs/device-compliant.pem", &[])
+        .await
+        .unwrap();
+    assert_eq!(code, 69, "{err}");
+}
+
+/// `listen.grpc: unix:…`: Checks over the socket get the same decisions,
+/// a second server on a live socket exits 64, and shutdown removes the file.
+#[tokio::test]
+async fn serves_checks_on_a_unix_socket() {
+    let dir = TempDir::new().unwrap();
+    let socket = dir.path().join("grpc.sock");
+    let policy = std::fs::read_to_string(repo("deploy/demo/policy.yaml")).unwrap();
+    // gRPC's `unix:///abs` spelling; `check` gets the `unix:/abs` one.
+    let listen = format!("unix://{}", socket.display());
+    let config = config_listening(&dir, &listen, "", &policy);
+    let loaded = fleet_authz::config::Config::load(Path::new(&config)).unwrap();
+    let server = fleet_authz::server::start(loaded).await.unwrap();
+    assert_eq!(
+        server.grpc_listen(),
+        &fleet_authz::config::GrpcListen::Unix(socket.clone())
+    );
+    let addr = format!("unix:{}", socket.display());
+    let blocking = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+    };
+    let check = |cert: &str| {
+        blocking(
+            ["check", "--cert", cert, "--addr", &addr]
+                .map(str::to_owned)
+                .to_vec(),
+        )
+    };
+    assert_compliant_allowed(
+        &check("deploy/demo/certs/device-compliant.pem")
+            .await
+            .unwrap(),
+    );
+    assert_critical_denied(
+        &check("deploy/demo/certs/device-critical.pem")
+            .await
+            .unwrap(),
+    );
+    // A second `serve` on the same, live socket: refused, socket untouched.
+    let (code, _, err) = blocking(["serve", "--config", &config].map(str::to_owned).to_vec())
+        .await
+        .unwrap();
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("listen.grpc: cannot bind unix:")
+            && err.contains("another process is serving on this socket"),
+        "{err}"
+    );
+    let (code, _, _) = check("deploy/demo/certs/device-compliant.pem")
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "the first server still answers");
+    server.shutdown().await;
+    assert!(!socket.exists(), "shutdown removes the socket file");
+    let (code, _, err) = check("deploy/demo/certs/device-compliant.pem")
         .await
         .unwrap();
     assert_eq!(code, 69, "{err}");

@@ -53,12 +53,14 @@ struct Stack {
 
 impl Stack {
     async fn start() -> Self {
-        Self::start_with(true).await
+        Self::start_with(true, false).await
     }
 
     /// `include_peer_certificate: false` is how Istio calls ext_authz: the
     /// certificate is only in the `x-forwarded-client-cert` header.
-    async fn start_with(include_peer_certificate: bool) -> Self {
+    /// `unix_socket`: fleet-authz listens on a Unix socket, and Envoy's
+    /// `fleet_authz` cluster is a `pipe` address.
+    async fn start_with(include_peer_certificate: bool, unix_socket: bool) -> Self {
         let pki = TestPki::new();
         let devices = Devices {
             anna: pki.device("anna-macbook"),
@@ -68,11 +70,17 @@ impl Stack {
             stranger: pki.device("stranger"),
         };
         let dir = tempfile::tempdir().unwrap();
-        let server = start_fleet_authz(&dir, &devices).await;
+        let grpc = if unix_socket {
+            format!("unix:{}", dir.path().join("grpc.sock").display())
+        } else {
+            "127.0.0.1:0".to_owned()
+        };
+        let server = start_fleet_authz(&dir, &devices, &grpc).await;
         let echo = Echo::start().await;
         let options = EnvoyOptions {
             include_peer_certificate,
-            ..EnvoyOptions::new(server.grpc_addr(), echo.addr)
+            authz: server.grpc_listen().clone(),
+            app: echo.addr,
         };
         let envoy = Envoy::start(&pki, options).await;
         Self {
@@ -125,7 +133,7 @@ impl Reply {
     }
 }
 
-async fn start_fleet_authz(dir: &TempDir, devices: &Devices) -> RunningServer {
+async fn start_fleet_authz(dir: &TempDir, devices: &Devices, grpc: &str) -> RunningServer {
     let posture = format!(
         r#"
 policies:
@@ -191,7 +199,7 @@ routes:
     let config_path = dir.path().join("config.yaml");
     let config = format!(
         r#"
-listen: {{grpc: "127.0.0.1:0", http: "127.0.0.1:0"}}
+listen: {{grpc: "{grpc}", http: "127.0.0.1:0"}}
 posture_file: {posture}
 policy_file: {policy}
 remediation_url: "{REMEDIATION_URL}"
@@ -357,7 +365,7 @@ async fn forged_xfcc_is_refused(stack: &Stack) {
 
 #[tokio::test]
 async fn xfcc_only_like_istio_decides_the_same() {
-    let stack = Stack::start_with(false).await;
+    let stack = Stack::start_with(false, false).await;
     let devices = &stack.devices;
 
     let reply = stack.get(&devices.anna, "/", &[]).await;
@@ -373,6 +381,36 @@ async fn xfcc_only_like_istio_decides_the_same() {
     assert_eq!(reply.body["reasons"][0]["policy_id"], 12);
 
     forged_xfcc_is_refused(&stack).await;
+}
+
+/// `listen.grpc: unix:…` and an Envoy `pipe` address: the same decisions,
+/// headers and deny body as over TCP, and the payroll route's own policy.
+#[tokio::test]
+async fn over_a_unix_socket_envoy_gets_the_same_answers() {
+    let stack = Stack::start_with(true, true).await;
+    assert!(matches!(
+        stack.server.as_ref().unwrap().grpc_listen(),
+        fleet_authz::config::GrpcListen::Unix(_)
+    ));
+    let devices = &stack.devices;
+
+    let reply = stack.get(&devices.anna, "/", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["x-fleet-host-id"], "1");
+    assert_eq!(reply.body["x-fleet-host-name"], "Anna's MacBook");
+
+    let reply = stack.get(&devices.ben, "/", &[]).await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(
+        reply.header("x-fleet-authz-reason"),
+        Some("failing_critical_policy")
+    );
+    assert_eq!(reply.reason_kinds(), ["failing_critical_policy"]);
+    assert_eq!(reply.body["reasons"][0]["resolution"], GATEKEEPER_FIX);
+
+    let reply = stack.get(&devices.cleo, "/payroll/q3", &[]).await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(reply.reason_kinds(), ["failing_any_policy"]);
 }
 
 #[tokio::test]

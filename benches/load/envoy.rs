@@ -29,6 +29,8 @@ use tokio::{
 
 use hdrhistogram::Histogram;
 
+use fleet_authz::config::GrpcListen;
+
 use crate::report::{Counts, RunResult, histogram, wait_until_due};
 
 /// The Envoy binary, or an error saying how to get one.
@@ -51,16 +53,17 @@ pub fn envoy_bin() -> anyhow::Result<PathBuf> {
 }
 
 /// Which ext_authz server Envoy asks, if any.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Authz {
-    /// ext_authz pointing at this gRPC server.
-    At(SocketAddr),
+    /// ext_authz pointing at this gRPC server (TCP, or a Unix socket as an
+    /// Envoy `pipe` address).
+    At(GrpcListen),
     /// No ext_authz filter.
     None,
 }
 
 /// The root `envoy.yaml` turned into the plain-HTTP load variant.
-pub fn load_config(authz: Authz, app: SocketAddr) -> anyhow::Result<Value> {
+pub fn load_config(authz: &Authz, app: SocketAddr) -> anyhow::Result<Value> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy.yaml");
     let mut config: Value = yaml_serde::from_str(&std::fs::read_to_string(&path)?)?;
     let any = json!({"socket_address": {"address": "127.0.0.1", "port_value": 0}});
@@ -86,27 +89,30 @@ pub fn load_config(authz: Authz, app: SocketAddr) -> anyhow::Result<Value> {
         .iter()
         .position(|f| f["name"] == "envoy.filters.http.ext_authz")
         .context("envoy.yaml has no ext_authz filter")?;
-    let authz_addr = match authz {
-        Authz::At(addr) => {
+    let authz_at = match authz {
+        Authz::At(at) => {
             filters[ext]["typed_config"]["include_peer_certificate"] = json!(false);
-            addr
+            at.clone()
         }
         Authz::None => {
             filters.remove(ext);
             // The cluster stays (unused); any address will do.
-            app
+            GrpcListen::Tcp(app)
         }
     };
     for cluster in config["static_resources"]["clusters"]
         .as_array_mut()
         .context("clusters")?
     {
-        let addr = match cluster["name"].as_str() {
-            Some("fleet_authz") => authz_addr,
-            Some("app") => app,
+        let tcp = |addr: SocketAddr| json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}});
+        let address = match (cluster["name"].as_str(), &authz_at) {
+            (Some("fleet_authz"), GrpcListen::Unix(path)) => json!({"pipe": {"path": path}}),
+            (Some("fleet_authz"), GrpcListen::Tcp(addr)) => tcp(*addr),
+            (Some("app"), _) => tcp(app),
             _ => continue,
         };
-        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}});
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] =
+            address;
     }
     Ok(config)
 }

@@ -6,7 +6,7 @@
 //! cargo bench --bench load -- envoy [--rounds 6] [--duration 10] [--closed]   (item 3 alone,
 //!     with the allow-shaped baseline as a fourth variant)
 //! cargo bench --bench load -- soak [--minutes 10] [--fraction 0.7]
-//! cargo bench --bench load -- serve fleet|baseline|baseline-shaped [--hosts 100000]
+//! cargo bench --bench load -- serve fleet|baseline|baseline-shaped [--hosts 100000] [--unix]
 //! cargo bench --bench load -- client --addr HOST:PORT (--concurrency N | --rate RPS)
 //! ```
 //!
@@ -77,11 +77,16 @@ fn main() -> anyhow::Result<()> {
         "serve" => {
             let workers = opt_or(&args, "--workers", 1)?;
             let hosts = opt_or(&args, "--hosts", 100_000)?;
+            let unix = args.iter().any(|a| a == "--unix");
             match args.get(1).map(String::as_str) {
-                Some("fleet") => runtime(workers)?.block_on(servers::serve_fleet(hosts, devices)),
-                Some("baseline") => runtime(workers)?.block_on(servers::serve_baseline(false)),
+                Some("fleet") => {
+                    runtime(workers)?.block_on(servers::serve_fleet(hosts, devices, unix))
+                }
+                Some("baseline") => {
+                    runtime(workers)?.block_on(servers::serve_baseline(false, unix))
+                }
                 Some("baseline-shaped") => {
-                    runtime(workers)?.block_on(servers::serve_baseline(true))
+                    runtime(workers)?.block_on(servers::serve_baseline(true, unix))
                 }
                 other => bail!("serve: expected fleet, baseline or baseline-shaped, got {other:?}"),
             }

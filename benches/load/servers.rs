@@ -10,7 +10,8 @@
 //!   remove, and the dynamic metadata. Through Envoy it tells what applying
 //!   that answer costs Envoy, apart from what fleet-authz itself spends.
 //!
-//! Both print `LISTEN <addr>` on stderr once serving and stop when stdin
+//! Each prints `LISTEN <addr>` on stderr once serving (`LISTEN unix:<path>`
+//! with `--unix`, which serves gRPC on a Unix socket) and stops when stdin
 //! closes.
 
 use std::{net::SocketAddr, time::SystemTime};
@@ -34,10 +35,11 @@ use envoy_types::pb::{
 };
 use fleet_authz::{
     authz::convert::{DRY_RUN_HEADER, IDENTITY_HEADERS, REASON_HEADER},
-    config::{Config, LogFormat, TelemetryConfig},
+    config::{Config, GrpcListen, LogFormat, TelemetryConfig},
     server, telemetry,
 };
 use tokio::{io::AsyncReadExt, net::TcpListener};
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status, transport::server::TcpIncoming};
 
 use crate::fixture;
@@ -53,8 +55,19 @@ async fn stdin_closed() {
     }
 }
 
+/// Where a server listens: a free TCP port, or (`unix`) a socket of its own
+/// in the temp directory.
+fn listen_at(unix: bool) -> GrpcListen {
+    if unix {
+        let name = format!("fleet-authz-load-{}.sock", std::process::id());
+        GrpcListen::Unix(std::env::temp_dir().join(name))
+    } else {
+        GrpcListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+}
+
 /// Serves fleet-authz with `hosts` hosts until stdin closes.
-pub async fn serve_fleet(hosts: u64, devices: usize) -> anyhow::Result<()> {
+pub async fn serve_fleet(hosts: u64, devices: usize, unix: bool) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(&TelemetryConfig {
         log_format: LogFormat::Json,
         otlp_endpoint: None,
@@ -65,11 +78,12 @@ pub async fn serve_fleet(hosts: u64, devices: usize) -> anyhow::Result<()> {
     std::fs::write(&policy, fixture::POLICY)?;
     std::fs::write(&posture, "hosts: []\n")?;
     let yaml = format!(
-        "listen: {{grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\"}}\n\
+        "listen: {{grpc: \"{}\", http: \"127.0.0.1:0\"}}\n\
          posture_file: {}\n\
          policy_file: {}\n\
          identity: {{sources: [xfcc]}}\n\
          remediation_url: \"https://fleet.example.com/device/{{host_id}}\"\n",
+        listen_at(unix),
         posture.display(),
         policy.display()
     );
@@ -80,7 +94,7 @@ pub async fn serve_fleet(hosts: u64, devices: usize) -> anyhow::Result<()> {
         .authorizer
         .store
         .replace_all(fixture::hosts(hosts, &fps), SystemTime::now());
-    eprintln!("LISTEN {}", running.grpc_addr());
+    eprintln!("LISTEN {}", running.grpc_listen());
     stdin_closed().await;
     running.shutdown().await;
     Ok(())
@@ -158,16 +172,30 @@ fn shaped_ok() -> CheckResponse {
 
 /// Serves the baseline (`shaped`: with fleet-authz's allow shape) until stdin
 /// closes.
-pub async fn serve_baseline(shaped: bool) -> anyhow::Result<()> {
+pub async fn serve_baseline(shaped: bool, unix: bool) -> anyhow::Result<()> {
     let answer = if shaped { shaped_ok() } else { plain_ok() };
-    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-    eprintln!("LISTEN {}", listener.local_addr()?);
-    tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(AlwaysOk(answer)))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stdin_closed(),
-        )
-        .await
-        .context("baseline server failed")
+    let server =
+        tonic::transport::Server::builder().add_service(AuthorizationServer::new(AlwaysOk(answer)));
+    match listen_at(unix) {
+        GrpcListen::Tcp(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            eprintln!("LISTEN {}", listener.local_addr()?);
+            server
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    stdin_closed(),
+                )
+                .await
+        }
+        GrpcListen::Unix(path) => {
+            let listener = fleet_authz::net::bind_unix(&path)?;
+            eprintln!("LISTEN unix:{}", path.display());
+            let served = server
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stdin_closed())
+                .await;
+            let _ = std::fs::remove_file(&path);
+            served
+        }
+    }
+    .context("baseline server failed")
 }

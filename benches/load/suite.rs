@@ -21,6 +21,7 @@ use crate::{
     fixture, grpc,
     report::{ProcSample, RunResult, histogram, ms, ratio, sample},
 };
+use fleet_authz::config::GrpcListen;
 
 /// CPUs of the server side (and Envoy) and of the client side.
 const SERVER_CPU: &str = "0";
@@ -46,6 +47,8 @@ pub struct Options {
     /// CPUs of the servers under test (`--server-cpus`, default CPU 0, where
     /// Envoy runs too).
     pub server_cpus: String,
+    /// Item 3 also asks the allow-shaped baseline (`--shaped`).
+    pub shaped: bool,
 }
 
 impl Options {
@@ -66,6 +69,7 @@ impl Options {
             minutes: opt_or(args, "--minutes", 10)?,
             fraction: opt_or(args, "--fraction", 0.7)?,
             server_cpus: opt(args, "--server-cpus").unwrap_or_else(|| SERVER_CPU.to_owned()),
+            shaped: args.iter().any(|a| a == "--shaped"),
         })
     }
 }
@@ -87,15 +91,22 @@ pub fn pin_self(cpus: &str) -> anyhow::Result<()> {
 struct Server {
     child: Child,
     stdin: Option<ChildStdin>,
-    addr: SocketAddr,
+    at: GrpcListen,
 }
 
 impl Server {
+    /// Starts a TCP server.
     fn start(kind: &str, o: &Options) -> anyhow::Result<Self> {
+        Self::start_on(kind, o, false)
+    }
+
+    /// Starts a server, on a Unix socket when `unix`.
+    fn start_on(kind: &str, o: &Options, unix: bool) -> anyhow::Result<Self> {
         let mut child = Command::new("taskset")
             .args(["-c", &o.server_cpus])
             .arg(std::env::current_exe()?)
             .args(["serve", kind, "--workers", "1"])
+            .args(unix.then_some("--unix"))
             .args([
                 "--hosts",
                 &o.hosts.to_string(),
@@ -110,17 +121,25 @@ impl Server {
             .spawn()?;
         let stderr = child.stderr.take().context("stderr")?;
         let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
+        let at = loop {
             let line = lines.next().context("server exited before listening")??;
             if let Some(a) = line.strip_prefix("LISTEN ") {
-                break a.parse()?;
+                break a.parse().map_err(anyhow::Error::msg)?;
             }
             eprintln!("[{kind}] {line}");
         };
         // Keep draining stderr so the server never blocks on it.
         std::thread::spawn(move || lines.for_each(drop));
         let stdin = child.stdin.take();
-        Ok(Self { child, stdin, addr })
+        Ok(Self { child, stdin, at })
+    }
+
+    /// The TCP address of a server started with [`start`](Self::start).
+    fn addr(&self) -> SocketAddr {
+        match &self.at {
+            GrpcListen::Tcp(addr) => *addr,
+            GrpcListen::Unix(path) => panic!("{} is not a TCP server", path.display()),
+        }
     }
 
     fn pid(&self) -> u32 {
@@ -168,7 +187,7 @@ async fn measure(
     let (before, me_before) = (sample(server.pid()), sample(std::process::id()));
     let started = Instant::now();
     let run = grpc::run(
-        server.addr,
+        server.addr(),
         requests.clone(),
         mode,
         o.connections,
@@ -359,15 +378,25 @@ pub async fn envoy_only(o: Options) -> anyhow::Result<()> {
     let mut out = String::new();
     let _ = writeln!(out, "Machine: {}\n", machine());
     let baseline = Server::start("baseline", &o)?;
-    let shaped = Server::start("baseline-shaped", &o)?;
     let fleet = Server::start("fleet", &o)?;
-    let servers = [
+    let baseline_unix = Server::start_on("baseline", &o, true)?;
+    let fleet_unix = Server::start_on("fleet", &o, true)?;
+    let shaped = o
+        .shaped
+        .then(|| Server::start("baseline-shaped", &o))
+        .transpose()?;
+    let mut servers = vec![
         ("baseline", &baseline),
-        ("baseline, allow-shaped", &shaped),
         ("fleet-authz", &fleet),
+        ("baseline, Unix socket", &baseline_unix),
+        ("fleet-authz, Unix socket", &fleet_unix),
     ];
+    if let Some(shaped) = &shaped {
+        servers.push(("baseline, allow-shaped", shaped));
+    }
     envoy_runs(&mut out, &o, &pems, &servers).await?;
-    drop((baseline, shaped, fleet));
+    drop(servers);
+    drop((baseline, fleet, baseline_unix, fleet_unix, shaped));
     println!("{out}");
     std::fs::write(fixture::work_dir()?.join("report-envoy.md"), &out)?;
     Ok(())
@@ -407,7 +436,7 @@ async fn envoy_runs(
             .chain(servers.iter().map(|(name, server)| {
                 (
                     format!("ext_authz → {name}"),
-                    Authz::At(server.addr),
+                    Authz::At(server.at.clone()),
                     Some(server.pid()),
                 )
             }))
@@ -419,7 +448,7 @@ async fn envoy_runs(
     for round in 1..=o.rounds {
         for (i, (name, authz, server)) in variants.iter().enumerate() {
             eprintln!("envoy {name}, round {round}");
-            let envoy = Envoy::start(&envoy::load_config(*authz, app)?, SERVER_CPU).await?;
+            let envoy = Envoy::start(&envoy::load_config(authz, app)?, SERVER_CPU).await?;
             let envoy_pid = envoy.child.id();
             let before = (sample(envoy_pid), server.map(sample));
             let envoy::HttpRun {
@@ -676,7 +705,7 @@ async fn h2load_pair(
             .to_owned();
         Some((rps, status))
     };
-    let (b, f) = (run(baseline.addr)?, run(fleet.addr)?);
+    let (b, f) = (run(baseline.addr())?, run(fleet.addr())?);
     Some(format!(
         "h2load second opinion (same connections and streams, one fixed request): baseline {:.0} req/s, fleet-authz {:.0} req/s, ratio {} ({}; {}).\n",
         b.0,
@@ -720,7 +749,7 @@ pub async fn soak(o: Options) -> anyhow::Result<()> {
     let mut windows = Vec::new();
     for _ in 0..o.minutes {
         let run = grpc::run(
-            fleet.addr,
+            fleet.addr(),
             requests.clone(),
             grpc::Mode::Rate(rate),
             o.connections,

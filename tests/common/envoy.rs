@@ -24,6 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use fleet_authz::config::GrpcListen;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -36,10 +37,11 @@ pub const ENVOY_VERSION: &str = "1.40.0";
 const STARTUP_LIMIT: Duration = Duration::from_secs(20);
 
 /// What a test changes in the shipped `envoy.yaml`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct EnvoyOptions {
-    /// The ext_authz gRPC server (the `fleet_authz` cluster's endpoint).
-    pub authz: SocketAddr,
+    /// The ext_authz gRPC server (the `fleet_authz` cluster's endpoint): a
+    /// TCP address, or a Unix socket (an Envoy `pipe` address).
+    pub authz: GrpcListen,
     /// The upstream application (the `app` cluster's endpoint).
     pub app: SocketAddr,
     /// `include_peer_certificate` of the ext_authz filter. `false` mimics
@@ -51,7 +53,7 @@ impl EnvoyOptions {
     /// The shipped settings, pointed at `authz` and `app`.
     pub fn new(authz: SocketAddr, app: SocketAddr) -> Self {
         Self {
-            authz,
+            authz: GrpcListen::Tcp(authz),
             app,
             include_peer_certificate: true,
         }
@@ -250,8 +252,8 @@ pub fn derive_config(root: &Value, certs: &Path, options: &EnvoyOptions) -> Valu
         rewritten, 3,
         "envoy.yaml should name 3 demo certificate files"
     );
-    set_cluster_endpoint(&mut config, "fleet_authz", options.authz);
-    set_cluster_endpoint(&mut config, "app", options.app);
+    set_cluster_endpoint(&mut config, "fleet_authz", &options.authz);
+    set_cluster_endpoint(&mut config, "app", &GrpcListen::Tcp(options.app));
     if !options.include_peer_certificate {
         ext_authz_filter(&mut config)["typed_config"]["include_peer_certificate"] = json!(false);
     }
@@ -274,7 +276,7 @@ fn set_socket_address(address: &mut Value, addr: SocketAddr) {
         json!({"address": addr.ip().to_string(), "port_value": addr.port()});
 }
 
-fn set_cluster_endpoint(config: &mut Value, name: &str, addr: SocketAddr) {
+fn set_cluster_endpoint(config: &mut Value, name: &str, at: &GrpcListen) {
     let cluster = config["static_resources"]["clusters"]
         .as_array_mut()
         .unwrap()
@@ -283,7 +285,11 @@ fn set_cluster_endpoint(config: &mut Value, name: &str, addr: SocketAddr) {
         .unwrap_or_else(|| panic!("envoy.yaml has no cluster named {name}"));
     let endpoints = &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"];
     assert_eq!(endpoints.as_array().map(Vec::len), Some(1));
-    set_socket_address(&mut endpoints[0]["endpoint"]["address"], addr);
+    let address = &mut endpoints[0]["endpoint"]["address"];
+    match at {
+        GrpcListen::Tcp(addr) => set_socket_address(address, *addr),
+        GrpcListen::Unix(path) => *address = json!({"pipe": {"path": path}}),
+    }
 }
 
 /// Points every `deploy/demo/certs/<file>` string at `<certs>/<file>`.
