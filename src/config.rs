@@ -69,9 +69,10 @@ fn default_grpc() -> GrpcListen {
 
 /// Where the gRPC services listen.
 ///
-/// A Unix socket spares both sides the loopback TCP stack on every Check:
-/// through Envoy at 1,000 req/s it cut the CPU a do-nothing ext_authz hop
-/// costs by about a fifth (BENCHMARKS.md). It takes gRPC's spellings,
+/// A Unix socket (mode 0660, see `net::bind_unix`) admits only its owner
+/// and group, where a TCP port on 127.0.0.1 admits every process that
+/// shares the network namespace: in Kubernetes, every container of the pod.
+/// It takes gRPC's spellings,
 /// `unix:/abs/path`, `unix:///abs/path` and `unix:relative/path`, which are
 /// also what Envoy's `pipe` address and grpcurl's `-unix` expect the other
 /// end to be.
