@@ -188,6 +188,17 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
     };
     admin.update_grant_gauge(SystemTime::now());
 
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::proto::ENVOY_AUTHZ_DESCRIPTOR_SET)
+        .build_v1()?;
+    let http_listener = TcpListener::bind(config.listen.http)
+        .await
+        .with_context(|| format!("listen.http: cannot bind {}", config.listen.http))?;
+    let http_addr = http_listener.local_addr()?;
+    // Bound last: dropping a Unix listener leaves its socket file behind, so
+    // nothing that can fail with `?` comes between this and serving.
     let grpc_listener = match &config.listen.grpc {
         GrpcListen::Tcp(addr) => TcpListener::bind(addr).await.map(GrpcListener::Tcp),
         GrpcListen::Unix(path) => {
@@ -195,14 +206,10 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
         }
     }
     .with_context(|| format!("listen.grpc: cannot bind {}", config.listen.grpc))?;
-    let http_listener = TcpListener::bind(config.listen.http)
-        .await
-        .with_context(|| format!("listen.http: cannot bind {}", config.listen.http))?;
     let grpc_at = match &grpc_listener {
         GrpcListener::Tcp(l) => GrpcListen::Tcp(l.local_addr()?),
         GrpcListener::Unix(_, path) => GrpcListen::Unix(path.clone()),
     };
-    let http_addr = http_listener.local_addr()?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown = move || {
@@ -234,11 +241,6 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
             Ok(())
         });
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(crate::proto::ENVOY_AUTHZ_DESCRIPTOR_SET)
-        .build_v1()?;
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)

@@ -94,6 +94,46 @@ pub fn sample(pid: u32) -> ProcSample {
     }
 }
 
+/// The whole machine's CPU time so far, from the `cpu` line of `/proc/stat`,
+/// in clock ticks: all of it, and the part stolen (the hypervisor ran
+/// something else while a vCPU wanted to run).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTimes {
+    pub total: u64,
+    pub steal: u64,
+}
+
+impl CpuTimes {
+    /// The current figures (zeros when `/proc/stat` cannot be read).
+    pub fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<u64> = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("cpu "))
+            .map(|l| {
+                l.split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        // user nice system idle iowait irq softirq steal guest guest_nice;
+        // guest time is already counted in user.
+        Self {
+            total: ticks.iter().take(8).sum(),
+            steal: ticks.get(7).copied().unwrap_or(0),
+        }
+    }
+
+    /// The share of CPU time stolen since `earlier`, in percent.
+    pub fn steal_percent_since(self, earlier: Self) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        if total == 0 {
+            return 0.0;
+        }
+        self.steal.saturating_sub(earlier.steal) as f64 * 100.0 / total as f64
+    }
+}
+
 /// Microseconds as milliseconds with 3 decimals.
 pub fn ms(us: u64) -> String {
     format!("{:.3}", us as f64 / 1000.0)
