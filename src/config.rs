@@ -54,7 +54,7 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
-    /// ext_authz, health, reflection, admin gRPC: `host:port`, or
+    /// ext_authz, health, reflection, admin gRPC: `ip:port`, or
     /// `unix:/path/to.sock` for an Envoy on the same host or in the same pod.
     #[serde(default = "default_grpc")]
     pub grpc: GrpcListen,
@@ -72,10 +72,8 @@ fn default_grpc() -> GrpcListen {
 /// A Unix socket (mode 0660, see `net::bind_unix`) admits only its owner
 /// and group, where a TCP port on 127.0.0.1 admits every process that
 /// shares the network namespace: in Kubernetes, every container of the pod.
-/// It takes gRPC's spellings,
-/// `unix:/abs/path`, `unix:///abs/path` and `unix:relative/path`, which are
-/// also what Envoy's `pipe` address and grpcurl's `-unix` expect the other
-/// end to be.
+/// It is written as gRPC writes Unix addresses: `unix:/abs/path`,
+/// `unix:///abs/path` or `unix:relative/path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GrpcListen {
     /// A TCP address; port 0 picks a free port.
@@ -96,7 +94,7 @@ impl std::str::FromStr for GrpcListen {
             return Ok(Self::Unix(path.into()));
         }
         s.parse().map(Self::Tcp).map_err(|_| {
-            format!("`{s}` is neither host:port (like 127.0.0.1:9191) nor unix:/path/to.sock")
+            format!("`{s}` is neither ip:port (like 127.0.0.1:9191) nor unix:/path/to.sock")
         })
     }
 }
@@ -110,7 +108,7 @@ impl<'de> Deserialize<'de> for GrpcListen {
             type Value = GrpcListen;
 
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("host:port or unix:/path/to.sock")
+                f.write_str("ip:port or unix:/path/to.sock")
             }
 
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<GrpcListen, E> {

@@ -81,7 +81,7 @@ fn bad_config_key_exits_64_naming_file_key_and_problem() {
 #[test]
 fn bad_grpc_listen_address_exits_64_naming_the_key() {
     for (grpc, problem) in [
-        ("localhost", "`localhost` is neither host:port"),
+        ("localhost", "`localhost` is neither ip:port"),
         ("unix:", "`unix:` names no socket path"),
     ] {
         let dir = TempDir::new().unwrap();
