@@ -366,21 +366,26 @@ async fn forged_xfcc_is_refused(stack: &Stack) {
 #[tokio::test]
 async fn xfcc_only_like_istio_decides_the_same() {
     let stack = Stack::start_with(false, false).await;
+    anna_in_ben_out(&stack).await;
+    forged_xfcc_is_refused(&stack).await;
+}
+
+/// Anna (compliant) is allowed as host 1; Ben is denied for the critical
+/// Gatekeeper policy (12). Returns both replies for further checks.
+async fn anna_in_ben_out(stack: &Stack) -> (Reply, Reply) {
     let devices = &stack.devices;
+    let anna = stack.get(&devices.anna, "/", &[]).await;
+    assert_eq!(anna.status, 200, "{}", anna.body);
+    assert_eq!(anna.body["x-fleet-host-id"], "1");
 
-    let reply = stack.get(&devices.anna, "/", &[]).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(reply.body["x-fleet-host-id"], "1");
-
-    let reply = stack.get(&devices.ben, "/", &[]).await;
-    assert_eq!(reply.status, 403, "{}", reply.body);
+    let ben = stack.get(&devices.ben, "/", &[]).await;
+    assert_eq!(ben.status, 403, "{}", ben.body);
     assert_eq!(
-        reply.header("x-fleet-authz-reason"),
+        ben.header("x-fleet-authz-reason"),
         Some("failing_critical_policy")
     );
-    assert_eq!(reply.body["reasons"][0]["policy_id"], 12);
-
-    forged_xfcc_is_refused(&stack).await;
+    assert_eq!(ben.body["reasons"][0]["policy_id"], 12);
+    (anna, ben)
 }
 
 /// `listen.grpc: unix:…` and an Envoy `pipe` address: the same decisions,
@@ -392,23 +397,12 @@ async fn over_a_unix_socket_envoy_gets_the_same_answers() {
         stack.server.as_ref().unwrap().grpc_listen(),
         fleet_authz::config::GrpcListen::Unix(_)
     ));
-    let devices = &stack.devices;
+    let (anna, ben) = anna_in_ben_out(&stack).await;
+    assert_eq!(anna.body["x-fleet-host-name"], "Anna's MacBook");
+    assert_eq!(ben.reason_kinds(), ["failing_critical_policy"]);
+    assert_eq!(ben.body["reasons"][0]["resolution"], GATEKEEPER_FIX);
 
-    let reply = stack.get(&devices.anna, "/", &[]).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(reply.body["x-fleet-host-id"], "1");
-    assert_eq!(reply.body["x-fleet-host-name"], "Anna's MacBook");
-
-    let reply = stack.get(&devices.ben, "/", &[]).await;
-    assert_eq!(reply.status, 403, "{}", reply.body);
-    assert_eq!(
-        reply.header("x-fleet-authz-reason"),
-        Some("failing_critical_policy")
-    );
-    assert_eq!(reply.reason_kinds(), ["failing_critical_policy"]);
-    assert_eq!(reply.body["reasons"][0]["resolution"], GATEKEEPER_FIX);
-
-    let reply = stack.get(&devices.cleo, "/payroll/q3", &[]).await;
+    let reply = stack.get(&stack.devices.cleo, "/payroll/q3", &[]).await;
     assert_eq!(reply.status, 403, "{}", reply.body);
     assert_eq!(reply.reason_kinds(), ["failing_any_policy"]);
 }

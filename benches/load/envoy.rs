@@ -100,11 +100,11 @@ pub fn load_config(authz: &Authz, app: SocketAddr) -> anyhow::Result<Value> {
             GrpcListen::Tcp(app)
         }
     };
+    let tcp = |addr: SocketAddr| json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}});
     for cluster in config["static_resources"]["clusters"]
         .as_array_mut()
         .context("clusters")?
     {
-        let tcp = |addr: SocketAddr| json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}});
         let address = match (cluster["name"].as_str(), &authz_at) {
             (Some("fleet_authz"), GrpcListen::Unix(path)) => json!({"pipe": {"path": path}}),
             (Some("fleet_authz"), GrpcListen::Tcp(addr)) => tcp(*addr),

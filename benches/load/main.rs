@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! cargo bench --bench load -- suite [--duration 10] [--rounds 2] [--no-envoy]
-//! cargo bench --bench load -- envoy [--rounds 6] [--duration 10] [--closed]   (item 3 alone,
-//!     with the allow-shaped baseline as a fourth variant)
+//! cargo bench --bench load -- envoy [--rounds 6] [--duration 10] [--closed | --paired] [--shaped]
+//!     (item 3 alone: baseline and fleet-authz over TCP and a Unix socket;
+//!     --shaped adds the allow-shaped baseline, --paired runs h2load alone)
 //! cargo bench --bench load -- soak [--minutes 10] [--fraction 0.7]
 //! cargo bench --bench load -- serve fleet|baseline|baseline-shaped [--hosts 100000] [--unix]
 //! cargo bench --bench load -- client --addr HOST:PORT (--concurrency N | --rate RPS)

@@ -403,7 +403,6 @@ pub async fn envoy_only(o: Options) -> anyhow::Result<()> {
         servers.push(("baseline, allow-shaped", shaped));
     }
     envoy_runs(&mut out, &o, &pems, &servers).await?;
-    drop(servers);
     drop((baseline, fleet, baseline_unix, fleet_unix, shaped));
     println!("{out}");
     std::fs::write(fixture::work_dir()?.join("report-envoy.md"), &out)?;
@@ -532,7 +531,7 @@ async fn envoy_runs(
     }
     upstream.abort();
     if o.paired {
-        out.push_str(&h2load.table(servers, o.rounds));
+        out.push_str(&h2load.table(servers));
         let _ = writeln!(
             out,
             "\nPaired: h2load alone, each server's run right after the run with no ext_authz it is compared with. Added = variant − that run, {} rounds of {} s each, at {} req/s. Target for fleet-authz: added p99 < 0.3 ms at 1,000 req/s.\n",
@@ -617,7 +616,7 @@ async fn envoy_runs(
         );
     }
     if !h2load.none.is_empty() {
-        out.push_str(&h2load.table(servers, o.rounds));
+        out.push_str(&h2load.table(servers));
     }
     let _ = writeln!(
         out,
@@ -638,8 +637,6 @@ fn median(mut d: Vec<f64>) -> f64 {
     }
 }
 
-/// The h2load second opinion on item 3: pooled and median-of-rounds added
-/// latency per ext_authz server; `None` unless every round has a figure.
 /// An h2load run against `envoy` at the options' rate, and the share of
 /// the machine's CPU time stolen meanwhile.
 async fn h2load_round(envoy: &Envoy, pems: &[String], o: &Options) -> Option<H2loadRound> {
@@ -673,8 +670,9 @@ impl H2loadRuns {
         self.servers[i - 1].push((reference, run));
     }
 
-    /// The h2load table: pooled, median of rounds, median of quiet rounds.
-    fn table(&self, servers: &[(&str, &Server)], rounds: usize) -> String {
+    /// The h2load second opinion on item 3: pooled, median-of-rounds and
+    /// quiet-rounds added latency per ext_authz server.
+    fn table(&self, servers: &[(&str, &Server)]) -> String {
         let merge = |runs: &mut dyn Iterator<Item = &H2loadRound>| {
             let mut all = histogram();
             for r in runs {
@@ -715,7 +713,7 @@ impl H2loadRuns {
                         .collect(),
                 ) / 1000.0
             };
-            let quiet = runs.iter().filter(quiet_pair).count();
+            let (quiet, rounds) = (runs.iter().filter(quiet_pair).count(), runs.len());
             let pooled_added = |q: f64| {
                 (pooled.value_at_quantile(q) as f64 - none.value_at_quantile(q) as f64) / 1000.0
             };
