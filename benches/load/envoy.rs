@@ -4,8 +4,10 @@
 //! The variant is derived from the shipped file at run time (so it follows
 //! it): the listener drops TLS and binds 127.0.0.1:0, XFCC handling becomes
 //! `ALWAYS_FORWARD_ONLY` so the client's header reaches ext_authz, the
-//! peer certificate is not sent, and the access log is dropped (identical for
-//! every variant). `Authz::None` removes the ext_authz filter altogether.
+//! peer certificate is not sent, and the access log becomes a file with one
+//! line per request: its start and how long the Check took as Envoy timed it
+//! (the same for every variant). `Authz::None` removes the ext_authz filter
+//! altogether.
 //!
 //! Envoy is found as `tests/common/envoy.rs` finds it: `ENVOY_BIN`, `envoy`
 //! on `PATH`, or the copy `cargo test` installs under `target/envoy-pip`.
@@ -83,7 +85,18 @@ pub fn load_config(authz: &Authz, app: SocketAddr) -> anyhow::Result<Value> {
         json!("ALWAYS_FORWARD_ONLY"),
     );
     hcm_map.remove("set_current_client_cert_details");
-    hcm_map.remove("access_log");
+    // Written to the file `Envoy::start` names (CHECK_LOG_PATH).
+    hcm_map.insert(
+        "access_log".into(),
+        json!([{
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": "/dev/null",
+                "log_format": {"text_format_source": {"inline_string": CHECK_LOG_FORMAT}},
+            },
+        }]),
+    );
     let filters = hcm["http_filters"].as_array_mut().context("http_filters")?;
     let ext = filters
         .iter()
@@ -91,7 +104,10 @@ pub fn load_config(authz: &Authz, app: SocketAddr) -> anyhow::Result<Value> {
         .context("envoy.yaml has no ext_authz filter")?;
     let authz_at = match authz {
         Authz::At(at) => {
-            filters[ext]["typed_config"]["include_peer_certificate"] = json!(false);
+            let typed = &mut filters[ext]["typed_config"];
+            typed["include_peer_certificate"] = json!(false);
+            // Puts the Check's latency in the filter state, for the log.
+            typed["emit_filter_state_stats"] = json!(true);
             at.clone()
         }
         Authz::None => {
@@ -117,6 +133,19 @@ pub fn load_config(authz: &Authz, app: SocketAddr) -> anyhow::Result<Value> {
     Ok(config)
 }
 
+/// The access log's file name in Envoy's directory.
+const CHECK_LOG: &str = "check-latency.log";
+
+/// Where `load_config` puts the access log's path.
+const CHECK_LOG_PATH: &str = "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/access_log/0/typed_config/path";
+
+/// One line per request: when it started (µs since the epoch, as h2load's
+/// log has it) and, with ext_authz, how long the Check took as Envoy's
+/// ext_authz filter timed it: from the `CheckRequest` built to the answer
+/// received, before Envoy applies it (`-` with no ext_authz).
+const CHECK_LOG_FORMAT: &str =
+    "%START_TIME(%s%6f)% %FILTER_STATE(envoy.filters.http.ext_authz:FIELD:latency_us)%\n";
+
 /// A running Envoy; killed on drop.
 pub struct Envoy {
     pub child: Child,
@@ -136,7 +165,11 @@ impl Envoy {
     pub async fn start(config: &Value, cpus: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("envoy.json");
-        std::fs::write(&config_path, serde_json::to_vec_pretty(config)?)?;
+        let mut config = config.clone();
+        if let Some(path) = config.pointer_mut(CHECK_LOG_PATH) {
+            *path = json!(dir.path().join(CHECK_LOG));
+        }
+        std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
         let admin_path = dir.path().join("admin-address");
         let log = std::fs::File::create(dir.path().join("envoy.out"))?;
         let child = Command::new("taskset")
@@ -152,6 +185,9 @@ impl Envoy {
                 "--concurrency",
                 "1",
                 "--disable-hot-restart",
+                // The access log reaches its file within 0.1 s (default 10 s).
+                "--file-flush-interval-msec",
+                "100",
             ])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -179,6 +215,32 @@ impl Envoy {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         bail!("envoy not ready after 30s: {}", envoy.log())
+    }
+
+    /// How long each Check took as Envoy timed it, for the `count` requests
+    /// that started at or after `from` (µs since the epoch). Waits up to 5 s
+    /// for Envoy to flush them; `None` if they do not all arrive, or with no
+    /// ext_authz.
+    pub async fn check_latencies(&self, from: u64, count: u64) -> Option<Histogram<u64>> {
+        let path = self._dir.path().join(CHECK_LOG);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let mut hist = histogram();
+            for (start, micros) in text.lines().filter_map(|l| l.split_once(' ')) {
+                if start.parse::<u64>().is_ok_and(|s| s >= from) {
+                    // `-`: no ext_authz filter ran.
+                    hist.record(micros.parse::<u64>().ok()?.max(1)).ok()?;
+                }
+            }
+            if hist.len() >= count {
+                return Some(hist);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn log(&self) -> String {
@@ -411,6 +473,7 @@ pub async fn http_load(
 /// one worker then queues), one fixed XFCC header (device `pem`), for
 /// `warmup + duration`. Latency comes from h2load's per-request
 /// log (`--log-file`); requests that started in the warm-up are dropped.
+/// Also returns when the recorded requests began (µs since the epoch).
 /// `None` when h2load is not installed or fails. Asynchronous: the upstream
 /// app answering Envoy runs on this same runtime.
 pub async fn h2load_http(
@@ -419,7 +482,7 @@ pub async fn h2load_http(
     rps: u64,
     warmup: Duration,
     duration: Duration,
-) -> Option<Histogram<u64>> {
+) -> Option<(Histogram<u64>, u64)> {
     let dir = tempfile::tempdir().ok()?;
     let log = dir.path().join("h2load.log");
     let total = rps * (warmup + duration).as_secs();
@@ -467,5 +530,5 @@ pub async fn h2load_http(
             hist.record(micros.max(1)).ok()?;
         }
     }
-    Some(hist)
+    Some((hist, record_from))
 }

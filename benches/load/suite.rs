@@ -421,11 +421,13 @@ struct EnvoyRound {
     steal_percent: f64,
 }
 
-/// One h2load round: its latencies, and the CPU time stolen meanwhile.
+/// One h2load round: its latencies, the CPU time stolen meanwhile, and
+/// (with ext_authz) how long each of its Checks took as Envoy timed it.
 #[derive(Debug, Clone)]
 struct H2loadRound {
     hist: Histogram<u64>,
     steal_percent: f64,
+    check: Option<Histogram<u64>>,
 }
 
 /// Rounds with less CPU time stolen than this (in both the variant's round
@@ -641,10 +643,13 @@ fn median(mut d: Vec<f64>) -> f64 {
 /// the machine's CPU time stolen meanwhile.
 async fn h2load_round(envoy: &Envoy, pems: &[String], o: &Options) -> Option<H2loadRound> {
     let before = CpuTimes::now();
-    let hist = envoy::h2load_http(envoy.addr, &pems[0], o.envoy_rps, o.warmup, o.duration).await?;
+    let (hist, from) =
+        envoy::h2load_http(envoy.addr, &pems[0], o.envoy_rps, o.warmup, o.duration).await?;
+    let steal_percent = CpuTimes::now().steal_percent_since(before);
     Some(H2loadRound {
+        check: envoy.check_latencies(from, hist.len()).await,
         hist,
-        steal_percent: CpuTimes::now().steal_percent_since(before),
+        steal_percent,
     })
 }
 
@@ -670,17 +675,17 @@ impl H2loadRuns {
         self.servers[i - 1].push((reference, run));
     }
 
+    /// Whether both runs of a pair had little CPU time stolen.
+    fn quiet(&self, (reference, run): &(usize, H2loadRound)) -> bool {
+        run.steal_percent < QUIET_STEAL_PERCENT
+            && self.none[*reference].steal_percent < QUIET_STEAL_PERCENT
+    }
+
     /// The h2load second opinion on item 3: pooled, median-of-rounds and
-    /// quiet-rounds added latency per ext_authz server.
+    /// quiet-rounds added latency per ext_authz server; then each Check as
+    /// Envoy timed it in the same runs.
     fn table(&self, servers: &[(&str, &Server)]) -> String {
-        let merge = |runs: &mut dyn Iterator<Item = &H2loadRound>| {
-            let mut all = histogram();
-            for r in runs {
-                let _ = all.add(&r.hist);
-            }
-            all
-        };
-        let none = merge(&mut self.none.iter());
+        let none = merged(self.none.iter().map(|r| &r.hist));
         let mut out = format!(
             "\nh2load second opinion (HTTP/1.1, one connection at the same rate, one fixed XFCC device; latency from its per-request log). Quiet rounds: less than {QUIET_STEAL_PERCENT}% of the machine's CPU time stolen by the hypervisor, in the server's run and in the run with no ext_authz it is compared with.\n\n| variant | pooled p50 / p99 ms | added p50 / p99 ms (pooled) | added p50 / p99 ms (median of rounds) | added p50 / p99 ms (median of quiet rounds) | stolen CPU % per run |\n|---|---|---|---|---|---|\n",
         );
@@ -697,15 +702,11 @@ impl H2loadRuns {
             steal(&mut self.none.iter())
         );
         for ((name, _), runs) in servers.iter().zip(&self.servers) {
-            let pooled = merge(&mut runs.iter().map(|(_, r)| r));
-            let quiet_pair = |(reference, r): &&(usize, H2loadRound)| {
-                r.steal_percent < QUIET_STEAL_PERCENT
-                    && self.none[*reference].steal_percent < QUIET_STEAL_PERCENT
-            };
+            let pooled = merged(runs.iter().map(|(_, r)| &r.hist));
             let added = |q: f64, quiet_only: bool| {
                 median(
                     runs.iter()
-                        .filter(|pair| !quiet_only || quiet_pair(pair))
+                        .filter(|pair| !quiet_only || self.quiet(pair))
                         .map(|(reference, r)| {
                             let none = &self.none[*reference].hist;
                             r.hist.value_at_quantile(q) as f64 - none.value_at_quantile(q) as f64
@@ -713,7 +714,7 @@ impl H2loadRuns {
                         .collect(),
                 ) / 1000.0
             };
-            let (quiet, rounds) = (runs.iter().filter(quiet_pair).count(), runs.len());
+            let quiet = runs.iter().filter(|pair| self.quiet(pair)).count();
             let pooled_added = |q: f64| {
                 (pooled.value_at_quantile(q) as f64 - none.value_at_quantile(q) as f64) / 1000.0
             };
@@ -724,18 +725,80 @@ impl H2loadRuns {
             };
             let _ = writeln!(
                 out,
-                "| {name} | {} / {} | {:.3} / {:.3} | {:.3} / {:.3} | {quiet_added} ({quiet} of {rounds}) | {} |",
+                "| {name} | {} / {} | {:.3} / {:.3} | {:.3} / {:.3} | {quiet_added} ({quiet} of {}) | {} |",
                 ms(pooled.value_at_quantile(0.5)),
                 ms(pooled.value_at_quantile(0.99)),
                 pooled_added(0.5),
                 pooled_added(0.99),
                 added(0.5, false),
                 added(0.99, false),
+                runs.len(),
                 steal(&mut runs.iter().map(|(_, r)| r)),
+            );
+        }
+        out.push_str(&self.check_table(servers));
+        out
+    }
+
+    /// Each Check of the h2load runs as Envoy's ext_authz filter timed it:
+    /// the hop alone, measured per request, with no run to subtract.
+    fn check_table(&self, servers: &[(&str, &Server)]) -> String {
+        let mut out = String::from(
+            "\nEach Check as Envoy timed it, in the same h2load runs (ext_authz filter state `latency_us`, one value per request): from the `CheckRequest` built to the answer received, before Envoy applies it. Envoy's own work to build the request and apply the answer is not in it. Quiet rounds as above.\n\n| ext_authz server | pooled p50 / p90 / p99 / p99.9 ms | p50 / p99 ms (median of rounds) | p99 ms (median of quiet rounds) | Checks timed |\n|---|---|---|---|---|\n",
+        );
+        for ((name, _), runs) in servers.iter().zip(&self.servers) {
+            let timed: Vec<(&Histogram<u64>, bool)> = runs
+                .iter()
+                .filter_map(|pair| pair.1.check.as_ref().map(|h| (h, self.quiet(pair))))
+                .collect();
+            if timed.len() < runs.len() {
+                let _ = writeln!(
+                    out,
+                    "| {name} | Envoy's log had {} of {} runs | – | – | – |",
+                    timed.len(),
+                    runs.len()
+                );
+                continue;
+            }
+            let pooled = merged(timed.iter().map(|(h, _)| *h));
+            let at = |q: f64, quiet_only: bool| {
+                median(
+                    timed
+                        .iter()
+                        .filter(|(_, quiet)| !quiet_only || *quiet)
+                        .map(|(h, _)| h.value_at_quantile(q) as f64)
+                        .collect(),
+                ) / 1000.0
+            };
+            let quiet = timed.iter().filter(|(_, quiet)| *quiet).count();
+            let quiet_p99 = if quiet == 0 {
+                "–".to_owned()
+            } else {
+                format!("{:.3} ({quiet} of {})", at(0.99, true), timed.len())
+            };
+            let _ = writeln!(
+                out,
+                "| {name} | {} / {} / {} / {} | {:.3} / {:.3} | {quiet_p99} | {} |",
+                ms(pooled.value_at_quantile(0.5)),
+                ms(pooled.value_at_quantile(0.9)),
+                ms(pooled.value_at_quantile(0.99)),
+                ms(pooled.value_at_quantile(0.999)),
+                at(0.5, false),
+                at(0.99, false),
+                pooled.len(),
             );
         }
         out
     }
+}
+
+/// All of `hists` in one histogram.
+fn merged<'a>(hists: impl Iterator<Item = &'a Histogram<u64>>) -> Histogram<u64> {
+    let mut all = histogram();
+    for h in hists {
+        let _ = all.add(h);
+    }
+    all
 }
 
 /// h2load's maximum throughput for both servers (second opinion); `None`
