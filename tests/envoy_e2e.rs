@@ -464,3 +464,46 @@ async fn with_fleet_authz_stopped_envoy_fails_closed_except_on_the_public_route(
         reply.body
     );
 }
+
+/// The number after `authz_us=` in an access log line; `None` for `-`.
+fn authz_us(line: &str) -> Option<u64> {
+    let value = line
+        .rsplit_once(" authz_us=")
+        .unwrap_or_else(|| panic!("no authz_us in {line}"))
+        .1;
+    (value != "-").then(|| {
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("authz_us is not a number in {line}"))
+    })
+}
+
+#[tokio::test]
+async fn access_log_shows_each_decision_and_how_long_its_check_took() {
+    let stack = Stack::start().await;
+    let (anna, ben) = (&stack.devices.anna, &stack.devices.ben);
+    assert_eq!(stack.get(anna, "/reports/q3", &[]).await.status, 200);
+    assert_eq!(stack.get(ben, "/reports/q4", &[]).await.status, 403);
+    assert_eq!(stack.get(anna, "/public/status", &[]).await.status, 200);
+
+    let allowed = &stack.envoy.access_log_lines("GET /reports/q3", 1).await[0];
+    assert!(allowed.contains(" 200 "), "{allowed}");
+    assert!(allowed.contains(r#""decision":"allow""#), "{allowed}");
+    assert!(allowed.contains(r#""host_id":"1""#), "{allowed}");
+    let denied = &stack.envoy.access_log_lines("GET /reports/q4", 1).await[0];
+    assert!(denied.contains(" 403 "), "{denied}");
+    assert!(denied.contains(r#""decision":"deny""#), "{denied}");
+    assert!(
+        denied.contains(r#""reasons":"failing_critical_policy""#),
+        "{denied}"
+    );
+    // A Check took some time, and less than Envoy's 0.25 s timeout.
+    for line in [allowed, denied] {
+        let micros = authz_us(line).unwrap_or_else(|| panic!("no Check timed in {line}"));
+        assert!((1..250_000).contains(&micros), "{line}");
+    }
+    // ext_authz is disabled on /public: nothing to time.
+    let public = &stack.envoy.access_log_lines("GET /public/status", 1).await[0];
+    assert!(public.contains(" 200 "), "{public}");
+    assert_eq!(authz_us(public), None, "{public}");
+}

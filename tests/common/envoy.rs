@@ -97,6 +97,9 @@ impl Envoy {
                 "ext_authz:debug",
             ])
             .args(["--concurrency", "1"])
+            // The access log reaches stdout within 20 ms (Envoy's default is
+            // every 10 s), so a test can read a request's line.
+            .args(["--file-flush-interval-msec", "20"])
             // Without hot restart Envoy creates no shared memory or domain
             // socket, so any number of Envoys can run at once with no base id
             // to keep unique.
@@ -154,6 +157,31 @@ impl Envoy {
             read("envoy.log").unwrap_or_default(),
             read("envoy.out").unwrap_or_default()
         )
+    }
+
+    /// The access log's lines for `request` (`"GET /path"`), once there are
+    /// `count` of them. Envoy flushes its access log on a timer, so this
+    /// polls; it panics with Envoy's log after 10 s.
+    pub async fn access_log_lines(&self, request: &str, count: usize) -> Vec<String> {
+        let needle = format!("\"{request} ");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = std::fs::read_to_string(self.dir.path().join("envoy.out")).unwrap();
+            let lines: Vec<String> = out
+                .lines()
+                .filter(|l| l.contains(&needle))
+                .map(str::to_owned)
+                .collect();
+            if lines.len() >= count {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {count} access log lines for {request} after 10s\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Polls until Envoy reports the admin address, says it is ready, and
