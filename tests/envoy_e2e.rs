@@ -42,6 +42,19 @@ struct Devices {
     stranger: Leaf,
 }
 
+/// How a [`Stack`]'s Envoy reaches fleet-authz.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// As shipped: the peer certificate in the Check, over TCP.
+    Shipped,
+    /// `include_peer_certificate: false`, which is how Istio calls
+    /// ext_authz: the certificate is only in `x-forwarded-client-cert`.
+    XfccOnly,
+    /// fleet-authz listens on a Unix socket, and Envoy's `fleet_authz`
+    /// cluster is a `pipe` address.
+    UnixSocket,
+}
+
 /// fleet-authz, an echo app and Envoy in front of both.
 struct Stack {
     devices: Devices,
@@ -52,15 +65,14 @@ struct Stack {
 }
 
 impl Stack {
+    /// The shipped `envoy.yaml` as it is (but for addresses and certificates).
     async fn start() -> Self {
-        Self::start_with(true, false).await
+        Self::start_with(Variant::Shipped).await
     }
 
-    /// `include_peer_certificate: false` is how Istio calls ext_authz: the
-    /// certificate is only in the `x-forwarded-client-cert` header.
-    /// `unix_socket`: fleet-authz listens on a Unix socket, and Envoy's
-    /// `fleet_authz` cluster is a `pipe` address.
-    async fn start_with(include_peer_certificate: bool, unix_socket: bool) -> Self {
+    async fn start_with(variant: Variant) -> Self {
+        let include_peer_certificate = variant != Variant::XfccOnly;
+        let unix_socket = variant == Variant::UnixSocket;
         let pki = TestPki::new();
         let devices = Devices {
             anna: pki.device("anna-macbook"),
@@ -365,7 +377,7 @@ async fn forged_xfcc_is_refused(stack: &Stack) {
 
 #[tokio::test]
 async fn xfcc_only_like_istio_decides_the_same() {
-    let stack = Stack::start_with(false, false).await;
+    let stack = Stack::start_with(Variant::XfccOnly).await;
     anna_in_ben_out(&stack).await;
     forged_xfcc_is_refused(&stack).await;
 }
@@ -392,7 +404,7 @@ async fn anna_in_ben_out(stack: &Stack) -> (Reply, Reply) {
 /// headers and deny body as over TCP, and the payroll route's own policy.
 #[tokio::test]
 async fn over_a_unix_socket_envoy_gets_the_same_answers() {
-    let stack = Stack::start_with(true, true).await;
+    let stack = Stack::start_with(Variant::UnixSocket).await;
     assert!(matches!(
         stack.server.as_ref().unwrap().grpc_listen(),
         fleet_authz::config::GrpcListen::Unix(_)
