@@ -248,7 +248,8 @@ impl Envoy {
     }
 }
 
-async fn get(addr: SocketAddr, path: &str) -> Option<String> {
+/// `GET path` over HTTP/1.1; the whole response when it is a 200.
+pub async fn get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).await.ok()?;
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes(),

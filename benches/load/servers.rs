@@ -94,6 +94,7 @@ pub async fn serve_fleet(hosts: u64, devices: usize, unix: bool) -> anyhow::Resu
         .authorizer
         .store
         .replace_all(fixture::hosts(hosts, &fps), SystemTime::now());
+    eprintln!("METRICS {}", running.http_addr());
     eprintln!("LISTEN {}", running.grpc_listen());
     stdin_closed().await;
     running.shutdown().await;

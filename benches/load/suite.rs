@@ -96,6 +96,8 @@ struct Server {
     child: Child,
     stdin: Option<ChildStdin>,
     at: GrpcListen,
+    /// fleet-authz's HTTP listener (`/metrics`); `None` for a baseline.
+    metrics: Option<SocketAddr>,
 }
 
 impl Server {
@@ -125,17 +127,27 @@ impl Server {
             .spawn()?;
         let stderr = child.stderr.take().context("stderr")?;
         let mut lines = BufReader::new(stderr).lines();
+        let mut metrics = None;
         let at = loop {
             let line = lines.next().context("server exited before listening")??;
             if let Some(a) = line.strip_prefix("LISTEN ") {
                 break a.parse().map_err(anyhow::Error::msg)?;
+            }
+            if let Some(a) = line.strip_prefix("METRICS ") {
+                metrics = Some(a.parse()?);
+                continue;
             }
             eprintln!("[{kind}] {line}");
         };
         // Keep draining stderr so the server never blocks on it.
         std::thread::spawn(move || lines.for_each(drop));
         let stdin = child.stdin.take();
-        Ok(Self { child, stdin, at })
+        Ok(Self {
+            child,
+            stdin,
+            at,
+            metrics,
+        })
     }
 
     /// The TCP address of a server started with [`start`](Self::start).
@@ -403,6 +415,7 @@ pub async fn envoy_only(o: Options) -> anyhow::Result<()> {
         servers.push(("baseline, allow-shaped", shaped));
     }
     envoy_runs(&mut out, &o, &pems, &servers).await?;
+    out.push_str(&handler_times(&servers).await);
     drop((baseline, fleet, baseline_unix, fleet_unix, shaped));
     println!("{out}");
     std::fs::write(fixture::work_dir()?.join("report-envoy.md"), &out)?;
@@ -627,6 +640,64 @@ async fn envoy_runs(
         o.duration.as_secs()
     );
     Ok(())
+}
+
+/// fleet-authz's own time per Check over the whole run, from its
+/// `fleet_authz_check_duration_seconds` histogram: identity, decision and
+/// answer, without the gRPC stack. The same scope as OPA-Envoy's published
+/// handler latency. The buckets double from 10 µs, so each quantile is
+/// given as the bucket it falls in.
+async fn handler_times(servers: &[(&str, &Server)]) -> String {
+    let mut out = String::from(
+        "\nfleet-authz's own time per Check, over every Check of the run (its `fleet_authz_check_duration_seconds` histogram: identity, decision and answer, without the gRPC stack; buckets double from 10 µs, so each quantile is the upper bound of its bucket):\n\n| server | Checks | p50 | p99 | p99.9 | share within 10 µs / 20 µs / 40 µs |\n|---|---|---|---|---|---|\n",
+    );
+    for (name, server) in servers {
+        let Some(addr) = server.metrics else { continue };
+        let Some(text) = envoy::get(addr, "/metrics").await else {
+            let _ = writeln!(out, "| {name} | /metrics did not answer | | | | |");
+            continue;
+        };
+        // (upper bound in s, cumulative count), in order.
+        let buckets: Vec<(f64, u64)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("fleet_authz_check_duration_seconds_bucket{le=\""))
+            .filter_map(|l| {
+                let (le, rest) = l.split_once("\"}")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, rest.trim().parse().ok()?))
+            })
+            .collect();
+        let total = buckets.last().map_or(0, |b| b.1);
+        let within = |q: f64| {
+            buckets
+                .iter()
+                .find(|(_, n)| *n as f64 >= q * total as f64)
+                .map_or("–".to_owned(), |(le, _)| format!("≤ {:.0} µs", le * 1e6))
+        };
+        let share = |bound: f64| {
+            buckets
+                .iter()
+                .find(|(le, _)| (*le - bound).abs() < 1e-9)
+                .map_or("–".to_owned(), |(_, n)| {
+                    format!("{:.2}%", *n as f64 * 100.0 / total.max(1) as f64)
+                })
+        };
+        let _ = writeln!(
+            out,
+            "| {name} | {total} | {} | {} | {} | {} / {} / {} |",
+            within(0.5),
+            within(0.99),
+            within(0.999),
+            share(1e-5),
+            share(2e-5),
+            share(4e-5),
+        );
+    }
+    out
 }
 
 /// The median (the mean of the middle two for an even count; 0 when empty).
