@@ -9,6 +9,8 @@
 //! cargo bench --bench load -- soak [--minutes 10] [--fraction 0.7]
 //! cargo bench --bench load -- serve fleet|baseline|baseline-shaped [--hosts 100000] [--unix]
 //! cargo bench --bench load -- client --addr HOST:PORT (--concurrency N | --rate RPS)
+//! cargo bench --bench load -- pingpong
+//!     (one wake-up round trip between two processes, on one CPU and across two)
 //! ```
 //!
 //! `suite` pins itself (the load client, and the upstream app of the Envoy
@@ -21,6 +23,7 @@
 mod envoy;
 mod fixture;
 mod grpc;
+mod pingpong;
 mod report;
 mod servers;
 mod suite;
@@ -69,7 +72,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let Some(command) = args.first().cloned() else {
         eprintln!(
-            "usage: cargo bench --bench load -- suite|soak|serve|client … (see benches/load/main.rs)"
+            "usage: cargo bench --bench load -- suite|envoy|soak|serve|client|pingpong … (see benches/load/main.rs)"
         );
         return Ok(());
     };
@@ -123,6 +126,8 @@ fn main() -> anyhow::Result<()> {
                 _ => rt.block_on(suite::soak(options)),
             }
         }
+        "pingpong" => pingpong::run(),
+        "pingpong-echo" => pingpong::echo(args.get(1).context("pingpong-echo: socket path")?),
         other => bail!("unknown command `{other}`"),
     }
 }
