@@ -150,7 +150,8 @@ const CHECK_LOG_FORMAT: &str =
 pub struct Envoy {
     pub child: Child,
     pub addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    /// Its config, its output and the access log; removed on drop.
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Envoy {
@@ -197,7 +198,7 @@ impl Envoy {
         let mut envoy = Self {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            _dir: dir,
+            dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -222,7 +223,7 @@ impl Envoy {
     /// for Envoy to flush them; `None` if they do not all arrive, or with no
     /// ext_authz.
     pub async fn check_latencies(&self, from: u64, count: u64) -> Option<Histogram<u64>> {
-        let path = self._dir.path().join(CHECK_LOG);
+        let path = self.dir.path().join(CHECK_LOG);
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -244,7 +245,7 @@ impl Envoy {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("envoy.out")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("envoy.out")).unwrap_or_default()
     }
 }
 
