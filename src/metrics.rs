@@ -10,6 +10,15 @@ use prometheus_client::{
     registry::Registry,
 };
 
+/// Upper bounds, in seconds, of the Check latency histogram, for
+/// Prometheus and OTLP alike: 1 µs doubling to ~1 s (21 buckets). A Check
+/// answered from memory takes a few µs, so the low end needs µs steps to
+/// tell p50 from p99. The top covers a recheck against Fleet (bounded by
+/// `recheck.budget`, 150 ms by default).
+pub fn check_duration_bounds() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(1e-6, 2.0, 21)
+}
+
 /// Labels of `fleet_authz_decisions_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -88,10 +97,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("fleet_authz");
         let decisions = Family::<DecisionLabels, Counter>::default();
         let reasons = Family::<ReasonLabels, Counter>::default();
-        // 10 µs .. ~1.3 s: Checks are micro-seconds, rechecks up to the budget.
-        let check_duration = Histogram::new(
-            prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.0, 18),
-        );
+        let check_duration = Histogram::new(check_duration_bounds());
         let sync_duration = Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.05, 2.0, 14),
         );

@@ -217,6 +217,9 @@ impl Default for OtelInstruments {
                 .f64_histogram("fleet_authz.check.duration")
                 .with_unit("s")
                 .with_description("Time to answer a Check")
+                // The SDK's default bounds are 0, 5, 10, … (s here):
+                // every Check would fall in one bucket.
+                .with_boundaries(crate::metrics::check_duration_bounds().collect())
                 .build(),
         }
     }

@@ -46,6 +46,11 @@ async fn decision_counters_and_latency_move_by_exactly_the_checks_made() {
     assert_eq!(delta(ALLOW_DEFAULT), 1.0);
     assert_eq!(delta(ANY_PAYROLL), 1.0);
     assert_eq!(delta(LATENCY_COUNT), 7.0);
+    // Every Check is under the top bucket, +Inf.
+    assert_eq!(
+        delta(r#"fleet_authz_check_duration_seconds_bucket{le="+Inf"}"#),
+        7.0
+    );
     assert_eq!(
         delta(r#"fleet_authz_decision_reasons_total{reason="failing_any_policy",route="payroll"}"#),
         1.0
@@ -88,5 +93,32 @@ async fn policy_reload_counters_count_good_and_bad_reloads() {
         1.0
     );
     assert_eq!(metric(&bad, RELOAD_OK), metric(&good, RELOAD_OK));
+    server.shutdown().await;
+}
+
+/// The bounds of the Check latency histogram's buckets, in `text`'s order.
+fn latency_bounds(text: &str) -> Vec<f64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(r#"fleet_authz_check_duration_seconds_bucket{le=""#))
+        .filter_map(|l| l.split_once('"'))
+        .filter(|(le, _)| *le != "+Inf")
+        .map(|(le, _)| le.parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn check_latency_buckets_run_from_a_microsecond_to_a_second() {
+    let env = Env::new();
+    let server = fleet_authz::server::start(env.config("")).await.unwrap();
+    check(server.grpc_addr(), &env.good.pem, &[]).await;
+    let bounds = latency_bounds(&scrape(server.http_addr()).await);
+    // A Check answered from memory takes µs: the first bucket is 1 µs and
+    // each doubles, up to ~1 s for a recheck against Fleet.
+    assert_eq!(bounds.len(), 21, "{bounds:?}");
+    assert!((bounds[0] - 1e-6).abs() < 1e-12, "{bounds:?}");
+    for pair in bounds.windows(2) {
+        assert!((pair[1] / pair[0] - 2.0).abs() < 1e-9, "{bounds:?}");
+    }
+    assert!((bounds[20] - 1.048_576).abs() < 1e-9, "{bounds:?}");
     server.shutdown().await;
 }

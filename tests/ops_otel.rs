@@ -26,6 +26,7 @@ use opentelemetry_proto::tonic::{
         },
     },
     common::v1::{AnyValue, any_value::Value},
+    metrics::v1::metric,
     trace::v1::Span,
 };
 use tracing::Instrument;
@@ -38,6 +39,8 @@ const PARENT_ID: &str = "00f067aa0ba902b7";
 struct Collector {
     spans: Arc<Mutex<Vec<Span>>>,
     metrics: Arc<Mutex<Vec<String>>>,
+    /// The bucket bounds of each exported Check latency data point.
+    check_duration_bounds: Arc<Mutex<Vec<Vec<f64>>>>,
 }
 
 #[tonic::async_trait]
@@ -63,9 +66,24 @@ impl MetricsService for Collector {
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
         let mut names = self.metrics.lock().unwrap();
+        let mut bounds = self.check_duration_bounds.lock().unwrap();
         for resource in request.into_inner().resource_metrics {
             for scope in resource.scope_metrics {
-                names.extend(scope.metrics.into_iter().map(|m| m.name));
+                for metric in scope.metrics {
+                    if let (
+                        "fleet_authz.check.duration",
+                        Some(metric::Data::Histogram(histogram)),
+                    ) = (metric.name.as_str(), &metric.data)
+                    {
+                        bounds.extend(
+                            histogram
+                                .data_points
+                                .iter()
+                                .map(|p| p.explicit_bounds.clone()),
+                        );
+                    }
+                    names.push(metric.name);
+                }
             }
         }
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
@@ -162,4 +180,13 @@ async fn checks_and_syncs_are_exported_as_spans_joined_to_the_callers_trace() {
         metrics.iter().any(|m| m == "fleet_authz.check.duration"),
         "{metrics:?}"
     );
+    // The same buckets as Prometheus: 1 µs doubling to ~1 s, not the SDK's
+    // default (0, 5, 10, … s), which puts every Check in one bucket.
+    let expected: Vec<f64> = fleet_authz::metrics::check_duration_bounds().collect();
+    let bounds = collector.check_duration_bounds.lock().unwrap().clone();
+    assert!(!bounds.is_empty(), "no Check latency data point exported");
+    for exported in &bounds {
+        assert_eq!(exported, &expected);
+    }
+    assert!((expected[0] - 1e-6).abs() < 1e-12, "{expected:?}");
 }
