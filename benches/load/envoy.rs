@@ -220,8 +220,8 @@ impl Envoy {
 
     /// How long each Check took as Envoy timed it, for the `count` requests
     /// that started at or after `from` (µs since the epoch). Waits up to 5 s
-    /// for Envoy to flush them; `None` if they do not all arrive, or with no
-    /// ext_authz.
+    /// for Envoy to flush them; `None` if they do not all arrive, or if a
+    /// line has no time (no ext_authz filter ran).
     pub async fn check_latencies(&self, from: u64, count: u64) -> Option<Histogram<u64>> {
         let path = self.dir.path().join(CHECK_LOG);
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -496,7 +496,7 @@ async fn envoy_runs(
             eprintln!("envoy {name}, round {round}");
             let envoy = Envoy::start(&envoy::load_config(authz, app)?, SERVER_CPU).await?;
             if o.paired {
-                let h = h2load_round(&envoy, pems, o).await;
+                let h = h2load_round(&envoy, authz, pems, o).await;
                 h2load.record(i, h.context("h2load failed")?);
                 continue;
             }
@@ -531,7 +531,7 @@ async fn envoy_runs(
                 .map(|(pid, a)| per_request(a, sample(pid)));
             merged[i].add(&hist)?;
             if !o.closed
-                && let Some(h) = h2load_round(&envoy, pems, o).await
+                && let Some(h) = h2load_round(&envoy, authz, pems, o).await
             {
                 h2load.record(i, h);
             }
@@ -710,15 +710,25 @@ fn median(mut d: Vec<f64>) -> f64 {
     }
 }
 
-/// An h2load run against `envoy` at the options' rate, and the share of
-/// the machine's CPU time stolen meanwhile.
-async fn h2load_round(envoy: &Envoy, pems: &[String], o: &Options) -> Option<H2loadRound> {
+/// An h2load run against `envoy` at the options' rate, the share of the
+/// machine's CPU time stolen meanwhile, and (when `authz` is a server) each
+/// Check as Envoy timed it.
+async fn h2load_round(
+    envoy: &Envoy,
+    authz: &Authz,
+    pems: &[String],
+    o: &Options,
+) -> Option<H2loadRound> {
     let before = CpuTimes::now();
     let (hist, from) =
         envoy::h2load_http(envoy.addr, &pems[0], o.envoy_rps, o.warmup, o.duration).await?;
     let steal_percent = CpuTimes::now().steal_percent_since(before);
+    let check = match authz {
+        Authz::At(_) => envoy.check_latencies(from, hist.len()).await,
+        Authz::None => None,
+    };
     Some(H2loadRound {
-        check: envoy.check_latencies(from, hist.len()).await,
+        check,
         hist,
         steal_percent,
     })
@@ -756,7 +766,7 @@ impl H2loadRuns {
     /// quiet-rounds added latency per ext_authz server; then each Check as
     /// Envoy timed it in the same runs.
     fn table(&self, servers: &[(&str, &Server)]) -> String {
-        let none = merged(self.none.iter().map(|r| &r.hist));
+        let none = merge_all(self.none.iter().map(|r| &r.hist));
         let mut out = format!(
             "\nh2load second opinion (HTTP/1.1, one connection at the same rate, one fixed XFCC device; latency from its per-request log). Quiet rounds: less than {QUIET_STEAL_PERCENT}% of the machine's CPU time stolen by the hypervisor, in the server's run and in the run with no ext_authz it is compared with.\n\n| variant | pooled p50 / p99 ms | added p50 / p99 ms (pooled) | added p50 / p99 ms (median of rounds) | added p50 / p99 ms (median of quiet rounds) | stolen CPU % per run |\n|---|---|---|---|---|---|\n",
         );
@@ -773,7 +783,7 @@ impl H2loadRuns {
             steal(&mut self.none.iter())
         );
         for ((name, _), runs) in servers.iter().zip(&self.servers) {
-            let pooled = merged(runs.iter().map(|(_, r)| &r.hist));
+            let pooled = merge_all(runs.iter().map(|(_, r)| &r.hist));
             let added = |q: f64, quiet_only: bool| {
                 median(
                     runs.iter()
@@ -831,7 +841,7 @@ impl H2loadRuns {
                 );
                 continue;
             }
-            let pooled = merged(timed.iter().map(|(h, _)| *h));
+            let pooled = merge_all(timed.iter().map(|(h, _)| *h));
             let at = |q: f64, quiet_only: bool| {
                 median(
                     timed
@@ -864,7 +874,7 @@ impl H2loadRuns {
 }
 
 /// All of `hists` in one histogram.
-fn merged<'a>(hists: impl Iterator<Item = &'a Histogram<u64>>) -> Histogram<u64> {
+fn merge_all<'a>(hists: impl Iterator<Item = &'a Histogram<u64>>) -> Histogram<u64> {
     let mut all = histogram();
     for h in hists {
         let _ = all.add(h);
