@@ -15,6 +15,8 @@ struct Setup {
     fake: FakeFleet,
     store: Arc<PostureStore>,
     poller: PollerHandle,
+    /// The poller itself, for a full sync in a test.
+    sync: Poller,
     recheck: Arc<Recheck>,
 }
 
@@ -38,6 +40,7 @@ async fn setup(max_concurrent: u32) -> Setup {
         fake,
         store,
         poller: poller.handle(),
+        sync: poller,
         recheck: Arc::new(recheck),
     }
 }
@@ -100,14 +103,41 @@ async fn recheck_refreshes_watched_cves_from_software() {
         host.cves.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
         [CVE]
     );
-    // Patched in Fleet: the next recheck drops it.
+    // Patched in Fleet: a recheck cannot tell a software CVE from an OS
+    // one (host detail shows no OS CVEs), so it keeps it; the next full
+    // sync drops it.
     s.fake.update_host(4, |h| h.cves.clear());
     let RecheckOutcome::Fresh(host) = s.recheck.recheck(HostId(4), Duration::from_secs(5)).await
     else {
         panic!("expected a fresh host");
     };
-    assert!(host.cves.is_empty());
+    assert_eq!(
+        host.cves.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        [CVE]
+    );
     assert_eq!(s.fake.count("host"), 2);
+    s.sync.poll_once().await.unwrap();
+    assert!(s.store.host(HostId(4)).unwrap().cves.is_empty());
+}
+
+#[tokio::test]
+async fn recheck_keeps_os_cves_that_host_detail_does_not_carry() {
+    const OS_CVE: &str = "CVE-2025-43300";
+    let s = setup(16).await;
+    s.fake
+        .update_host(3, |h| h.os_cves = vec![OS_CVE.to_owned()]);
+    s.poller.set_cves(vec![OS_CVE.to_owned()]);
+    s.sync.poll_once().await.unwrap();
+    let cves = |h: &fleet_authz::posture::HostPosture| {
+        h.cves.iter().map(|c| c.to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(cves(&s.store.host(HostId(3)).unwrap()), [OS_CVE]);
+    let RecheckOutcome::Fresh(host) = s.recheck.recheck(HostId(3), Duration::from_secs(5)).await
+    else {
+        panic!("expected a fresh host");
+    };
+    assert_eq!(cves(&host), [OS_CVE]);
+    assert_eq!(cves(&s.store.host(HostId(3)).unwrap()), [OS_CVE]);
 }
 
 #[tokio::test]

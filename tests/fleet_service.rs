@@ -162,6 +162,49 @@ async fn remediated_host_is_allowed_on_the_next_check() {
     server.shutdown().await;
 }
 
+/// Host detail lists software CVEs but not the operating system's. A host
+/// denied for an OS-level CVE (seen by the sync through
+/// `hosts?vulnerability=`) stays denied for it across rechecks, even once
+/// its failing policy is fixed; only a full sync can clear it.
+#[tokio::test]
+async fn an_os_level_cve_stays_denied_across_a_recheck() {
+    const OS_CVE: &str = "CVE-2025-43300";
+    let s = setup().await;
+    s.fake.update_host(1, |h| {
+        h.cves.clear();
+        h.os_cves = vec![OS_CVE.to_owned()];
+    });
+    let config = config(&s, "{min_age: 0s, budget: 2s}");
+    std::fs::write(
+        s.dir.path().join("policy.yaml"),
+        format!("version: 1\ndefaults:\n  deny: {{failing_any_policy: true, vulnerabilities: [{OS_CVE}]}}\n"),
+    )
+    .unwrap();
+    let (server, mut client) = start(config).await;
+    assert_eq!(
+        verdict(&check(&mut client, &s.device).await),
+        "failing_any_policy,vulnerability"
+    );
+    assert_eq!(s.fake.count("host"), 1, "the deny was rechecked");
+    // The person fixes the policy; the OS is still vulnerable.
+    s.fake.update_host(1, |h| {
+        h.responses.insert(1, "pass".into());
+    });
+    for attempt in 2..4 {
+        assert_eq!(
+            verdict(&check(&mut client, &s.device).await),
+            "vulnerability",
+            "attempt {attempt}"
+        );
+        assert_eq!(s.fake.count("host"), attempt, "rechecked again");
+    }
+    // The OS is patched: the next full sync clears the CVE.
+    s.fake.update_host(1, |h| h.os_cves.clear());
+    server.fleet.as_ref().unwrap().sync_now().await.unwrap();
+    assert_eq!(verdict(&check(&mut client, &s.device).await), "allow");
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn recheck_is_skipped_while_the_posture_is_younger_than_min_age() {
     let s = setup().await;

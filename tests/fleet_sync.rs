@@ -5,7 +5,7 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use common::fake_fleet::{CVE, FakeFleet, FakeSpec, Fault, fast_retry, fingerprint};
+use common::fake_fleet::{CVE, FakeFleet, FakeSpec, Fault, STREAM_ERROR, fast_retry, fingerprint};
 use fleet_authz::{
     fleet::{FleetClient, FleetConfig, MembershipMode, Poller, Token},
     posture::{HostId, PolicyResponse, PostureStore},
@@ -90,49 +90,63 @@ async fn each_fault_keeps_the_last_good_posture_and_the_next_cycle_recovers() {
     poller.set_cves(vec![CVE.into()]);
     poller.poll_once().await.unwrap();
 
-    let cases: [(&str, Fault, &str); 9] = [
+    let in_body =
+        |endpoint: &str| format!("fleet {endpoint}: answer ended with an error: {STREAM_ERROR}");
+    let cases: [(&str, Fault, String); 13] = [
+        (
+            "global_policies",
+            Fault::ErrorInBody,
+            in_body("global_policies"),
+        ),
+        ("hosts", Fault::ErrorInBody, in_body("hosts")),
+        (
+            "hosts_vulnerability",
+            Fault::ErrorInBody,
+            in_body("hosts_vulnerability"),
+        ),
+        ("query_report", Fault::ErrorInBody, in_body("query_report")),
         (
             "teams",
             Fault::Status(500),
-            "fleet teams: unexpected status 500",
+            "fleet teams: unexpected status 500".into(),
         ),
         (
             "global_policies",
             Fault::Malformed,
-            "fleet global_policies: malformed json: expected value",
+            "fleet global_policies: malformed json: expected value".into(),
         ),
         (
             "team_policies",
             Fault::Unauthorized,
-            "fleet api token rejected (status 401)",
+            "fleet api token rejected (status 401)".into(),
         ),
         (
             "hosts",
             Fault::Status(503),
-            "fleet hosts: unexpected status 503",
+            "fleet hosts: unexpected status 503".into(),
         ),
-        ("hosts", Fault::Hang, "fleet hosts: timed out"),
+        ("hosts", Fault::Hang, "fleet hosts: timed out".into()),
         (
             "hosts_vulnerability",
             Fault::RateLimited {
                 retry_after_secs: 0,
             },
-            "fleet hosts_vulnerability: rate limited",
+            "fleet hosts_vulnerability: rate limited".into(),
         ),
         (
             "query_report",
             Fault::Truncated,
-            "fleet query_report: malformed json: EOF while parsing",
+            "fleet query_report: malformed json: EOF while parsing".into(),
         ),
         (
             "query_report",
             Fault::Clipped,
-            "certificate query 42 report is clipped (report_clipped: true)",
+            "certificate query 42 report is clipped (report_clipped: true)".into(),
         ),
         (
             "query_report",
             Fault::Status(404),
-            "certificate_query_id 42 not found",
+            "certificate_query_id 42 not found".into(),
         ),
     ];
     for (endpoint, fault, message) in cases {
@@ -145,7 +159,7 @@ async fn each_fault_keeps_the_last_good_posture_and_the_next_cycle_recovers() {
         fake.set_fault(endpoint, fault.clone());
 
         let err = poller.poll_once().await.unwrap_err().to_string();
-        assert!(err.starts_with(message), "{endpoint} {fault:?}: {err}");
+        assert!(err.starts_with(&message), "{endpoint} {fault:?}: {err}");
         assert!(!err.contains(&fake.token()), "the token leaked: {err}");
         assert_eq!(
             store.host(HostId(5)).unwrap(),
@@ -174,7 +188,7 @@ async fn each_fault_keeps_the_last_good_posture_and_the_next_cycle_recovers() {
         poller.poll_once().await.unwrap();
     }
     let status = poller.handle().status();
-    assert_eq!((status.failures, status.clipped_total), (9, 1));
+    assert_eq!((status.failures, status.clipped_total), (13, 1));
 }
 
 #[tokio::test]
@@ -314,6 +328,33 @@ async fn membership_override_forces_per_policy() {
         MembershipMode::PerPolicy
     );
     assert_eq!(fake.count("hosts_failing_policy"), 5);
+}
+
+/// Per-policy membership is where a broken-off list would loosen: a host
+/// missing from "failing policy X" would read as passing it.
+#[tokio::test]
+async fn an_error_inside_a_200_fails_the_cycle_in_per_policy_membership() {
+    let fake = FakeFleet::start(FakeSpec::default()).await;
+    let mut config = config(&fake);
+    config.membership = MembershipMode::PerPolicy;
+    let (poller, store) = poller_with(&fake, config);
+    poller.poll_once().await.unwrap();
+    let before = store.host(HostId(5)).unwrap();
+    fake.update_host(5, |h| {
+        h.responses.values_mut().for_each(|r| *r = "fail".into())
+    });
+    fake.set_fault("hosts_failing_policy", Fault::ErrorInBody);
+    let err = poller.poll_once().await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!("fleet hosts_failing_policy: answer ended with an error: {STREAM_ERROR}")
+    );
+    assert_eq!(store.host(HostId(5)).unwrap(), before, "nothing published");
+    fake.clear_faults();
+    poller.poll_once().await.unwrap();
+    let after = store.host(HostId(5)).unwrap();
+    assert_eq!(after.failing_policies().count(), after.policies.len());
+    assert!(after.failing_policies().count() > 0);
 }
 
 #[tokio::test]

@@ -4,11 +4,17 @@
 //!
 //! Entries are keyed by a fast hash of (source, value) but always compared in
 //! full: a hash collision is a miss, never someone else's fingerprint. Only
-//! successful decodes are cached. When full, the cache is cleared rather than
-//! tracking recency: devices come back within seconds, so it refills at once,
-//! and memory stays bounded (~1.5 KB per entry).
+//! successful decodes are cached, and a value is at most
+//! [`identity::MAX_SOURCE_BYTES`] long (longer ones never decode). When the
+//! entry budget or the byte budget is reached, the cache is cleared rather
+//! than tracking recency: devices come back within seconds, so it refills at
+//! once, and memory stays bounded (~1.5 KB per entry, and never more than
+//! the byte budget of values however long each is).
 
-use std::hash::BuildHasher;
+use std::{
+    hash::BuildHasher,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use dashmap::DashMap;
 
@@ -19,6 +25,8 @@ use crate::{
 
 /// Default number of cached certificates.
 pub const DEFAULT_CAPACITY: usize = 16_384;
+/// Default budget for the cached values' bytes: 16,384 typical 2 KB values.
+pub const DEFAULT_BYTE_BUDGET: usize = 32 * 1024 * 1024;
 
 /// Raw certificate value → fingerprint.
 #[derive(Debug)]
@@ -26,12 +34,15 @@ pub struct FingerprintCache {
     map: DashMap<u64, Entry>,
     hasher: foldhash::fast::RandomState,
     capacity: usize,
+    byte_budget: usize,
+    /// Bytes of the values held (approximate under concurrent inserts).
+    bytes: AtomicUsize,
 }
 
 #[derive(Debug)]
 struct Entry {
     source: usize,
-    value: Box<str>,
+    value: Box<[u8]>,
     fingerprint: Fingerprint,
 }
 
@@ -44,11 +55,24 @@ impl Default for FingerprintCache {
 impl FingerprintCache {
     /// A cache holding at most `capacity` certificates (0 disables it).
     pub fn new(capacity: usize) -> Self {
+        Self::with_budget(capacity, DEFAULT_BYTE_BUDGET)
+    }
+
+    /// A cache holding at most `capacity` certificates whose values come to
+    /// at most `byte_budget` bytes.
+    pub fn with_budget(capacity: usize, byte_budget: usize) -> Self {
         Self {
             map: DashMap::new(),
             hasher: foldhash::fast::RandomState::default(),
             capacity,
+            byte_budget,
+            bytes: AtomicUsize::new(0),
         }
+    }
+
+    /// Bytes of the cached values.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Certificates held.
@@ -66,11 +90,11 @@ impl FingerprintCache {
     pub fn fingerprint(
         &self,
         cfg: &IdentityConfig,
-        peer_certificate: &str,
+        peer_certificate: &(impl AsRef<[u8]> + ?Sized),
         headers: &impl Headers,
     ) -> Result<Fingerprint, IdentityError> {
-        let (source, value) =
-            identity::select(cfg, peer_certificate, headers).ok_or(IdentityError::Missing)?;
+        let (source, value) = identity::select(cfg, peer_certificate.as_ref(), headers)
+            .ok_or(IdentityError::Missing)?;
         // The index of the source in the config tells sources apart cheaply.
         let index = cfg
             .sources
@@ -85,10 +109,14 @@ impl FingerprintCache {
             return Ok(hit.fingerprint);
         }
         let fingerprint = Fingerprint::of_der(&identity::decode(cfg, source, value)?);
-        if self.capacity > 0 {
-            if self.map.len() >= self.capacity {
+        if self.capacity > 0 && value.len() <= self.byte_budget {
+            if self.map.len() >= self.capacity
+                || self.bytes.load(Ordering::Relaxed) + value.len() > self.byte_budget
+            {
                 self.map.clear();
+                self.bytes.store(0, Ordering::Relaxed);
             }
+            self.bytes.fetch_add(value.len(), Ordering::Relaxed);
             self.map.insert(
                 key,
                 Entry {
@@ -168,5 +196,29 @@ mod tests {
             cache.fingerprint(&cfg, v, &HashMap::new()).unwrap();
             assert!(cache.len() <= 2);
         }
+    }
+
+    #[test]
+    fn the_byte_budget_bounds_memory_whatever_the_entry_count() {
+        let pem = pem();
+        let cfg = IdentityConfig {
+            sources: vec![Source::PeerCertificate],
+            ..IdentityConfig::default()
+        };
+        // Room for two values of this length, not three.
+        let long = |pad: usize| format!("{pem}{}", " ".repeat(pad));
+        let budget = 2 * long(10).len() + 5;
+        let cache = FingerprintCache::with_budget(1_000, budget);
+        for pad in 10..20 {
+            cache
+                .fingerprint(&cfg, &long(pad), &HashMap::new())
+                .unwrap();
+            assert!(cache.bytes() <= budget, "{} > {budget}", cache.bytes());
+            assert!(cache.len() <= 2);
+        }
+        // A value over the whole budget is answered, never kept.
+        let tiny = FingerprintCache::with_budget(1_000, 100);
+        tiny.fingerprint(&cfg, &pem, &HashMap::new()).unwrap();
+        assert_eq!((tiny.len(), tiny.bytes()), (0, 0));
     }
 }

@@ -1,7 +1,7 @@
 //! The only place that knows Envoy's ext_authz types: `CheckRequest` →
 //! request facts, `Decision` → `CheckResponse`. Pure and unit-tested.
 
-use std::{collections::HashMap, sync::LazyLock};
+use std::{borrow::Cow, collections::HashMap, sync::LazyLock};
 
 use envoy_types::pb::{
     envoy::{
@@ -50,34 +50,42 @@ pub enum HeaderView<'a> {
 }
 
 impl<'a> HeaderView<'a> {
-    /// The value of header `name` (lower-case), borrowed from the request.
-    pub fn get(self, name: &str) -> Option<&'a str> {
+    /// The raw value of header `name` (lower-case), borrowed from the request.
+    pub fn get_bytes(self, name: &str) -> Option<&'a [u8]> {
         match self {
-            Self::Map(map) => map.get(name).map(String::as_str),
-            Self::List(list) => list.get(name),
+            Self::Map(map) => map.get(name).map(String::as_bytes),
+            Self::List(list) => list.get_bytes(name),
         }
+    }
+
+    /// The value of header `name` as text; `None` when absent or not UTF-8.
+    pub fn get(self, name: &str) -> Option<&'a str> {
+        self.get_bytes(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 }
 
 impl Headers for HeaderView<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.get(name)
+    fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.get_bytes(name)
     }
 }
 
-/// What fleet-authz reads from a `CheckRequest`, borrowed.
-#[derive(Debug, Clone, Copy)]
+/// What fleet-authz reads from a `CheckRequest`, borrowed. Host, path and
+/// request id are text with U+FFFD for bytes that are not UTF-8 (a copy
+/// only then); the certificate stays raw bytes for identity to judge.
+#[derive(Debug, Clone)]
 pub struct CheckFacts<'a> {
     /// Request headers, lower-case names.
     pub headers: HeaderView<'a>,
     /// Per-route `context_extensions`.
     pub context: &'a HashMap<String, String>,
     /// `source.certificate` (URL-encoded PEM), empty when not sent.
-    pub peer_certificate: &'a str,
-    pub authority: &'a str,
-    pub path: &'a str,
+    pub peer_certificate: &'a [u8],
+    pub authority: Cow<'a, str>,
+    pub path: Cow<'a, str>,
     /// Envoy's request id (`x-request-id`).
-    pub request_id: &'a str,
+    pub request_id: Cow<'a, str>,
 }
 
 impl<'a> CheckFacts<'a> {
@@ -92,9 +100,9 @@ impl<'a> CheckFacts<'a> {
             attrs.map_or(&*EMPTY, |a| &a.context_extensions),
             attrs
                 .and_then(|a| a.source.as_ref())
-                .map_or("", |s| s.certificate.as_str()),
-            http.map_or(["", "", ""], |h| {
-                [h.host.as_str(), h.path.as_str(), h.id.as_str()]
+                .map_or(&[], |s| s.certificate.as_bytes()),
+            http.map_or([&[][..], &[], &[]], |h| {
+                [h.host.as_bytes(), h.path.as_bytes(), h.id.as_bytes()]
             }),
         )
     }
@@ -110,10 +118,8 @@ impl<'a> CheckFacts<'a> {
             attrs.map_or(&*EMPTY, |a| &a.context_extensions),
             attrs
                 .and_then(|a| a.source.as_ref())
-                .map_or("", |s| wire::text(&s.certificate)),
-            http.map_or(["", "", ""], |h| {
-                [wire::text(&h.host), wire::text(&h.path), wire::text(&h.id)]
-            }),
+                .map_or(&[], |s| &s.certificate[..]),
+            http.map_or([&[][..], &[], &[]], |h| [&h.host, &h.path, &h.id]),
         )
     }
 
@@ -122,25 +128,24 @@ impl<'a> CheckFacts<'a> {
     fn assemble(
         headers: HeaderView<'a>,
         context: &'a HashMap<String, String>,
-        peer_certificate: &'a str,
-        [host, path, id]: [&'a str; 3],
+        peer_certificate: &'a [u8],
+        [host, path, id]: [&'a [u8]; 3],
     ) -> Self {
-        let header = |name: &str| headers.get(name).unwrap_or("");
+        let or_header = |value: &'a [u8], name: &str| {
+            let value = if value.is_empty() {
+                headers.get_bytes(name).unwrap_or_default()
+            } else {
+                value
+            };
+            wire::text(value)
+        };
         Self {
             headers,
             context,
             peer_certificate,
-            authority: if host.is_empty() {
-                header(":authority")
-            } else {
-                host
-            },
-            path,
-            request_id: if id.is_empty() {
-                header("x-request-id")
-            } else {
-                id
-            },
+            authority: or_header(host, ":authority"),
+            path: wire::text(path),
+            request_id: or_header(id, "x-request-id"),
         }
     }
 

@@ -185,7 +185,7 @@ impl Authorizer {
         let span = tracing::info_span!(
             "check",
             otel.kind = "server",
-            request_id = facts.request_id,
+            request_id = &*facts.request_id,
             decision = tracing::field::Empty,
             route = tracing::field::Empty,
             reasons = tracing::field::Empty,
@@ -203,8 +203,8 @@ impl Authorizer {
             .map_err(|e| (e.is_missing(), e.to_string()));
         let target = Target {
             context: facts.context,
-            authority: facts.authority,
-            path: facts.path,
+            authority: &facts.authority,
+            path: &facts.path,
         };
         let outcome = self
             .decide_with_recheck(identity, target, SystemTime::now())
@@ -213,11 +213,11 @@ impl Authorizer {
             host: outcome.host.as_deref(),
             fingerprint: outcome.fingerprint.as_ref(),
             remediation_url: self.remediation_url.as_deref(),
-            request_id: facts.request_id,
+            request_id: &facts.request_id,
         };
         let answer = answer(&outcome, &ctx, facts.header("accept"), keep);
         let elapsed = started.elapsed();
-        self.record(&outcome, facts.request_id, elapsed);
+        self.record(&outcome, &facts.request_id, elapsed);
         answer
     }
 

@@ -11,11 +11,14 @@
 //! (tonic's decode buffer hands them out without a copy). Headers stay a
 //! list, looked up by a linear scan: Envoy sends a few dozen at most.
 //!
-//! Strings are UTF-8 on the wire by protobuf's rules; a value that is not
-//! reads as absent (the generated decoder would have rejected the whole
-//! request instead).
+//! Strings are UTF-8 on the wire by protobuf's rules, but Envoy passes on
+//! header bytes as the client sent them. A header value that is not UTF-8 is
+//! still present: identity reads raw bytes and refuses such a value (it never
+//! falls through to the next source). Host, path and request id are read
+//! with U+FFFD in place of invalid bytes, which keeps every prefix and
+//! suffix match on their valid parts exactly as on the raw bytes.
 
-use std::collections::HashMap;
+use std::{borrow::Cow, collections::HashMap};
 
 use bytes::Bytes;
 
@@ -77,9 +80,9 @@ pub struct Header {
     pub value: Bytes,
 }
 
-/// `bytes` as text; not UTF-8 reads as "".
-pub fn text(bytes: &Bytes) -> &str {
-    std::str::from_utf8(bytes).unwrap_or_default()
+/// `bytes` as text, invalid UTF-8 replaced by U+FFFD (no copy when valid).
+pub fn text(bytes: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
 }
 
 /// The header list of a lean request. Later entries win, as in a map.
@@ -87,19 +90,25 @@ pub fn text(bytes: &Bytes) -> &str {
 pub struct HeaderList<'a>(pub &'a [Header]);
 
 impl Headers for HeaderList<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.get(name)
+    fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.get_bytes(name)
     }
 }
 
 impl<'a> HeaderList<'a> {
-    /// The value of header `name` (lower-case), borrowed from the request.
-    pub fn get(self, name: &str) -> Option<&'a str> {
+    /// The raw value of header `name` (lower-case), borrowed from the request.
+    pub fn get_bytes(self, name: &str) -> Option<&'a [u8]> {
         self.0
             .iter()
             .rev()
             .find(|h| h.key.as_ref() == name.as_bytes())
-            .and_then(|h| std::str::from_utf8(&h.value).ok())
+            .map(|h| h.value.as_ref())
+    }
+
+    /// The value of header `name` as text; `None` when absent or not UTF-8.
+    pub fn get(self, name: &str) -> Option<&'a str> {
+        self.get_bytes(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// Every header as `(name, value)`, skipping any that is not UTF-8.
@@ -181,8 +190,8 @@ mod tests {
             assert_eq!(a.peer_certificate, b.peer_certificate);
             assert_eq!(!a.peer_certificate.is_empty(), !xfcc);
             assert_eq!(
-                (a.authority, a.path, a.request_id, a.context),
-                (b.authority, b.path, b.request_id, b.context)
+                (&a.authority, &a.path, &a.request_id, a.context),
+                (&b.authority, &b.path, &b.request_id, b.context)
             );
             let headers = &full.attributes.as_ref().unwrap().request.as_ref().unwrap();
             for name in headers.http.as_ref().unwrap().headers.keys() {
@@ -192,7 +201,7 @@ mod tests {
     }
 
     #[test]
-    fn a_header_value_that_is_not_utf8_reads_as_absent() {
+    fn a_header_value_that_is_not_utf8_is_present_as_bytes_and_absent_as_text() {
         let list = [
             Header {
                 key: Bytes::from_static(b"x-bad"),
@@ -209,7 +218,9 @@ mod tests {
         ];
         let headers = HeaderList(&list);
         assert_eq!(headers.header("x-bad"), None);
+        assert_eq!(headers.header_bytes("x-bad"), Some(&[0xff, 0xfe][..]));
+        assert_eq!(headers.header_bytes("x-none"), None);
         assert_eq!(headers.header("x-dup"), Some("second"));
-        assert_eq!(text(&Bytes::from_static(&[0xc3])), "");
+        assert_eq!(text(&[b'/', b'a', 0xc3]), "/a\u{fffd}");
     }
 }

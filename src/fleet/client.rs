@@ -321,7 +321,11 @@ impl FleetClient {
                         Ok(body) => {
                             self.observe(endpoint, status.as_u16(), body.len());
                             match classify(endpoint, status) {
-                                Outcome::Done => return decode(endpoint, body).await,
+                                Outcome::Done => match decode(endpoint, body).await {
+                                    // Fleet broke off part-way: retry, as a 5xx.
+                                    Err(e @ FleetError::InBody { .. }) => (e, None),
+                                    other => return other,
+                                },
                                 Outcome::Fatal(e) => return Err(e),
                                 Outcome::RateLimited => {
                                     (FleetError::RateLimited { endpoint }, retry_after)
@@ -400,17 +404,44 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// of a big fleet never delays the Checks sharing those threads.
 const OFFLOAD_BYTES: usize = 64 * 1024;
 
+/// A non-empty top-level `error` in a Fleet answer, as its message.
+pub(super) fn error_in_body(error: Option<&serde_json::Value>) -> Option<String> {
+    match error? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) if s.trim().is_empty() => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// Reads `body` as `R`, failing on a non-empty top-level `error` (which the
+/// typed models would ignore as an unknown key).
+fn parse_answer<R: DeserializeOwned>(endpoint: &'static str, body: &[u8]) -> Result<R, FleetError> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        error: Option<serde_json::Value>,
+    }
+    let decode_error = |e: serde_json::Error| FleetError::Decode {
+        endpoint,
+        message: e.to_string(),
+    };
+    // Most answers never mention "error": skip the second scan for them.
+    if memchr::memmem::find(body, b"\"error\"").is_some()
+        && let Ok(Probe { error }) = serde_json::from_slice::<Probe>(body)
+        && let Some(message) = error_in_body(error.as_ref())
+    {
+        return Err(FleetError::InBody { endpoint, message });
+    }
+    serde_json::from_slice(body).map_err(decode_error)
+}
+
 async fn decode<R: DeserializeOwned + Send + 'static>(
     endpoint: &'static str,
     body: bytes::Bytes,
 ) -> Result<R, FleetError> {
     let large = body.len() >= OFFLOAD_BYTES;
-    let parse = move || {
-        serde_json::from_slice(&body).map_err(|e| FleetError::Decode {
-            endpoint,
-            message: e.to_string(),
-        })
-    };
+    let parse = move || parse_answer(endpoint, &body);
     if !large {
         return parse();
     }

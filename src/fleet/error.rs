@@ -40,6 +40,14 @@ pub enum FleetError {
         endpoint: &'static str,
         message: String,
     },
+    /// A 200 whose body carries a top-level `error`: Fleet streams large
+    /// lists and, when something fails part-way, ends the body with
+    /// `],"error":"…"}`. The rows before it are not the whole answer.
+    #[error("fleet {endpoint}: answer ended with an error: {message}")]
+    InBody {
+        endpoint: &'static str,
+        message: String,
+    },
     /// A paged endpoint never returned a short page.
     #[error("fleet {endpoint}: gave up after {pages} pages without a short page")]
     TooManyPages { endpoint: &'static str, pages: u32 },
@@ -65,6 +73,7 @@ impl FleetError {
             Self::Timeout { .. } => "timeout",
             Self::Transport { .. } => "transport",
             Self::Decode { .. } => "decode",
+            Self::InBody { .. } => "error_in_body",
             Self::TooManyPages { .. } => "too_many_pages",
             Self::ReportClipped(_) => "report_clipped",
         }

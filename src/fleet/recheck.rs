@@ -13,8 +13,14 @@
 //!   timeout and retries); when it lands it is upserted into the store, so the
 //!   person's next try sees it without waiting for the next full sync.
 //!
-//! The fetched host keeps the store's fingerprints (the host endpoint does not
-//! report certificates) and, when Fleet sends no software list, its CVEs.
+//! A recheck never loosens what it cannot see, so it can allow only what the
+//! next full sync would allow (DESIGN §7). Host detail reports no
+//! certificates and no operating-system CVEs, and a CVE held from the sync
+//! (`hosts?vulnerability=`) cannot be told apart as the software's or the
+//! OS's. So the fetched host keeps the store's fingerprints and every CVE it
+//! held (adding those its software now shows), and every policy result the
+//! answer does not carry. Only a policy result Fleet sends is taken afresh:
+//! that is what remediation and "Refetch" change.
 
 use std::{
     sync::Arc,
@@ -25,7 +31,7 @@ use dashmap::{DashMap, mapref::entry::Entry};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::{Catalogue, FleetClient, FleetError, Interner, PollerHandle, RecheckConfig};
-use crate::posture::{HostId, HostPosture, PostureStore};
+use crate::posture::{HostId, HostPosture, PolicyResult, PostureStore};
 
 /// Why a recheck was not attempted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,10 +154,7 @@ impl Recheck {
                     let mut fresh =
                         detail.to_posture(&Catalogue::default(), &mut interner, &watched);
                     if let Some(p) = &previous {
-                        fresh.fingerprints.clone_from(&p.fingerprints);
-                        if detail.software.is_none() {
-                            fresh.cves.clone_from(&p.cves);
-                        }
+                        keep_what_it_cannot_see(&mut fresh, p);
                         if let (Some(t), Some(old)) = (&mut fresh.team, &p.team)
                             && t.name.is_empty()
                             && t.id == old.id
@@ -181,6 +184,28 @@ impl Recheck {
     }
 }
 
+/// Carries over from `previous` what the host detail cannot confirm or
+/// refute: the fingerprints, every CVE, and the results of policies the
+/// answer does not list.
+fn keep_what_it_cannot_see(fresh: &mut HostPosture, previous: &HostPosture) {
+    fresh.fingerprints.clone_from(&previous.fingerprints);
+    for cve in &previous.cves {
+        if !fresh.cves.contains(cve) {
+            fresh.cves.push(Arc::clone(cve));
+        }
+    }
+    let missing: Vec<_> = previous
+        .policies
+        .iter()
+        .filter(|old| fresh.policies.iter().all(|p| p.id() != old.id()))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        fresh.policies.extend(missing);
+        fresh.policies.sort_by_key(PolicyResult::id);
+    }
+}
+
 fn seed(interner: &mut Interner, host: &HostPosture) {
     for p in &host.policies {
         interner.seed_policy(&p.meta);
@@ -196,5 +221,45 @@ fn seed(interner: &mut Interner, host: &HostPosture) {
     }
     if let Some(t) = &host.team {
         interner.seed(&t.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::posture::{PolicyMeta, PolicyResponse};
+
+    fn host(policies: &[(u64, PolicyResponse)], cves: &[&str]) -> HostPosture {
+        let mut h = HostPosture::new(7, "h");
+        h.policies = policies
+            .iter()
+            .map(|(id, r)| {
+                PolicyResult::new(PolicyMeta::new(*id, format!("p{id}"), false, None), *r)
+            })
+            .collect();
+        h.cves = cves.iter().map(|c| Arc::from(*c)).collect();
+        h
+    }
+
+    #[test]
+    fn a_recheck_takes_only_what_fleet_sent_and_keeps_the_rest() {
+        use PolicyResponse::{Fail, Pass};
+        let previous = host(&[(1, Fail), (2, Fail), (3, Pass)], &["CVE-OS", "CVE-SW"]);
+        // Fleet sent policy 1 (now passing) and 3, not 2; no CVEs.
+        let mut fresh = host(&[(3, Pass), (1, Pass)], &[]);
+        fresh.policies.sort_by_key(PolicyResult::id);
+        keep_what_it_cannot_see(&mut fresh, &previous);
+        let results: Vec<_> = fresh
+            .policies
+            .iter()
+            .map(|p| (p.id(), p.response))
+            .collect();
+        assert_eq!(results, [(1, Pass), (2, Fail), (3, Pass)]);
+        assert_eq!(fresh.cves, previous.cves);
+        // A CVE the fresh answer adds is kept beside the old ones.
+        let mut fresh = host(&[], &["CVE-NEW"]);
+        keep_what_it_cannot_see(&mut fresh, &previous);
+        let cves: Vec<&str> = fresh.cves.iter().map(|c| &**c).collect();
+        assert_eq!(cves, ["CVE-NEW", "CVE-OS", "CVE-SW"]);
     }
 }

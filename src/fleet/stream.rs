@@ -31,6 +31,9 @@ pub struct ReportFingerprints {
     /// One entry per row, in Fleet's order.
     #[serde(default, deserialize_with = "null_rows")]
     pub results: Vec<FingerprintRow>,
+    /// Set when Fleet broke off part-way after sending 200.
+    #[serde(default)]
+    pub error: Option<serde_json::Value>,
 }
 
 /// A report row: its host and its `columns.sha1`, `None` when missing or not
@@ -153,7 +156,10 @@ impl FleetClient {
                     match decode_streaming(resp).await {
                         (Streamed::Done(report), bytes) => {
                             self.observe(endpoint, status, bytes);
-                            return Ok(report);
+                            match super::client::error_in_body(report.error.as_ref()) {
+                                None => return Ok(report),
+                                Some(message) => (FleetError::InBody { endpoint, message }, None),
+                            }
                         }
                         (Streamed::Decode(message), bytes) => {
                             self.observe(endpoint, status, bytes);

@@ -154,15 +154,29 @@ impl Default for IdentityConfig {
     }
 }
 
+/// Longest certificate source value read, in bytes. A URL-encoded PEM leaf
+/// is 2-5 KB and Envoy's default limit for all request headers together is
+/// 60 KiB, so a longer value is refused as invalid, never decoded or cached.
+pub const MAX_SOURCE_BYTES: usize = 64 * 1024;
+
 /// Read-only access to the request's headers by lower-case name.
 pub trait Headers {
-    /// The value of header `name` (lower-case), if sent.
-    fn header(&self, name: &str) -> Option<&str>;
+    /// The raw value of header `name` (lower-case), if sent. Bytes, not
+    /// text: a client can send any byte, and a value that is not text must
+    /// still count as present for identity.
+    fn header_bytes(&self, name: &str) -> Option<&[u8]>;
+
+    /// The value of header `name` as text; `None` when absent or not UTF-8.
+    /// For tracing and content negotiation only, never for identity.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.header_bytes(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
 }
 
 impl<S: BuildHasher> Headers for HashMap<String, String, S> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.get(name).map(String::as_str)
+    fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.get(name).map(String::as_bytes)
     }
 }
 
@@ -289,36 +303,58 @@ pub enum Problem {
         /// Byte offset where the pair starts.
         at: usize,
     },
+    /// The value is not UTF-8 text.
+    #[error("not UTF-8 text (invalid byte at {at})")]
+    NotUtf8 {
+        /// Byte offset of the first invalid byte.
+        at: usize,
+    },
+    /// The header is sent but holds nothing but whitespace.
+    #[error("present but empty")]
+    Empty,
+    /// The value is longer than [`MAX_SOURCE_BYTES`].
+    #[error("{len} bytes, over the {max}-byte limit")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
-/// Takes the certificate from the first configured source that is present
-/// (non-empty). A present-but-invalid source is an error; it does not fall
-/// through to the next source.
+/// Takes the certificate from the first configured source that is present.
+/// A present source that does not hold a readable certificate (not UTF-8,
+/// empty, oversized, badly encoded) is an error; it never falls through to
+/// the next source, so a client cannot smuggle a second certificate past a
+/// broken first one.
 pub fn identify(
     cfg: &IdentityConfig,
-    peer_certificate: &str,
+    peer_certificate: &(impl AsRef<[u8]> + ?Sized),
     headers: &impl Headers,
 ) -> Result<ClientCertificate, IdentityError> {
-    let (source, value) = select(cfg, peer_certificate, headers).ok_or(IdentityError::Missing)?;
+    let (source, value) =
+        select(cfg, peer_certificate.as_ref(), headers).ok_or(IdentityError::Missing)?;
     let der = decode(cfg, source, value)?;
     Ok(ClientCertificate::from_der(der, source.clone()))
 }
 
-/// The first configured source that is present, with its raw value. Callers
-/// that cache fingerprints key on this pair.
+/// The first configured source that is present, with its raw value. The
+/// peer certificate is present when non-empty (protobuf cannot tell an
+/// empty field from an unset one); a header is present when sent at all,
+/// whatever its value. Callers that cache fingerprints key on this pair.
 pub fn select<'a>(
     cfg: &'a IdentityConfig,
-    peer_certificate: &'a str,
+    peer_certificate: &'a [u8],
     headers: &'a impl Headers,
-) -> Option<(&'a Source, &'a str)> {
+) -> Option<(&'a Source, &'a [u8])> {
     cfg.sources.iter().find_map(|source| {
         let value = match source {
-            Source::PeerCertificate => Some(peer_certificate),
-            Source::Xfcc => headers.header(XFCC_HEADER),
-            Source::ClientCert => headers.header(CLIENT_CERT_HEADER),
-            Source::Header(name) => headers.header(name),
+            Source::PeerCertificate => Some(peer_certificate).filter(|v| !v.is_empty()),
+            Source::Xfcc => headers.header_bytes(XFCC_HEADER),
+            Source::ClientCert => headers.header_bytes(CLIENT_CERT_HEADER),
+            Source::Header(name) => headers.header_bytes(name),
         };
-        value.filter(|v| !v.trim().is_empty()).map(|v| (source, v))
+        value.map(|v| (source, v))
     })
 }
 
@@ -326,14 +362,36 @@ pub fn select<'a>(
 pub fn decode(
     cfg: &IdentityConfig,
     source: &Source,
-    value: &str,
+    value: &[u8],
 ) -> Result<Vec<u8>, IdentityError> {
-    match source {
-        Source::Xfcc => xfcc_certificate(value, cfg.xfcc_element),
-        Source::ClientCert => client_cert_header_to_der(value),
-        Source::PeerCertificate | Source::Header(_) => url_pem_to_der(value),
+    readable(value)
+        .map_err(|problem| IdentityError::Invalid {
+            origin: None,
+            problem,
+        })
+        .and_then(|text| match source {
+            Source::Xfcc => xfcc_certificate(text, cfg.xfcc_element),
+            Source::ClientCert => client_cert_header_to_der(text),
+            Source::PeerCertificate | Source::Header(_) => url_pem_to_der(text),
+        })
+        .map_err(|e| e.at(source))
+}
+
+/// A present value as text, or why it cannot be read at all.
+fn readable(value: &[u8]) -> Result<&str, Problem> {
+    if value.len() > MAX_SOURCE_BYTES {
+        return Err(Problem::TooLarge {
+            len: value.len(),
+            max: MAX_SOURCE_BYTES,
+        });
     }
-    .map_err(|e| e.at(source))
+    let text = std::str::from_utf8(value).map_err(|e| Problem::NotUtf8 {
+        at: e.valid_up_to(),
+    })?;
+    if text.trim().is_empty() {
+        return Err(Problem::Empty);
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

@@ -177,13 +177,90 @@ fn custom_header_source() {
 
 #[test]
 fn missing_when_no_source_is_present() {
-    let h = headers(&[("x-forwarded-client-cert", ""), ("client-cert", "  ")]);
+    let h = headers(&[("x-other", "Cert=\"x\"")]);
     let err = identify(&IdentityConfig::default(), "", &h).unwrap_err();
     assert_eq!(err, IdentityError::Missing);
     assert!(err.is_missing());
     assert_eq!(
         err.to_string(),
         "no client certificate: none of the configured sources is present"
+    );
+}
+
+#[test]
+fn a_sent_but_blank_header_is_present_and_invalid() {
+    let (_, der) = new_cert("dev");
+    for blank in ["", "  ", "\t"] {
+        let h = headers(&[
+            ("x-forwarded-client-cert", blank),
+            ("client-cert", &rfc9440(&der)),
+        ]);
+        let err = identify(&IdentityConfig::default(), "", &h).unwrap_err();
+        assert_eq!(err, invalid(Source::Xfcc, Problem::Empty), "{blank:?}");
+        assert_eq!(
+            err.to_string(),
+            "x-forwarded-client-cert: present but empty"
+        );
+    }
+}
+
+#[test]
+fn unreadable_bytes_and_oversized_values_are_refused_not_skipped() {
+    struct Raw(Vec<(&'static str, Vec<u8>)>);
+    impl Headers for Raw {
+        fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+            self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| &v[..])
+        }
+    }
+    let (pem, der) = new_cert("dev");
+    let good = rfc9440(&der).into_bytes();
+    let xfcc = format!("Cert=\"{}\";Subject=\"CN=", envoy_encode(&pem));
+    let h = Raw(vec![
+        (
+            "x-forwarded-client-cert",
+            [xfcc.as_bytes(), b"\xe9\""].concat(),
+        ),
+        ("client-cert", good.clone()),
+    ]);
+    let err = identify(&IdentityConfig::default(), "", &h).unwrap_err();
+    assert_eq!(
+        err,
+        invalid(Source::Xfcc, Problem::NotUtf8 { at: xfcc.len() })
+    );
+    // The peer certificate as raw bytes is judged the same way.
+    let peer = [envoy_encode(&pem).as_bytes(), b"\xff"].concat();
+    let h = Raw(vec![("client-cert", good.clone())]);
+    assert!(matches!(
+        identify(&IdentityConfig::default(), &peer[..], &h),
+        Err(IdentityError::Invalid {
+            origin: Some(Source::PeerCertificate),
+            problem: Problem::NotUtf8 { .. }
+        })
+    ));
+    // Longer than the limit, even though the certificate in it is fine.
+    let long = format!("{}{}", envoy_encode(&pem), " ".repeat(MAX_SOURCE_BYTES));
+    let err = identify(&IdentityConfig::default(), &long, &h).unwrap_err();
+    assert_eq!(
+        err,
+        invalid(
+            Source::PeerCertificate,
+            Problem::TooLarge {
+                len: long.len(),
+                max: MAX_SOURCE_BYTES
+            }
+        )
+    );
+    // At the limit it is read.
+    let at_limit = format!(
+        "{}{}",
+        envoy_encode(&pem),
+        " ".repeat(MAX_SOURCE_BYTES - envoy_encode(&pem).len())
+    );
+    assert_eq!(
+        identify(&IdentityConfig::default(), &at_limit, &h)
+            .unwrap()
+            .der,
+        der
     );
 }
 

@@ -85,6 +85,26 @@ pub enum Fault {
     Unauthorized,
     /// `report_clipped: true` on the query report.
     Clipped,
+    /// What Fleet does when a streamed list fails part-way: 200, the rows
+    /// sent so far (about half), then `],"error":"…"}`.
+    ErrorInBody,
+}
+
+/// The message a streamed answer ends with under [`Fault::ErrorInBody`].
+pub const STREAM_ERROR: &str = "context deadline exceeded";
+
+/// `body` as Fleet streams it when it fails part-way through its first
+/// array: the elements before the midpoint, then the error.
+fn broken_off(text: &str) -> String {
+    let open = text.find('[').map_or(0, |i| i + 1);
+    let cut = text[open..]
+        .find("},{")
+        .map(|_| {
+            let half = open.max(text.len() / 2);
+            text[half..].find("},{").map_or(open, |i| half + i + 1)
+        })
+        .unwrap_or(open);
+    format!("{}],\"error\":\"{STREAM_ERROR}\"}}", &text[..cut])
 }
 
 /// One fake host; tests may change any field between syncs.
@@ -98,7 +118,12 @@ pub struct FakeHost {
     pub seen_time: String,
     /// Policy id → `"pass"`, `"fail"` or `""`.
     pub responses: BTreeMap<u64, String>,
+    /// CVEs of the host's software: in `hosts?vulnerability=` and in host
+    /// detail's software list.
     pub cves: Vec<String>,
+    /// CVEs of the operating system: in `hosts?vulnerability=` only, as in
+    /// Fleet, whose host detail lists software CVEs but not the OS's.
+    pub os_cves: Vec<String>,
     /// `columns.sha1` as Fleet reports them (upper case, some with colons).
     pub certs: Vec<String>,
 }
@@ -251,6 +276,7 @@ fn generate(spec: &FakeSpec) -> State_ {
                 } else {
                     Vec::new()
                 },
+                os_cves: Vec::new(),
                 certs,
             },
         );
@@ -565,6 +591,7 @@ async fn serve(
             sent.slice(..sent.len() / 2)
         }
         Some(Fault::Truncated) => body.slice(..text.floor_char_boundary(body.len() / 2)),
+        Some(Fault::ErrorInBody) => encode(Bytes::from(broken_off(text))),
         Some(Fault::Clipped) => encode(Bytes::from(text.replacen(
             "\"report_clipped\":false",
             "\"report_clipped\":true",
@@ -881,7 +908,7 @@ async fn hosts(State(s): State<Shared>, uri: Uri, headers: HeaderMap, Query(q): 
                 (Some(p), Some(r), _) if r == "passing" => {
                     h.responses.get(&p).is_some_and(|x| x == "pass")
                 }
-                (_, _, Some(cve)) => h.cves.contains(cve),
+                (_, _, Some(cve)) => h.cves.contains(cve) || h.os_cves.contains(cve),
                 _ => true,
             }
         });
