@@ -26,9 +26,9 @@ use fleet_authz::{
     cli::{build_check_request, request_headers, url_encode_pem},
     fingerprint::Fingerprint,
     identity::{IdentityConfig, identify},
-    metrics::Metrics,
     policy::{RequestFacts, Subject, evaluate, parse_policy},
     posture::{HostId, HostPosture, PolicyMeta, PostureStore, Team},
+    telemetry::metrics::Metrics,
 };
 
 const HOSTS: u64 = 100_000;

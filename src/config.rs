@@ -35,7 +35,7 @@ pub struct Config {
     #[serde(default)]
     pub posture_file: Option<PathBuf>,
     #[serde(default)]
-    pub snapshot: Option<crate::snapshot::SnapshotConfig>,
+    pub snapshot: Option<crate::fleet::snapshot::SnapshotConfig>,
     #[serde(default)]
     pub identity: IdentityConfig,
     pub policy_file: PathBuf,

@@ -1,8 +1,27 @@
 //! Durations in configuration and policy files: `150ms`, `30s`, `15m`, `24h`,
 //! `3d`, or combinations (`1h30m`), parsed by `humantime`; and the shared
-//! way configuration and policy loaders report YAML errors by key.
+//! way configuration and policy loaders report YAML errors by key; and
+//! instants as Unix milliseconds, the one form every file and metric uses.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Unix milliseconds of `t` (negative before 1970), saturating.
+pub fn unix_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+    }
+}
+
+/// The instant `ms` Unix milliseconds after (or, negative, before) 1970.
+pub fn from_unix_ms(ms: i64) -> SystemTime {
+    let d = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH - d
+    }
+}
 
 /// Parses a human duration such as `30s`, `15m`, `24h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

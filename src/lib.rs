@@ -13,17 +13,16 @@
 //! convert at the edge.
 
 pub mod admin;
+pub mod atomic_file;
 pub mod authz;
 pub mod cli;
 pub mod config;
+pub mod decision;
 pub mod duration;
 pub mod fingerprint;
 pub mod fleet;
-pub mod http;
 pub mod identity;
-pub mod logbuf;
-pub mod logline;
-pub mod metrics;
+
 pub mod net;
 pub mod policy;
 pub mod posture;
@@ -31,5 +30,4 @@ pub mod proto;
 pub mod reload;
 pub mod server;
 pub mod shutdown;
-pub mod snapshot;
 pub mod telemetry;

@@ -15,10 +15,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     admin::SyncTrigger,
-    authz::BoxFuture,
-    metrics::{Metrics, ResultLabels},
+    decision::BoxFuture,
     policy::{Policy, parse_policy},
     posture::{PostureStore, parse_posture_file},
+    telemetry::metrics::{Metrics, ResultLabels},
 };
 
 /// Called with each newly applied policy.

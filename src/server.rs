@@ -15,14 +15,15 @@ use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
 
 use crate::{
+    admin::probes::{self, HttpState},
     admin::{self, AdminState, AdminToken, GrantStore, SyncTrigger},
-    authz::{Authorizer, AuthzService, BoxFuture, Refresh},
+    authz::AuthzService,
     config::{Config, GrpcListen},
-    http::{self, HttpState},
-    metrics::Metrics,
+    decision::{Authorizer, BoxFuture, Refresh},
     policy::{Policy, load_policy},
     posture::{PostureFile, PostureStore, load_posture_file},
     reload::{FileSync, Reloader},
+    telemetry::metrics::Metrics,
 };
 
 /// Parts a caller (a test, an embedding) plugs into the service in place of
@@ -140,7 +141,7 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
             if let Some(snap) = &config.snapshot {
                 restore_snapshot(&snap.path, &store);
             }
-            let snapshot = config.snapshot.as_ref().map(|s| (s.path.clone(), None));
+            let snapshot = config.snapshot.as_ref().map(|s| s.path.clone());
             let source = crate::fleet::adapter::build(fleet, &store, &metrics, snapshot)?;
             source
                 .handle
@@ -158,7 +159,7 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
         refresh: ext
             .refresh
             .or_else(|| fleet.as_ref().and_then(|f| f.refresh.clone())),
-        grants: Some(Arc::clone(&grants) as Arc<dyn crate::authz::Grants>),
+        grants: Some(Arc::clone(&grants) as Arc<dyn crate::decision::Grants>),
         fingerprints: Default::default(),
     });
     let mut reloader = Reloader::new(
@@ -298,7 +299,7 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
             Arc::new(move || admin.update_grant_gauge(SystemTime::now()))
         },
     };
-    let app = http::router(http_state).merge(admin::http::router(admin.clone()));
+    let app = probes::router(http_state).merge(admin::http::router(admin.clone()));
     let stop = shutdown();
     tasks.spawn(async move {
         axum::serve(http_listener, app)
@@ -354,7 +355,7 @@ fn restore_snapshot(path: &std::path::Path, store: &PostureStore) {
         tracing::info!(path = %path.display(), "no snapshot yet; waiting for the first Fleet sync");
         return;
     }
-    match crate::snapshot::load(path) {
+    match crate::fleet::snapshot::load(path) {
         Ok(loaded) => {
             tracing::info!(path = %path.display(), hosts = loaded.hosts.len(), "posture restored from snapshot");
             store.replace_all(loaded.hosts, loaded.synced_at);

@@ -25,14 +25,14 @@ use envoy_types::pb::envoy::service::auth::v3::{
     check_response::HttpResponse,
 };
 use fleet_authz::{
-    authz::{Authorizer, Grants},
     cli::{build_check_request, request_headers, url_encode_pem},
     config::Config,
+    decision::{Authorizer, Grants},
     fingerprint::Fingerprint,
-    metrics::Metrics,
     policy::parse_policy,
     posture::{HostId, PostureStore, parse_posture_file},
     server::RunningServer,
+    telemetry::metrics::Metrics,
 };
 use serde_json::Value;
 use tempfile::TempDir;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use common::ops::{Env, channel, get, http, json, metric, scrape};
 use fleet_authz::{
     admin::{AdminState, SyncTrigger},
-    authz::BoxFuture,
     cli,
+    decision::BoxFuture,
     proto::v1::{
         ExplainRequest, GetFingerprintRequest, GetHostRequest, SyncRequest,
         admin_client::AdminClient,

@@ -182,7 +182,7 @@ async fn checks_and_syncs_are_exported_as_spans_joined_to_the_callers_trace() {
     );
     // The same buckets as Prometheus: 1 µs doubling to ~1 s, not the SDK's
     // default (0, 5, 10, … s), which puts every Check in one bucket.
-    let expected: Vec<f64> = fleet_authz::metrics::check_duration_bounds().collect();
+    let expected: Vec<f64> = fleet_authz::telemetry::metrics::check_duration_bounds().collect();
     let bounds = collector.check_duration_bounds.lock().unwrap().clone();
     assert!(!bounds.is_empty(), "no Check latency data point exported");
     for exported in &bounds {

@@ -17,11 +17,11 @@ use std::{
 use arc_swap::ArcSwap;
 use common::ops::{Captured, Env, POLICY, allowed, check, metric, reason_header, scrape};
 use fleet_authz::{
-    metrics::Metrics,
     policy::load_policy,
     posture::PostureStore,
     reload::{ReloadOutcome, Reloader},
     server::{RunningServer, start},
+    telemetry::metrics::Metrics,
 };
 
 /// The default route also denies on any failing policy: host 101 (`good`)

@@ -15,7 +15,7 @@ use std::{
 use common::ops::{Env, channel, check_with, reason_header};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use fleet_authz::{
-    authz::{BoxFuture, Refresh},
+    decision::{BoxFuture, Refresh},
     posture::{HostId, HostPosture},
     server::{Extensions, start_with},
 };

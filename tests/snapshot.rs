@@ -12,9 +12,9 @@ use common::fake_fleet::{FakeFleet, FakeSpec, Fault};
 use fleet_authz::{
     fingerprint::Fingerprint,
     fleet::Poller,
-    posture::{HostId, HostPosture, PolicyMeta, PolicyResponse, PolicyResult, PostureStore, Team},
+    fleet::snapshot::{self, SnapshotError},
+    posture::{HostPosture, PolicyMeta, PolicyResponse, PolicyResult, PostureStore, Team},
     proto::v1,
-    snapshot::{self, SnapshotError, SnapshotGrant},
 };
 use prost::Message;
 
@@ -48,18 +48,6 @@ fn host(id: u64, failing_since: Option<SystemTime>) -> HostPosture {
     h
 }
 
-fn grant() -> SnapshotGrant {
-    SnapshotGrant {
-        id: 7,
-        host_id: Some(HostId(1)),
-        fingerprint: Some(Fingerprint::of_der(b"cert-1")),
-        reason: "ceo travelling".into(),
-        granted_at: t(1_700_000_100),
-        expires_at: t(1_700_014_500),
-        granted_by: "oncall@example.com".into(),
-    }
-}
-
 fn saved_store(dir: &std::path::Path) -> (std::path::PathBuf, Arc<PostureStore>) {
     let store = Arc::new(PostureStore::new());
     let mut plain = HostPosture::new(3, "no team");
@@ -69,12 +57,12 @@ fn saved_store(dir: &std::path::Path) -> (std::path::PathBuf, Arc<PostureStore>)
         t(1_700_000_000),
     );
     let path = dir.join("snapshot.pb");
-    snapshot::save(&path, &store, &[grant()]).unwrap_or_else(|e| panic!("{e}"));
+    snapshot::save(&path, &store).unwrap_or_else(|e| panic!("{e}"));
     (path, store)
 }
 
 #[test]
-fn save_then_load_round_trips_hosts_failing_since_and_grants() {
+fn save_then_load_round_trips_hosts_and_failing_since() {
     let dir = tempfile::tempdir().unwrap();
     let (path, store) = saved_store(dir.path());
     let loaded = snapshot::load(&path).unwrap();
@@ -91,7 +79,6 @@ fn save_then_load_round_trips_hosts_failing_since_and_grants() {
         Some(t(1_700_000_000))
     );
     assert_eq!(loaded.hosts[2].team, None);
-    assert_eq!(loaded.grants, vec![grant()]);
     // Names repeated across hosts are shared again after loading.
     assert!(Arc::ptr_eq(
         &loaded.hosts[0].policies[0].meta.name,
@@ -162,7 +149,6 @@ fn unknown_version_and_bad_fingerprints_are_errors() {
         version: 2,
         synced_at_unix_ms: 1,
         hosts: vec![],
-        grants: vec![],
     };
     std::fs::write(&path, newer.encode_length_delimited_to_vec()).unwrap();
     let msg = snapshot::load(&path).unwrap_err().to_string();
@@ -182,7 +168,6 @@ fn unknown_version_and_bad_fingerprints_are_errors() {
             fingerprints: vec![vec![1, 2, 3]],
             ..Default::default()
         }],
-        grants: vec![],
     };
     std::fs::write(&path, bad.encode_length_delimited_to_vec()).unwrap();
     let msg = snapshot::load(&path).unwrap_err().to_string();
@@ -201,7 +186,7 @@ fn missing_file_and_unsynced_store_are_errors() {
         msg.starts_with(&format!("snapshot {}: cannot read:", path.display())),
         "{msg}"
     );
-    let err = snapshot::save(&path, &PostureStore::new(), &[])
+    let err = snapshot::save(&path, &PostureStore::new())
         .unwrap_err()
         .to_string();
     assert_eq!(
@@ -221,9 +206,8 @@ async fn poller_writes_a_snapshot_after_each_good_sync_only() {
     let fake = FakeFleet::start(FakeSpec::default()).await;
     let config = fake.config();
     let store = Arc::new(PostureStore::new());
-    let grants: fleet_authz::fleet::GrantSource = Arc::new(|| vec![grant()]);
     let poller = Poller::new(Arc::new(fake.client(&config)), Arc::clone(&store), &config)
-        .with_snapshot(path.clone(), Some(grants));
+        .with_snapshot(path.clone());
     poller.poll_once().await.unwrap();
     let loaded = snapshot::load(&path).unwrap();
     assert_eq!(loaded.hosts.len(), 10);
@@ -235,7 +219,6 @@ async fn poller_writes_a_snapshot_after_each_good_sync_only() {
             UNIX_EPOCH + Duration::from_millis(ms)
         })
     );
-    assert_eq!(loaded.grants, vec![grant()]);
     let before = std::fs::read(&path).unwrap();
 
     fake.remove_host(1);
@@ -250,4 +233,25 @@ async fn poller_writes_a_snapshot_after_each_good_sync_only() {
     poller.poll_once().await.unwrap();
     assert_eq!(snapshot::load(&path).unwrap().hosts.len(), 9);
     assert_eq!(poller.handle().status().snapshot_error, None);
+}
+
+/// Older builds wrote a `grants` field (4) that nothing read; such files
+/// still load, the field skipped.
+#[test]
+fn a_snapshot_with_the_retired_grants_field_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _store) = saved_store(dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    let mut body = &bytes[..];
+    let len = prost::encoding::decode_varint(&mut body).unwrap();
+    assert_eq!(len as usize, body.len());
+    // Field 4, length-delimited, holding {id: 7}.
+    let mut message = body.to_vec();
+    message.extend_from_slice(&[0x22, 0x02, 0x08, 0x07]);
+    let mut old = Vec::new();
+    prost::encoding::encode_varint(message.len() as u64, &mut old);
+    old.extend_from_slice(&message);
+    let loaded = snapshot::decode(&old).unwrap();
+    assert_eq!(loaded, snapshot::decode(&bytes).unwrap());
+    assert_eq!(loaded.hosts.len(), 3);
 }

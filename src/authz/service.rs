@@ -15,7 +15,8 @@ use tonic::{
     server::{Grpc, NamedService, UnaryService},
 };
 
-use super::{Answer, Authorizer, BoxFuture, wire};
+use super::{Answer, wire};
+use crate::decision::{Authorizer, BoxFuture};
 
 /// The gRPC path of the one method.
 const CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";

@@ -1,5 +1,5 @@
 //! Glue between the Fleet source and the rest of the service: Fleet request
-//! metrics, the live recheck as the `authz::Refresh` hook, and building the
+//! metrics, the live recheck as the `decision::Refresh` port, and building the
 //! poller and recheck from the configuration.
 
 use std::{
@@ -8,13 +8,12 @@ use std::{
 };
 
 use super::{
-    FleetClient, FleetConfig, GrantSource, Observer, Poller, PollerHandle, Recheck, RecheckOutcome,
-    RetryPolicy,
+    FleetClient, FleetConfig, Observer, Poller, PollerHandle, Recheck, RecheckOutcome, RetryPolicy,
 };
 use crate::{
-    authz::{BoxFuture, Refresh},
-    metrics::{FleetRequestLabels, Metrics, ResultLabels},
+    decision::{BoxFuture, Refresh},
     posture::{HostId, HostPosture, PostureStore},
+    telemetry::metrics::{FleetRequestLabels, Metrics, ResultLabels},
 };
 
 /// Counts Fleet requests by endpoint and status, and bytes received.
@@ -82,7 +81,7 @@ pub fn build(
     config: &FleetConfig,
     store: &Arc<PostureStore>,
     metrics: &Arc<Metrics>,
-    snapshot: Option<(std::path::PathBuf, Option<GrantSource>)>,
+    snapshot: Option<std::path::PathBuf>,
 ) -> Result<FleetSource, super::FleetError> {
     let token = config.load_token()?;
     let new_client = || -> Result<Arc<FleetClient>, super::FleetError> {
@@ -98,8 +97,8 @@ pub fn build(
     let client = new_client()?;
     let mut poller = Poller::new(Arc::clone(&client), Arc::clone(store), config)
         .with_metrics(Arc::clone(metrics));
-    if let Some((path, grants)) = snapshot {
-        poller = poller.with_snapshot(path, grants);
+    if let Some(path) = snapshot {
+        poller = poller.with_snapshot(path);
     }
     let handle = poller.handle();
     let refresh: Option<Arc<dyn Refresh>> = if config.recheck.enabled {

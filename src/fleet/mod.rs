@@ -15,6 +15,7 @@ pub mod model;
 mod poller;
 mod recheck;
 mod retry;
+pub mod snapshot;
 mod stream;
 mod thread;
 
@@ -22,9 +23,7 @@ pub use client::FleetClient;
 pub use config::{FleetConfig, MembershipMode, RecheckConfig, Token};
 pub use error::FleetError;
 pub use map::{Catalogue, CatalogueEntry, Interner};
-pub use poller::{
-    GrantSource, POPULATE_POLICIES_MAX, Poller, PollerHandle, SyncReport, SyncStatus,
-};
+pub use poller::{POPULATE_POLICIES_MAX, Poller, PollerHandle, SyncReport, SyncStatus};
 pub use recheck::{Recheck, RecheckOutcome, SkipReason};
 pub use retry::{FleetStats, Observer, RetryPolicy};
 pub use stream::{FingerprintRow, ReportFingerprints};

@@ -36,16 +36,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Catalogue, FleetClient, FleetConfig, FleetError, Interner, MembershipMode, map::failing_result,
 };
-use crate::{
-    posture::{HostId, HostPosture, PolicyResult, PostureStore},
-    snapshot::SnapshotGrant,
-};
+use crate::posture::{HostId, HostPosture, PolicyResult, PostureStore};
 
 /// `auto` membership uses `populate_policies` up to this many policies.
 pub const POPULATE_POLICIES_MAX: usize = 10;
-
-/// Supplies the break-glass grants to write into each snapshot.
-pub type GrantSource = Arc<dyn Fn() -> Vec<SnapshotGrant> + Send + Sync>;
 
 /// What the last cycles did, for `/readyz`, metrics and the admin API.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -155,11 +149,11 @@ pub struct Poller {
     query_id: u64,
     interval: Duration,
     membership: MembershipMode,
-    snapshot: Option<(PathBuf, Option<GrantSource>)>,
+    snapshot: Option<PathBuf>,
     shared: Arc<Shared>,
     trigger_tx: mpsc::Sender<Reply>,
     trigger_rx: mpsc::Receiver<Reply>,
-    metrics: Option<Arc<crate::metrics::Metrics>>,
+    metrics: Option<Arc<crate::telemetry::metrics::Metrics>>,
 }
 
 /// Runs CPU-heavy sync work (mapping a page of a thousand hosts) without
@@ -206,14 +200,14 @@ impl Poller {
     }
 
     /// Records cycle durations and outcomes in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+    pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::metrics::Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
     }
 
-    /// Writes a snapshot to `path` after each good cycle, with `grants`' grants.
-    pub fn with_snapshot(mut self, path: PathBuf, grants: Option<GrantSource>) -> Self {
-        self.snapshot = Some((path, grants));
+    /// Writes a snapshot to `path` after each good cycle.
+    pub fn with_snapshot(mut self, path: PathBuf) -> Self {
+        self.snapshot = Some(path);
         self
     }
 
@@ -271,7 +265,7 @@ impl Poller {
             m.sync_duration.observe(duration.as_secs_f64());
             let result = if result.is_ok() { "success" } else { "failure" };
             m.syncs
-                .get_or_create(&crate::metrics::ResultLabels { result })
+                .get_or_create(&crate::telemetry::metrics::ResultLabels { result })
                 .inc();
             if clipped {
                 m.report_clipped.inc();
@@ -313,17 +307,11 @@ impl Poller {
                 // even if shutdown abandons this cycle meanwhile (a started
                 // blocking task runs to the end; the runtime waits for it).
                 let store = Arc::clone(&self.store);
-                let snapshot = self.snapshot.as_ref().map(|(path, grants)| {
-                    (
-                        path.clone(),
-                        grants.as_ref().map(|g| g()).unwrap_or_default(),
-                    )
-                });
+                let snapshot = self.snapshot.clone();
                 let published = tokio::task::spawn_blocking(move || {
                     store.replace_all(hosts, now);
-                    snapshot.map(|(path, grants)| {
-                        crate::snapshot::save(&path, &store, &grants).map_err(|e| e.to_string())
-                    })
+                    snapshot
+                        .map(|path| super::snapshot::save(&path, &store).map_err(|e| e.to_string()))
                 })
                 .await;
                 let snapshot_error = match published {

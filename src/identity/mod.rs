@@ -11,6 +11,7 @@
 //! look like one DER certificate, so garbage is denied as invalid instead of
 //! being looked up as an unknown device.
 
+mod cache;
 mod pem;
 mod xfcc;
 
@@ -20,6 +21,7 @@ use serde::de::{self, MapAccess, Visitor};
 
 use crate::fingerprint::Fingerprint;
 
+pub use cache::FingerprintCache;
 pub use pem::{client_cert_header_to_der, url_pem_to_der};
 pub use xfcc::{parse_xfcc, xfcc_certificate};
 

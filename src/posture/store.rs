@@ -13,6 +13,7 @@ use std::{
 use dashmap::DashMap;
 
 use super::{HostId, HostPosture, PolicyResult};
+use crate::duration::unix_ms;
 use crate::fingerprint::Fingerprint;
 
 /// In-memory posture of every host. Cheap to share behind an `Arc`.
@@ -202,14 +203,6 @@ fn carry_failing_since(host: &mut HostPosture, previous: Option<&HostPosture>, n
             .filter(|q| q.is_failing())
             .and_then(PolicyResult::failing_since);
         policy.set_failing_since(Some(earlier.unwrap_or(now)));
-    }
-}
-
-/// Unix milliseconds of `t` (negative before 1970).
-pub fn unix_ms(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Break-glass grants: an admin-given, time-limited allow for one device
 //! (by Fleet host id or by certificate SHA-1), audited and capped by the
 //! policy's `break_glass.max_duration`. [`GrantStore`] implements
-//! [`Grants`](crate::authz::Grants), so `Authorizer::decide` turns a deny for
+//! [`Grants`](crate::decision::Grants), so `Authorizer::decide` turns a deny for
 //! that device into an allow with reason `break_glass`.
 //!
 //! Grants survive a restart: with `admin.grants_file` set, every change is
@@ -10,15 +10,20 @@
 //! dropped when the file is next written; they never match a Check.
 
 use std::{
-    io::Write,
     path::{Path, PathBuf},
     sync::Mutex,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::{authz::Grants, fingerprint::Fingerprint, posture::HostId};
+use crate::{
+    atomic_file::write_atomically,
+    decision::Grants,
+    duration::{from_unix_ms, unix_ms},
+    fingerprint::Fingerprint,
+    posture::HostId,
+};
 
 /// Why the grants file cannot be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +38,7 @@ pub enum GrantsError {
     #[error("{path}: cannot write break-glass grants: {source}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        source: crate::atomic_file::AtomicWriteError,
     },
 }
 
@@ -245,21 +250,6 @@ struct FileGrant {
     expires_at_unix_ms: i64,
 }
 
-fn unix_ms(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
-    }
-}
-
-fn from_unix_ms(ms: i64) -> SystemTime {
-    if ms >= 0 {
-        UNIX_EPOCH + Duration::from_millis(ms as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
-    }
-}
-
 fn encode(state: &State) -> Vec<u8> {
     let file = FileV1 {
         version: 1,
@@ -321,23 +311,5 @@ fn decode(bytes: &[u8]) -> Result<State, String> {
 
 /// Writes `bytes` to `path` so a reader sees the old or the new file, never a
 /// torn one, even across a crash.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    // Make the rename itself durable.
-    std::fs::File::open(&dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests;

@@ -1,11 +1,11 @@
-//! The HTTP side on `listen.http`: `/livez`, `/readyz` (with a body saying
+//! The probes on `listen.http`: `/livez`, `/readyz` (with a body saying
 //! what is missing) and `/metrics`. It reads state and never writes it.
 
 use std::{sync::Arc, time::SystemTime};
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 
-use crate::{metrics::Metrics, posture::PostureStore};
+use crate::{posture::PostureStore, telemetry::metrics::Metrics};
 
 /// What the HTTP endpoints read.
 #[derive(Clone)]

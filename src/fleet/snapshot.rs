@@ -12,16 +12,17 @@
 //! and the caller starts without it.
 
 use std::{
-    io::Write,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::SystemTime,
 };
 
 use prost::Message;
 
+use super::Interner;
 use crate::{
+    atomic_file::write_atomically,
+    duration::{from_unix_ms, unix_ms},
     fingerprint::Fingerprint,
-    fleet::Interner,
     posture::{HostId, HostPosture, PolicyResponse, PolicyResult, PostureStore, Team},
     proto::v1,
 };
@@ -37,25 +38,6 @@ pub struct SnapshotConfig {
     pub path: PathBuf,
 }
 
-/// An emergency break-glass grant, kept across restarts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotGrant {
-    /// Grant id.
-    pub id: u64,
-    /// The host it is for, when granted by host.
-    pub host_id: Option<HostId>,
-    /// The certificate it is for, when granted by fingerprint.
-    pub fingerprint: Option<Fingerprint>,
-    /// Why it was granted.
-    pub reason: String,
-    /// When.
-    pub granted_at: SystemTime,
-    /// Until when.
-    pub expires_at: SystemTime,
-    /// Who granted it.
-    pub granted_by: String,
-}
-
 /// A snapshot read back from disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadedSnapshot {
@@ -63,8 +45,6 @@ pub struct LoadedSnapshot {
     pub hosts: Vec<HostPosture>,
     /// When that posture was last fetched from Fleet.
     pub synced_at: SystemTime,
-    /// Break-glass grants active when it was written.
-    pub grants: Vec<SnapshotGrant>,
 }
 
 /// Why a snapshot could not be written or read.
@@ -90,18 +70,18 @@ pub enum SnapshotError {
     NotSynced { path: PathBuf },
 }
 
-/// Writes the store's posture and `grants` to `path`, atomically.
-pub fn save(
-    path: &Path,
-    store: &PostureStore,
-    grants: &[SnapshotGrant],
-) -> Result<(), SnapshotError> {
+/// Writes the store's posture to `path`, atomically.
+pub fn save(path: &Path, store: &PostureStore) -> Result<(), SnapshotError> {
     let synced_at = store.synced_at().ok_or_else(|| SnapshotError::NotSynced {
         path: path.to_owned(),
     })?;
     let hosts = store.all_hosts();
-    let bytes = encode(hosts.iter().map(|h| &**h), synced_at, grants);
-    write_atomically(path, &bytes)
+    let bytes = encode(hosts.iter().map(|h| &**h), synced_at);
+    write_atomically(path, &bytes).map_err(|e| SnapshotError::Io {
+        path: path.to_owned(),
+        op: e.op,
+        source: e.source,
+    })
 }
 
 /// Reads a snapshot written by [`save`].
@@ -127,13 +107,11 @@ pub fn load(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
 pub fn encode<'a>(
     hosts: impl IntoIterator<Item = &'a HostPosture>,
     synced_at: SystemTime,
-    grants: &[SnapshotGrant],
 ) -> Vec<u8> {
     let message = v1::Snapshot {
         version: SNAPSHOT_VERSION,
-        synced_at_unix_ms: to_ms(synced_at),
+        synced_at_unix_ms: unix_ms(synced_at),
         hosts: hosts.into_iter().map(host_to_proto).collect(),
-        grants: grants.iter().map(grant_to_proto).collect(),
     };
     message.encode_length_delimited_to_vec()
 }
@@ -171,73 +149,10 @@ pub fn decode(bytes: &[u8]) -> Result<LoadedSnapshot, DecodeError> {
         .into_iter()
         .map(|h| host_from_proto(h, &mut interner))
         .collect::<Result<Vec<_>, _>>()?;
-    let grants = message
-        .grants
-        .into_iter()
-        .map(grant_from_proto)
-        .collect::<Result<Vec<_>, _>>()?;
     Ok(LoadedSnapshot {
         hosts,
-        synced_at: from_ms(message.synced_at_unix_ms),
-        grants,
+        synced_at: from_unix_ms(message.synced_at_unix_ms),
     })
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
-    let io = |op: &'static str| {
-        move |source| SnapshotError::Io {
-            path: path.to_owned(),
-            op,
-            source,
-        }
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp).map_err(io("create temporary file"))?;
-        file.write_all(bytes).map_err(io("write temporary file"))?;
-        file.sync_all().map_err(io("fsync temporary file"))?;
-        drop(file);
-        std::fs::rename(&tmp, path).map_err(io("rename temporary file"))?;
-        sync_dir(&dir).map_err(io("fsync directory"))
-    })();
-    if result.is_err() {
-        let _cleanup = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> std::io::Result<()> {
-    Ok(())
-}
-
-fn to_ms(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
-    }
-}
-
-fn from_ms(ms: i64) -> SystemTime {
-    let d = Duration::from_millis(ms.unsigned_abs());
-    if ms >= 0 {
-        UNIX_EPOCH + d
-    } else {
-        UNIX_EPOCH - d
-    }
 }
 
 fn host_to_proto(h: &HostPosture) -> v1::Host {
@@ -253,7 +168,7 @@ fn host_to_proto(h: &HostPosture) -> v1::Host {
             .unwrap_or_default(),
         platform: h.platform.to_string(),
         os_version: h.os_version.to_string(),
-        last_seen_unix_ms: h.last_seen.map(to_ms),
+        last_seen_unix_ms: h.last_seen.map(unix_ms),
         policies: h
             .policies
             .iter()
@@ -267,7 +182,7 @@ fn host_to_proto(h: &HostPosture) -> v1::Host {
                 },
                 critical: p.meta.critical,
                 resolution: p.meta.resolution.as_deref().unwrap_or_default().to_owned(),
-                failing_since_unix_ms: p.failing_since().map(to_ms),
+                failing_since_unix_ms: p.failing_since().map(unix_ms),
             })
             .collect(),
         cves: h.cves.iter().map(|c| c.to_string()).collect(),
@@ -308,7 +223,7 @@ fn host_from_proto(h: v1::Host, interner: &mut Interner) -> Result<HostPosture, 
             };
             let meta = interner.policy(p.id, &p.name, p.critical, &p.resolution);
             Ok(PolicyResult::new(meta, response)
-                .with_failing_since(p.failing_since_unix_ms.map(from_ms)))
+                .with_failing_since(p.failing_since_unix_ms.map(from_unix_ms)))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let team = match (h.team_id, h.team_name.as_str()) {
@@ -325,7 +240,7 @@ fn host_from_proto(h: v1::Host, interner: &mut Interner) -> Result<HostPosture, 
         team,
         platform: interner.intern(&h.platform),
         os_version: interner.intern(&h.os_version),
-        last_seen: h.last_seen_unix_ms.map(from_ms),
+        last_seen: h.last_seen_unix_ms.map(from_unix_ms),
         policies,
         cves: h.cves.iter().map(|c| interner.intern(c)).collect(),
         fingerprints: h
@@ -334,37 +249,5 @@ fn host_from_proto(h: v1::Host, interner: &mut Interner) -> Result<HostPosture, 
             .map(|f| fingerprint(f, &what))
             .collect::<Result<_, _>>()?,
         allow_answer: Default::default(),
-    })
-}
-
-fn grant_to_proto(g: &SnapshotGrant) -> v1::BreakGlassGrant {
-    v1::BreakGlassGrant {
-        id: g.id,
-        host_id: g.host_id.map(|h| h.0),
-        sha1: g
-            .fingerprint
-            .map(|f| f.as_bytes().to_vec())
-            .unwrap_or_default(),
-        reason: g.reason.clone(),
-        granted_at_unix_ms: to_ms(g.granted_at),
-        expires_at_unix_ms: to_ms(g.expires_at),
-        granted_by: g.granted_by.clone(),
-    }
-}
-
-fn grant_from_proto(g: v1::BreakGlassGrant) -> Result<SnapshotGrant, DecodeError> {
-    let fp = if g.sha1.is_empty() {
-        None
-    } else {
-        Some(fingerprint(&g.sha1, &format!("grant {}", g.id))?)
-    };
-    Ok(SnapshotGrant {
-        id: g.id,
-        host_id: g.host_id.map(HostId),
-        fingerprint: fp,
-        reason: g.reason,
-        granted_at: from_ms(g.granted_at_unix_ms),
-        expires_at: from_ms(g.expires_at_unix_ms),
-        granted_by: g.granted_by,
     })
 }

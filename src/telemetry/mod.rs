@@ -8,6 +8,10 @@
 //! a subscriber of their own ([`json_layer`], [`otel_layer`]). The returned
 //! guards flush and shut the exporters down when dropped; drop them last.
 
+pub mod log_line;
+pub mod log_writer;
+pub mod metrics;
+
 use opentelemetry::{
     KeyValue,
     metrics::{Counter, Histogram},
@@ -42,7 +46,7 @@ pub struct TelemetryGuard {
     tracer: Option<SdkTracerProvider>,
     meter: Option<SdkMeterProvider>,
     /// Flushes the buffered log writer (every line, none dropped) on drop.
-    log: Option<crate::logbuf::FlushGuard<std::io::Stdout>>,
+    log: Option<crate::telemetry::log_writer::FlushGuard<std::io::Stdout>>,
 }
 
 impl Drop for TelemetryGuard {
@@ -80,7 +84,8 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
         LogFormat::Json => {
             // One decision line per Check: batch them (lossless, bounded)
             // instead of one write(2) per line on the request path.
-            let (writer, log_guard) = crate::logbuf::BatchWriter::new(std::io::stdout());
+            let (writer, log_guard) =
+                crate::telemetry::log_writer::BatchWriter::new(std::io::stdout());
             guard.log = Some(log_guard);
             registry.with(json_layer(writer)).try_init()
         }
@@ -109,7 +114,7 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     fmt::layer()
-        .event_format(crate::logline::JsonLine)
+        .event_format(crate::telemetry::log_line::JsonLine)
         .with_writer(writer)
 }
 
@@ -219,7 +224,7 @@ impl Default for OtelInstruments {
                 .with_description("Time to answer a Check")
                 // The SDK's default bounds are 0, 5, 10, … (s here):
                 // every Check would fall in one bucket.
-                .with_boundaries(crate::metrics::check_duration_bounds().collect())
+                .with_boundaries(crate::telemetry::metrics::check_duration_bounds().collect())
                 .build(),
         }
     }
