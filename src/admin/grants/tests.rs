@@ -1,5 +1,7 @@
 //! Unit tests of the grant store and its file.
 
+use std::time::UNIX_EPOCH;
+
 use super::*;
 
 fn fp(n: u8) -> Fingerprint {
