@@ -22,8 +22,8 @@ mod synthetic;
 use arc_swap::ArcSwap;
 use criterion::{Criterion, criterion_group, criterion_main};
 use fleet_authz::{
-    authz::Authorizer,
-    cli::{build_check_request, request_headers, url_encode_pem},
+    authz::request::{build_check_request, request_headers, url_encode_pem},
+    decision::Authorizer,
     fingerprint::Fingerprint,
     identity::{IdentityConfig, identify},
     policy::{RequestFacts, Subject, evaluate, parse_policy},

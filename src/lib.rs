@@ -23,11 +23,8 @@ pub mod fingerprint;
 pub mod fleet;
 pub mod identity;
 
-pub mod net;
 pub mod policy;
 pub mod posture;
 pub mod proto;
-pub mod reload;
 pub mod server;
-pub mod shutdown;
 pub mod telemetry;

@@ -9,7 +9,7 @@ use fleet_authz::{
     config::Config,
     policy,
     server::{self, Preloaded},
-    shutdown, telemetry,
+    telemetry,
 };
 
 /// mimalloc hands freed memory back to the OS soon after a sync drops the
@@ -94,10 +94,10 @@ async fn serve(config: Config, preloaded: Preloaded) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let mut hangups = shutdown::hangups();
+    let mut hangups = server::signal::hangups();
     let code = loop {
         tokio::select! {
-            _ = shutdown::signal() => break ExitCode::SUCCESS,
+            _ = server::signal::signal() => break ExitCode::SUCCESS,
             error = running.wait_for_failure() => {
                 tracing::error!(error = %format!("{error:#}"), "a service task failed; shutting down");
                 break ExitCode::FAILURE;

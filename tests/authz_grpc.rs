@@ -25,7 +25,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
     check_response::HttpResponse,
 };
 use fleet_authz::{
-    cli::{build_check_request, request_headers, url_encode_pem},
+    authz::request::{build_check_request, request_headers, url_encode_pem},
     config::Config,
     decision::{Authorizer, Grants},
     fingerprint::Fingerprint,

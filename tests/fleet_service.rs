@@ -22,7 +22,7 @@ use common::{
 use envoy_types::pb::envoy::service::auth::v3::{
     CheckResponse, authorization_client::AuthorizationClient, check_response::HttpResponse,
 };
-use fleet_authz::{cli::build_check_request, config::Config, server::RunningServer};
+use fleet_authz::{authz::request::build_check_request, config::Config, server::RunningServer};
 use tempfile::TempDir;
 
 const POLICY: &str = "version: 1\ndefaults:\n  deny: {failing_any_policy: true}\n";

@@ -25,7 +25,9 @@ use bytes::Bytes;
 use common::certs::{Leaf, TestPki};
 use envoy_types::pb::envoy::service::auth::v3::{CheckResponse, check_response::HttpResponse};
 use fleet_authz::{
-    authz::wire, cli::url_encode_pem, config::Config, identity::MAX_SOURCE_BYTES,
+    authz::{request::url_encode_pem, wire},
+    config::Config,
+    identity::MAX_SOURCE_BYTES,
     server::RunningServer,
 };
 use serde_json::Value;

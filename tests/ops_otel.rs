@@ -127,9 +127,14 @@ async fn checks_and_syncs_are_exported_as_spans_joined_to_the_callers_trace() {
     let config = env.config(&format!("telemetry: {{otlp_endpoint: \"{endpoint}\"}}\n"));
     let server = fleet_authz::server::start(config).await.unwrap();
     let mut client = AuthorizationClient::new(channel(server.grpc_addr()).await);
-    let mut request =
-        fleet_authz::cli::build_check_request(&env.bad.pem, &[], "app.example.com", "/", false);
-    fleet_authz::cli::request_headers(&mut request).insert(
+    let mut request = fleet_authz::authz::request::build_check_request(
+        &env.bad.pem,
+        &[],
+        "app.example.com",
+        "/",
+        false,
+    );
+    fleet_authz::authz::request::request_headers(&mut request).insert(
         "traceparent".to_owned(),
         format!("00-{TRACE_ID}-{PARENT_ID}-01"),
     );

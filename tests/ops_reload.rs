@@ -19,7 +19,7 @@ use common::ops::{Captured, Env, POLICY, allowed, check, metric, reason_header, 
 use fleet_authz::{
     policy::load_policy,
     posture::PostureStore,
-    reload::{ReloadOutcome, Reloader},
+    server::reload::{ReloadOutcome, Reloader},
     server::{RunningServer, start},
     telemetry::metrics::Metrics,
 };

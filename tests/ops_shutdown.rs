@@ -134,7 +134,7 @@ async fn a_check_parked_past_the_grace_does_not_hold_up_exit() {
     let mut client = AuthorizationClient::new(channel(server.grpc_addr()).await);
     let pem = env.bad.pem.clone();
     let stuck = tokio::spawn(async move {
-        let request = fleet_authz::cli::build_check_request(&pem, &[], "h", "/", false);
+        let request = fleet_authz::authz::request::build_check_request(&pem, &[], "h", "/", false);
         client.check(request).await
     });
     tokio::time::timeout(Duration::from_secs(20), waiting.wait_for(|n| *n == 1))

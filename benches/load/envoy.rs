@@ -500,7 +500,7 @@ pub async fn h2load_http(
         "-H",
         &format!(
             "x-forwarded-client-cert: Cert=\"{}\"",
-            fleet_authz::cli::url_encode_pem(pem)
+            fleet_authz::authz::request::url_encode_pem(pem)
         ),
     ]);
     let status = command

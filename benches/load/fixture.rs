@@ -16,7 +16,7 @@ use anyhow::Context;
 use crate::synthetic;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use fleet_authz::{
-    cli::{build_check_request, url_encode_pem},
+    authz::request::{build_check_request, url_encode_pem},
     fingerprint::Fingerprint,
     identity::url_pem_to_der,
     posture::{HostPosture, PolicyMeta, Team},

@@ -189,7 +189,7 @@ pub async fn serve_baseline(shaped: bool, unix: bool) -> anyhow::Result<()> {
                 .await
         }
         GrpcListen::Unix(path) => {
-            let listener = fleet_authz::net::bind_unix(&path)?;
+            let listener = fleet_authz::server::listen::bind_unix(&path)?;
             eprintln!("LISTEN unix:{}", path.display());
             let served = server
                 .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stdin_closed())

@@ -180,7 +180,8 @@ async fn generate(
     let client = AuthorizationClient::connect(format!("http://127.0.0.1:{grpc}"))
         .await
         .unwrap();
-    let request = fleet_authz::cli::build_check_request(&pem, &[], "app.example.com", "/", false);
+    let request =
+        fleet_authz::authz::request::build_check_request(&pem, &[], "app.example.com", "/", false);
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
     loop {
         tokio::select! {

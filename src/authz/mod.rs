@@ -9,6 +9,7 @@ pub mod answer;
 pub mod body;
 
 pub mod convert;
+pub mod request;
 pub mod service;
 pub mod wire;
 

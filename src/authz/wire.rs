@@ -130,7 +130,7 @@ mod tests {
 
     #[test]
     fn decodes_what_fleet_authz_reads_from_a_full_envoy_request() {
-        let mut full = crate::cli::build_check_request(
+        let mut full = crate::authz::request::build_check_request(
             "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
             &[("app".to_owned(), "payroll".to_owned())],
             "app.example.com",
@@ -175,7 +175,7 @@ mod tests {
         use crate::authz::convert::CheckFacts;
         let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
         for xfcc in [false, true] {
-            let full = crate::cli::build_check_request(
+            let full = crate::authz::request::build_check_request(
                 pem,
                 &[("app".to_owned(), "hr".to_owned())],
                 "hr.example.com",

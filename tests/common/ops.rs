@@ -11,7 +11,7 @@ use std::{
 use envoy_types::pb::envoy::service::auth::v3::{
     CheckResponse, authorization_client::AuthorizationClient,
 };
-use fleet_authz::{cli::build_check_request, config::Config, fingerprint::Fingerprint};
+use fleet_authz::{authz::request::build_check_request, config::Config, fingerprint::Fingerprint};
 use tempfile::TempDir;
 
 /// A device certificate and its SHA-1.
