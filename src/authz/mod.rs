@@ -13,7 +13,7 @@ pub mod request;
 pub mod service;
 pub mod wire;
 
-pub use answer::Answer;
+pub use answer::{AllowMemo, Answer};
 pub use service::AuthzService;
 
 use std::{
@@ -37,18 +37,19 @@ impl Authorizer {
     /// caller's trace (W3C `traceparent` among the forwarded headers) and
     /// carries the decision, route, reasons and host id.
     pub async fn check(&self, request: &CheckRequest) -> CheckResponse {
-        let answer = self.check_facts(CheckFacts::from_request(request), false);
+        let answer = self.check_facts(CheckFacts::from_request(request), None);
         // Not kept, so never encoded: this cannot fail.
         answer.await.into_response().unwrap_or_default()
     }
 
     /// [`Self::check`] for the lean request the gRPC service decodes; a
-    /// plain allow comes back as the host's kept, encoded answer.
-    pub async fn check_lean(&self, request: &wire::CheckRequest) -> Answer {
-        self.check_facts(CheckFacts::from_lean(request), true).await
+    /// plain allow comes back as the host's answer kept in `memo`.
+    pub async fn check_lean(&self, request: &wire::CheckRequest, memo: &AllowMemo) -> Answer {
+        self.check_facts(CheckFacts::from_lean(request), Some(memo))
+            .await
     }
 
-    async fn check_facts(&self, facts: CheckFacts<'_>, keep: bool) -> Answer {
+    async fn check_facts(&self, facts: CheckFacts<'_>, keep: Option<&AllowMemo>) -> Answer {
         if !crate::telemetry::spans_enabled() {
             return self.check_in_span(facts, keep).await;
         }
@@ -65,7 +66,7 @@ impl Authorizer {
         self.check_in_span(facts, keep).instrument(span).await
     }
 
-    async fn check_in_span(&self, facts: CheckFacts<'_>, keep: bool) -> Answer {
+    async fn check_in_span(&self, facts: CheckFacts<'_>, keep: Option<&AllowMemo>) -> Answer {
         let started = tokio::time::Instant::now();
         let identity =
             self.fingerprints
@@ -149,22 +150,27 @@ impl Authorizer {
     }
 }
 
-/// The answer for `outcome`. With `keep`, a plain allow (no reasons) for a
-/// known host is encoded once and kept on that host's posture for the route;
+/// The answer for `outcome`. With a memo, a plain allow (no reasons) for a
+/// known host is encoded once and kept for the host's posture and route;
 /// later Checks send the kept bytes.
-fn answer(outcome: &Outcome, ctx: &BodyContext<'_>, accept: &str, keep: bool) -> Answer {
+fn answer(
+    outcome: &Outcome,
+    ctx: &BodyContext<'_>,
+    accept: &str,
+    memo: Option<&AllowMemo>,
+) -> Answer {
     let d = &outcome.decision;
-    let host = outcome
-        .host
-        .as_deref()
-        .filter(|_| keep && d.allowed && d.reasons.is_empty());
-    let Some(host) = host else {
+    let kept = match (memo, &outcome.host) {
+        (Some(memo), Some(host)) if d.allowed && d.reasons.is_empty() => Some((memo, host)),
+        _ => None,
+    };
+    let Some((memo, host)) = kept else {
         return Answer::Built(convert::to_response(d, ctx, accept));
     };
-    if let Some(kept) = host.allow_answer.get(&d.route) {
-        return Answer::Encoded(kept.clone());
+    if let Some(kept) = memo.get(host, &d.route) {
+        return Answer::Encoded(kept);
     }
     let encoded = bytes::Bytes::from(convert::to_response(d, ctx, accept).encode_to_vec());
-    host.allow_answer.keep(&d.route, encoded.clone());
+    memo.keep(host, &d.route, encoded.clone());
     Answer::Encoded(encoded)
 }

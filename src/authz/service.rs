@@ -15,7 +15,7 @@ use tonic::{
     server::{Grpc, NamedService, UnaryService},
 };
 
-use super::{Answer, wire};
+use super::{AllowMemo, Answer, wire};
 use crate::decision::{Authorizer, BoxFuture};
 
 /// The gRPC path of the one method.
@@ -25,12 +25,17 @@ const CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
 #[derive(Debug, Clone)]
 pub struct AuthzService {
     authorizer: Arc<Authorizer>,
+    /// Plain allows, encoded once per host posture.
+    memo: Arc<AllowMemo>,
 }
 
 impl AuthzService {
     /// Wraps a shared authorizer.
     pub fn new(authorizer: Arc<Authorizer>) -> Self {
-        Self { authorizer }
+        Self {
+            authorizer,
+            memo: Arc::default(),
+        }
     }
 }
 
@@ -40,16 +45,16 @@ impl NamedService for AuthzService {
 
 /// One Check call. A deny is a successful RPC: the handler never returns an
 /// error status.
-struct Check(Arc<Authorizer>);
+struct Check(Arc<Authorizer>, Arc<AllowMemo>);
 
 impl UnaryService<wire::CheckRequest> for Check {
     type Response = Answer;
     type Future = BoxFuture<'static, Result<tonic::Response<Answer>, Status>>;
 
     fn call(&mut self, request: tonic::Request<wire::CheckRequest>) -> Self::Future {
-        let authorizer = Arc::clone(&self.0);
+        let (authorizer, memo) = (Arc::clone(&self.0), Arc::clone(&self.1));
         Box::pin(async move {
-            let response = authorizer.check_lean(request.get_ref()).await;
+            let response = authorizer.check_lean(request.get_ref(), &memo).await;
             Ok(tonic::Response::new(response))
         })
     }
@@ -75,7 +80,7 @@ where
                 Ok(Status::unimplemented(format!("no method {path}")).into_http())
             });
         }
-        let check = Check(Arc::clone(&self.authorizer));
+        let check = Check(Arc::clone(&self.authorizer), Arc::clone(&self.memo));
         Box::pin(async move {
             let codec = tonic_prost::ProstCodec::<Answer, wire::CheckRequest>::default();
             Ok(Grpc::new(codec).unary(check, request).await)

@@ -33,6 +33,15 @@ impl Observer for MetricsObserver {
             .inc();
         self.0.fleet_bytes.inc_by(bytes as u64);
     }
+
+    fn on_sync(&self, duration: Duration, published: bool, clipped: bool) {
+        self.0.sync_duration.observe(duration.as_secs_f64());
+        let result = if published { "success" } else { "failure" };
+        self.0.syncs.get_or_create(&ResultLabels { result }).inc();
+        if clipped {
+            self.0.report_clipped.inc();
+        }
+    }
 }
 
 /// The live recheck seen from the Check path.
@@ -96,7 +105,7 @@ pub fn build(
     // answering a Check, must not borrow the poller's connections.
     let client = new_client()?;
     let mut poller = Poller::new(Arc::clone(&client), Arc::clone(store), config)
-        .with_metrics(Arc::clone(metrics));
+        .with_observer(Arc::new(MetricsObserver(Arc::clone(metrics))));
     if let Some(path) = snapshot {
         poller = poller.with_snapshot(path);
     }

@@ -201,7 +201,6 @@ impl Host {
             policies,
             cves,
             fingerprints: Vec::new(),
-            allow_answer: Default::default(),
         }
     }
 }

@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Catalogue, FleetClient, FleetConfig, FleetError, Interner, MembershipMode, map::failing_result,
+    retry::Observer,
 };
 use crate::posture::{HostId, HostPosture, PolicyResult, PostureStore};
 
@@ -153,7 +154,7 @@ pub struct Poller {
     shared: Arc<Shared>,
     trigger_tx: mpsc::Sender<Reply>,
     trigger_rx: mpsc::Receiver<Reply>,
-    metrics: Option<Arc<crate::telemetry::metrics::Metrics>>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 /// Runs CPU-heavy sync work (mapping a page of a thousand hosts) without
@@ -195,13 +196,13 @@ impl Poller {
             shared: Arc::default(),
             trigger_tx,
             trigger_rx,
-            metrics: None,
+            observer: None,
         }
     }
 
-    /// Records cycle durations and outcomes in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::metrics::Metrics>) -> Self {
-        self.metrics = Some(metrics);
+    /// Reports each cycle's duration and outcome to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -261,15 +262,8 @@ impl Poller {
         let requests = self.client.stats().requests() - req0;
         let bytes = self.client.stats().bytes() - bytes0;
         let clipped = matches!(result, Err(FleetError::ReportClipped(_)));
-        if let Some(m) = &self.metrics {
-            m.sync_duration.observe(duration.as_secs_f64());
-            let result = if result.is_ok() { "success" } else { "failure" };
-            m.syncs
-                .get_or_create(&crate::telemetry::metrics::ResultLabels { result })
-                .inc();
-            if clipped {
-                m.report_clipped.inc();
-            }
+        if let Some(o) = &self.observer {
+            o.on_sync(duration, result.is_ok(), clipped);
         }
         let update = |f: &dyn Fn(&mut SyncStatus)| {
             let mut status = lock(&self.shared.status);

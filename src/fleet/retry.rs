@@ -12,6 +12,12 @@ use rand::Rng;
 pub trait Observer: Send + Sync {
     /// One exchange: `status` 0 means a transport error or timeout.
     fn on_request(&self, endpoint: &'static str, status: u16, bytes: usize);
+
+    /// One sync cycle ended after `duration`: published or not, and whether
+    /// the certificate report was clipped.
+    fn on_sync(&self, duration: std::time::Duration, published: bool, clipped: bool) {
+        let _ = (duration, published, clipped);
+    }
 }
 
 /// Running totals of requests and bytes received.

@@ -248,6 +248,5 @@ fn host_from_proto(h: v1::Host, interner: &mut Interner) -> Result<HostPosture, 
             .iter()
             .map(|f| fingerprint(f, &what))
             .collect::<Result<_, _>>()?,
-        allow_answer: Default::default(),
     })
 }

@@ -186,7 +186,6 @@ pub fn parse_posture_file(text: &str, json: bool, now: SystemTime) -> Result<Pos
             policies,
             cves,
             fingerprints: h.fingerprints,
-            allow_answer: Default::default(),
         });
     }
     Ok(PostureFile { hosts })

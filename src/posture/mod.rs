@@ -161,49 +161,6 @@ pub struct HostPosture {
     /// CVE ids this host is known to be affected by (only those a policy names).
     pub cves: Vec<Arc<str>>,
     pub fingerprints: Vec<Fingerprint>,
-    /// The encoded allow answer for this host on one route, kept by the
-    /// authz layer after the first allow; a new posture starts empty.
-    pub allow_answer: AnswerMemo,
-}
-
-/// A write-once slot for a host's encoded allow answer: `(route, bytes)`.
-/// Not part of the posture: clones start empty and all memos compare equal.
-#[derive(Default)]
-pub struct AnswerMemo(std::sync::OnceLock<(Arc<str>, bytes::Bytes)>);
-
-impl AnswerMemo {
-    /// The answer kept for `route`, if that is the route it was kept for.
-    pub fn get(&self, route: &str) -> Option<&bytes::Bytes> {
-        self.0
-            .get()
-            .filter(|(kept, _)| &**kept == route)
-            .map(|(_, answer)| answer)
-    }
-
-    /// Keeps `answer` for `route` unless an answer is already kept.
-    pub fn keep(&self, route: &Arc<str>, answer: bytes::Bytes) {
-        let _first_route_wins = self.0.set((Arc::clone(route), answer));
-    }
-}
-
-impl Clone for AnswerMemo {
-    fn clone(&self) -> Self {
-        Self::default()
-    }
-}
-
-impl PartialEq for AnswerMemo {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for AnswerMemo {}
-
-impl std::fmt::Debug for AnswerMemo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AnswerMemo")
-    }
 }
 
 impl HostPosture {
@@ -220,7 +177,6 @@ impl HostPosture {
             policies: Vec::new(),
             cves: Vec::new(),
             fingerprints: Vec::new(),
-            allow_answer: AnswerMemo::default(),
         }
     }
 
