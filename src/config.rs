@@ -11,6 +11,7 @@ use std::{
 
 use serde::Deserialize;
 
+pub use crate::telemetry::{LogFormat, TelemetryConfig};
 use crate::{duration::serde_human, identity::IdentityConfig};
 
 /// A configuration (or policy) file that cannot be used.
@@ -152,26 +153,6 @@ pub struct AdminConfig {
     /// written atomically). Without it grants live in memory only.
     #[serde(default)]
     pub grants_file: Option<PathBuf>,
-}
-
-/// Log format and OpenTelemetry export.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TelemetryConfig {
-    #[serde(default)]
-    pub log_format: LogFormat,
-    /// OTLP/gRPC endpoint, e.g. `http://otel-collector:4317`.
-    #[serde(default)]
-    pub otlp_endpoint: Option<String>,
-}
-
-/// `pretty` (default) or `json` logs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    #[default]
-    Pretty,
-    Json,
 }
 
 /// Graceful shutdown.

@@ -203,7 +203,11 @@ mod tests {
             memo.keep(h, &route, Bytes::new());
         }
         for id in 10..(PRUNE_FLOOR as u64 + 10) {
-            memo.keep(&Arc::new(HostPosture::new(id, "gone")), &route, Bytes::new());
+            memo.keep(
+                &Arc::new(HostPosture::new(id, "gone")),
+                &route,
+                Bytes::new(),
+            );
         }
         assert!(memo.len() < PRUNE_FLOOR, "{}", memo.len());
         assert!(live.iter().all(|h| memo.get(h, "r").is_some()));

@@ -11,7 +11,7 @@ use super::{
     FleetClient, FleetConfig, Observer, Poller, PollerHandle, Recheck, RecheckOutcome, RetryPolicy,
 };
 use crate::{
-    decision::{BoxFuture, Refresh},
+    decision::{BoxFuture, Refresh, SyncTrigger},
     posture::{HostId, HostPosture, PostureStore},
     telemetry::metrics::{FleetRequestLabels, Metrics, ResultLabels},
 };
@@ -126,4 +126,13 @@ pub fn build(
         handle,
         refresh,
     })
+}
+
+/// `POST /v1/sync` for the Fleet source: one poller cycle, now.
+pub struct FleetSync(pub PollerHandle);
+
+impl SyncTrigger for FleetSync {
+    fn sync_now(&self) -> BoxFuture<'_, Result<usize, String>> {
+        Box::pin(async move { self.0.sync_now().await.map(|report| report.hosts) })
+    }
 }

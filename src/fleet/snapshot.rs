@@ -250,3 +250,22 @@ fn host_from_proto(h: v1::Host, interner: &mut Interner) -> Result<HostPosture, 
             .collect::<Result<_, _>>()?,
     })
 }
+
+/// Loads a snapshot into `store` so a restart serves at once, also while
+/// Fleet is down. A missing, truncated or corrupt snapshot is reported and
+/// ignored: the first sync fills the store instead.
+pub fn restore(path: &Path, store: &PostureStore) {
+    if !path.exists() {
+        tracing::info!(path = %path.display(), "no snapshot yet; waiting for the first Fleet sync");
+        return;
+    }
+    match load(path) {
+        Ok(loaded) => {
+            tracing::info!(path = %path.display(), hosts = loaded.hosts.len(), "posture restored from snapshot");
+            store.replace_all(loaded.hosts, loaded.synced_at);
+        }
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error, "snapshot unusable; ignoring it")
+        }
+    }
+}

@@ -30,9 +30,8 @@ use crate::{
     },
     authz::AuthzService,
     config::{Config, GrpcListen},
-    decision::BoxFuture,
     decision::{Authorizer, Grants},
-    fleet::adapter::FleetSource,
+    fleet::adapter::{FleetSource, FleetSync},
     policy::{Policy, load_policy},
     posture::{PostureFile, PostureStore, load_posture_file},
     telemetry::metrics::Metrics,
@@ -40,15 +39,6 @@ use crate::{
 
 /// Tasks of one service, each returning `Err` only when it failed.
 type Tasks = JoinSet<anyhow::Result<()>>;
-
-/// `POST /v1/sync` for the Fleet source: one poller cycle, now.
-struct FleetSync(crate::fleet::PollerHandle);
-
-impl SyncTrigger for FleetSync {
-    fn sync_now(&self) -> BoxFuture<'_, Result<usize, String>> {
-        Box::pin(async move { self.0.sync_now().await.map(|report| report.hosts) })
-    }
-}
 
 /// The gRPC listener, bound before anything is served.
 enum GrpcListener {
@@ -214,7 +204,7 @@ fn fleet_source(
         return Ok(None);
     };
     if let Some(snap) = &config.snapshot {
-        restore_snapshot(&snap.path, store);
+        crate::fleet::snapshot::restore(&snap.path, store);
     }
     let snapshot = config.snapshot.as_ref().map(|s| s.path.clone());
     let source = crate::fleet::adapter::build(fleet, store, metrics, snapshot)?;
@@ -412,23 +402,4 @@ fn spawn_poller(tasks: &mut Tasks, source: FleetSource, stop: &Stop) -> anyhow::
         Ok(())
     });
     Ok(())
-}
-
-/// Loads a snapshot into `store` so a restart serves at once, also while
-/// Fleet is down. A missing, truncated or corrupt snapshot is reported and
-/// ignored: the first sync fills the store instead.
-fn restore_snapshot(path: &std::path::Path, store: &PostureStore) {
-    if !path.exists() {
-        tracing::info!(path = %path.display(), "no snapshot yet; waiting for the first Fleet sync");
-        return;
-    }
-    match crate::fleet::snapshot::load(path) {
-        Ok(loaded) => {
-            tracing::info!(path = %path.display(), hosts = loaded.hosts.len(), "posture restored from snapshot");
-            store.replace_all(loaded.hosts, loaded.synced_at);
-        }
-        Err(error) => {
-            tracing::error!(path = %path.display(), %error, "snapshot unusable; ignoring it")
-        }
-    }
 }

@@ -22,16 +22,34 @@ use opentelemetry_sdk::{
     Resource, metrics::SdkMeterProvider, propagation::TraceContextPropagator,
     trace::SdkTracerProvider,
 };
+use serde::Deserialize;
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
     EnvFilter, Layer, fmt, fmt::MakeWriter, prelude::*, registry::LookupSpan,
 };
 
-use crate::{
-    config::{LogFormat, TelemetryConfig},
-    identity::Headers,
-};
+use crate::identity::Headers;
+
+/// Log format and OpenTelemetry export.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// OTLP/gRPC endpoint, e.g. `http://otel-collector:4317`.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// `pretty` (default) or `json` logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
 
 /// Why the OTLP exporters could not be built.
 #[derive(Debug, thiserror::Error)]
