@@ -3,14 +3,20 @@
 //! Envoy forwards.
 //!
 //! ```text
-//! client --mTLS--> Envoy --Check--> authz --lookup--> posture::PostureStore
-//!                                        \--evaluate--> policy (pure)
+//! client --mTLS--> Envoy --Check--> authz --> decision::Authorizer --lookup--> posture::PostureStore
+//!                                                      \--evaluate--> policy (pure)
 //! Fleet REST <--poll-- fleet::Poller --publish--> PostureStore
 //! ```
 //!
-//! Domain modules (`fingerprint`, `identity`, `posture`, `policy`) are pure and
-//! know nothing of Envoy, Fleet or HTTP; adapters (`authz`, `fleet`, `admin`)
-//! convert at the edge.
+//! The layers, each importing only those below it:
+//! - the pure domain: [`fingerprint`], [`identity`], [`posture`], [`policy`]
+//!   (no Envoy, Fleet or HTTP types; no I/O but the posture file reader);
+//! - the core: [`decision`], the [`Authorizer`](decision::Authorizer) and the
+//!   ports ([`Refresh`](decision::Refresh), [`Grants`](decision::Grants),
+//!   [`SyncTrigger`](decision::SyncTrigger)) that adapters implement;
+//! - adapters: [`authz`] (Envoy), [`fleet`] (Fleet, the snapshot), [`admin`]
+//!   (admin API, grants, probes), with [`telemetry`] for logs and metrics;
+//! - wiring: [`server`] starts everything; [`cli`] is the command line.
 
 pub mod admin;
 pub mod atomic_file;
