@@ -54,9 +54,10 @@ pub fn device_pems(count: usize) -> anyhow::Result<Vec<String>> {
     // One RSA-2048 subject key for all devices: generating 1,000 RSA keys
     // would take minutes and the fingerprint covers the whole certificate
     // (serial, subject, SANs), so the certificates are still all distinct.
-    let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/demo/certs/device-compliant-key.pem");
-    let key_pem = std::fs::read_to_string(&key)
-        .with_context(|| format!("cannot read {}", key.display()))?;
+    let key =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/demo/certs/device-compliant-key.pem");
+    let key_pem =
+        std::fs::read_to_string(&key).with_context(|| format!("cannot read {}", key.display()))?;
     let pems: Vec<String> = (0..count)
         .map(|i| {
             let spec = DeviceSpec {

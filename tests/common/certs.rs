@@ -185,10 +185,7 @@ impl TestPki {
     /// Generates a CA and a server certificate.
     pub fn new() -> Self {
         let ca = Ca::generate();
-        let server = ca.server(
-            "localhost",
-            vec!["localhost".into(), "127.0.0.1".into()],
-        );
+        let server = ca.server("localhost", vec!["localhost".into(), "127.0.0.1".into()]);
         Self {
             ca_pem: ca.pem.clone(),
             server,

@@ -113,13 +113,14 @@ impl Denied {
 impl Verdict {
     /// Reads `response`; panics if it is neither an allow nor a deny.
     pub fn of(response: &CheckResponse) -> Self {
-        let by_name = |headers: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption]| {
-            headers
-                .iter()
-                .filter_map(|h| h.header.as_ref())
-                .map(|h| (h.key.clone(), h.value.clone()))
-                .collect::<HashMap<_, _>>()
-        };
+        let by_name =
+            |headers: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption]| {
+                headers
+                    .iter()
+                    .filter_map(|h| h.header.as_ref())
+                    .map(|h| (h.key.clone(), h.value.clone()))
+                    .collect::<HashMap<_, _>>()
+            };
         match &response.http_response {
             Some(HttpResponse::OkResponse(ok)) => Self::Allow(Allowed {
                 headers: by_name(&ok.headers),
@@ -127,8 +128,8 @@ impl Verdict {
             }),
             Some(HttpResponse::DeniedResponse(d)) => {
                 let headers = by_name(&d.headers);
-                let json = headers.get("content-type").map(String::as_str)
-                    == Some("application/json");
+                let json =
+                    headers.get("content-type").map(String::as_str) == Some("application/json");
                 let body = if json {
                     serde_json::from_str(&d.body)
                         .unwrap_or_else(|e| panic!("deny body is not JSON ({e}): {}", d.body))
@@ -148,7 +149,11 @@ impl Verdict {
     /// The allow in `response`, which must be one: gRPC status OK and an
     /// OK HTTP response.
     pub fn allow(response: &CheckResponse) -> Allowed {
-        assert_eq!(response.status.as_ref().map(|s| s.code), Some(0), "{response:?}");
+        assert_eq!(
+            response.status.as_ref().map(|s| s.code),
+            Some(0),
+            "{response:?}"
+        );
         match Self::of(response) {
             Self::Allow(allowed) => allowed,
             Self::Deny(_) => panic!("expected an OK response, got {response:?}"),

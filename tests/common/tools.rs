@@ -68,7 +68,12 @@ fn try_pip_install(dir_name: &str, requirement: &str, marker: &str) -> Result<Pa
     let tmp = target.join(format!(".{dir_name}.tmp-{}-{nanos}", std::process::id()));
     let output = Command::new(python())
         .args(["-m", "pip", "install", "--disable-pip-version-check"])
-        .args(["--no-input", "--quiet", "--no-warn-script-location", "--target"])
+        .args([
+            "--no-input",
+            "--quiet",
+            "--no-warn-script-location",
+            "--target",
+        ])
         .arg(&tmp)
         .arg(requirement)
         .output()

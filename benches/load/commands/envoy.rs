@@ -67,18 +67,6 @@ struct EnvoyRound {
     steal_percent: f64,
 }
 
-/// One Envoy round: the client's figures and the CPU each process spent
-/// per request sent (warm-up included), in µs.
-#[derive(Debug, Clone)]
-struct EnvoyRound {
-    run: RunResult,
-    p99_from_due_us: Option<u64>,
-    envoy_cpu_us: f64,
-    server_cpu_us: Option<f64>,
-    /// The machine's CPU time stolen by the hypervisor during the round.
-    steal_percent: f64,
-}
-
 /// One variant: its name, whom Envoy asks, and that server's process.
 type Variant = (String, Authz, Option<u32>);
 

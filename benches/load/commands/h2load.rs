@@ -205,4 +205,3 @@ fn merge_all<'a>(hists: impl Iterator<Item = &'a Histogram<u64>>) -> Histogram<u
     }
     all
 }
-

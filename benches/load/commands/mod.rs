@@ -298,4 +298,3 @@ fn median(mut d: Vec<f64>) -> f64 {
         n => d[n / 2],
     }
 }
-
