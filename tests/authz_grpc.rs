@@ -20,13 +20,12 @@ use std::{
 
 use arc_swap::ArcSwap;
 use common::certs::{Leaf, TestPki};
+use common::server::{self, LISTEN_ANY, Verdict};
 use envoy_types::pb::envoy::service::auth::v3::{
     CheckRequest, CheckResponse, authorization_client::AuthorizationClient,
-    check_response::HttpResponse,
 };
 use fleet_authz::{
     authz::request::{build_check_request, request_headers, url_encode_pem},
-    config::Config,
     decision::{Authorizer, Grants},
     fingerprint::Fingerprint,
     policy::parse_policy,
@@ -113,17 +112,12 @@ impl Harness {
             stranger: pki.device("stranger"),
         };
         let dir = TempDir::new().unwrap();
-        std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
-        std::fs::write(dir.path().join("posture.yaml"), posture(&fleet)).unwrap();
+        let files = server::write_files(dir.path(), POLICY, &posture(&fleet));
         let config = format!(
-            "listen: {{grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\"}}\nposture_file: {0}/posture.yaml\npolicy_file: {0}/policy.yaml\nremediation_url: \"https://fleet.example.com/device/{{host_id}}\"\n",
-            dir.path().display()
+            "{LISTEN_ANY}{files}remediation_url: \"https://fleet.example.com/device/{{host_id}}\"\n"
         );
-        let config = Config::from_yaml(&config, &dir.path().join("config.yaml")).unwrap();
-        let server = fleet_authz::server::start(config).await.unwrap();
-        let client = AuthorizationClient::connect(format!("http://{}", server.grpc_addr()))
-            .await
-            .unwrap();
+        let server = server::start(&config, dir.path()).await;
+        let client = server::authz_client(&server).await;
         Self {
             fleet,
             server: Some(server),
@@ -163,47 +157,15 @@ impl Harness {
 
 /// Status code, reason header and parsed JSON body of a deny.
 fn denied(resp: &CheckResponse) -> (i32, String, Value) {
-    assert_eq!(
-        resp.status.as_ref().unwrap().code,
-        tonic::Code::PermissionDenied as i32
-    );
-    let Some(HttpResponse::DeniedResponse(d)) = &resp.http_response else {
-        panic!("expected a denied response, got {resp:?}");
-    };
-    let header = |name: &str| {
-        d.headers
-            .iter()
-            .filter_map(|h| h.header.as_ref())
-            .find(|h| h.key == name)
-            .map(|h| h.value.clone())
-            .unwrap_or_default()
-    };
-    assert_eq!(header("cache-control"), "no-store");
-    let body = if header("content-type") == "application/json" {
-        serde_json::from_str(&d.body).unwrap()
-    } else {
-        Value::String(d.body.clone())
-    };
-    (
-        d.status.as_ref().unwrap().code,
-        header("x-fleet-authz-reason"),
-        body,
-    )
+    let denied = Verdict::deny(resp);
+    assert_eq!(denied.header("cache-control"), "no-store");
+    (denied.status, denied.reasons().to_owned(), denied.body)
 }
 
-/// The headers an allow sets, by name.
+/// The headers an allow sets, by name, and those it removes.
 fn allowed(resp: &CheckResponse) -> (HashMap<String, String>, Vec<String>) {
-    assert_eq!(resp.status.as_ref().unwrap().code, 0, "{resp:?}");
-    let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
-        panic!("expected an OK response, got {resp:?}");
-    };
-    let set = ok
-        .headers
-        .iter()
-        .filter_map(|h| h.header.as_ref())
-        .map(|h| (h.key.clone(), h.value.clone()))
-        .collect();
-    (set, ok.headers_to_remove.clone())
+    let allowed = Verdict::allow(resp);
+    (allowed.headers, allowed.removed)
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! checked offline: Envoy configs by a real Envoy 1.40 (`--mode validate`),
 //! the Dockerfile by reading it, and the fleet-authz configs by `fleet-authz
 //! check-config`. Envoy comes from PyPI into `target/` on first use (see
-//! `deploy_support::tools`). The Kubernetes and Istio checks are in
+//! `common::tools`). The Kubernetes and Istio checks are in
 //! `deploy_kubernetes.rs`.
 
 #![allow(
@@ -12,17 +12,12 @@
 )]
 
 mod common;
-#[allow(
-    dead_code,
-    reason = "shared with deploy_kubernetes.rs, which uses the rest"
-)]
-mod deploy_support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use deploy_support::envoy::{self as envoy_check, DemoCerts};
-use deploy_support::{
+use common::deploy::envoy::{self as envoy_check, DemoCerts};
+use common::deploy::{
     FileKind, deploy_dir, files_of_kind, files_with_ext, overlay, read_yaml, rel, repo_root, str_at,
 };
 use yaml_serde::Value;
@@ -93,7 +88,7 @@ fn sidecar_envoy_is_root_envoy_with_the_cert_dir_changed() {
 
 #[test]
 fn deploy_configs_pass_check_config() {
-    use deploy_support::fleet_authz::{check_config, prepare};
+    use common::deploy::fleet_authz::{check_config, prepare};
     let configs = files_of_kind(FileKind::FleetAuthzConfig);
     assert!(
         configs.contains(&deploy_dir().join("kubernetes/base/config/config.yaml")),
@@ -124,7 +119,7 @@ fn deploy_configs_pass_check_config() {
 
 #[test]
 fn check_config_rejects_unknown_keys_in_a_deploy_config_and_its_policy() {
-    use deploy_support::fleet_authz::{check_config, prepare};
+    use common::deploy::fleet_authz::{check_config, prepare};
     let source = deploy_dir().join("kubernetes/base/config/config.yaml");
     let prepared = prepare(&source, &|config| {
         config["listen"]["grcp"] = Value::from("0.0.0.0:9191");
@@ -153,7 +148,7 @@ fn check_config_rejects_unknown_keys_in_a_deploy_config_and_its_policy() {
 
 #[test]
 fn dockerfile_builds_from_the_context_and_runs_as_non_root() {
-    use deploy_support::dockerfile::{exec_form, ignored, parse, parse_copy};
+    use common::deploy::dockerfile::{exec_form, ignored, parse, parse_copy};
     let text = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
     let dockerignore = std::fs::read_to_string(repo_root().join(".dockerignore")).unwrap();
     let stages = parse(&text);

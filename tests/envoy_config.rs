@@ -17,7 +17,8 @@ use std::{collections::HashMap, net::SocketAddr, process::Command};
 use common::{
     certs::TestPki,
     echo::Echo,
-    envoy::{Envoy, EnvoyOptions, envoy_bin},
+    envoy::{Envoy, EnvoyOptions},
+    tools::envoy_bin,
 };
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderAppendAction,

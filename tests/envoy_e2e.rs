@@ -17,8 +17,9 @@ use common::{
     certs::{Leaf, TestPki},
     echo::Echo,
     envoy::{Envoy, EnvoyOptions},
+    server,
 };
-use fleet_authz::{config::Config, server::RunningServer};
+use fleet_authz::server::RunningServer;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -204,25 +205,15 @@ routes:
     match: {context: {app: payroll}}
     deny: {failing_any_policy: true}
 "#;
-    let posture_path = dir.path().join("posture.yaml");
-    let policy_path = dir.path().join("policy.yaml");
-    std::fs::write(&posture_path, posture).unwrap();
-    std::fs::write(&policy_path, policy).unwrap();
-    let config_path = dir.path().join("config.yaml");
+    let files = server::write_files(dir.path(), policy, &posture);
     let config = format!(
         r#"
 listen: {{grpc: "{grpc}", http: "127.0.0.1:0"}}
-posture_file: {posture}
-policy_file: {policy}
-remediation_url: "{REMEDIATION_URL}"
+{files}remediation_url: "{REMEDIATION_URL}"
 identity: {{sources: [peer_certificate, xfcc, client_cert], xfcc_element: only}}
-"#,
-        posture = posture_path.display(),
-        policy = policy_path.display(),
+"#
     );
-    std::fs::write(&config_path, &config).unwrap();
-    let config = Config::load(&config_path).unwrap();
-    fleet_authz::server::start(config).await.unwrap()
+    server::start(&config, dir.path()).await
 }
 
 #[tokio::test]

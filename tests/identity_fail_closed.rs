@@ -23,10 +23,10 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use bytes::Bytes;
 use common::certs::{Leaf, TestPki};
-use envoy_types::pb::envoy::service::auth::v3::{CheckResponse, check_response::HttpResponse};
+use common::server::{self, LISTEN_ANY, Verdict};
+use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use fleet_authz::{
     authz::{request::url_encode_pem, wire},
-    config::Config,
     identity::MAX_SOURCE_BYTES,
     server::RunningServer,
 };
@@ -210,21 +210,14 @@ impl Server {
 
     async fn start_with(sources: &[Src], policy: &str, posture: &str) -> Self {
         let dir = TempDir::new().unwrap();
-        std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
-        std::fs::write(dir.path().join("posture.yaml"), posture).unwrap();
+        let files = server::write_files(dir.path(), policy, posture);
         let sources: Vec<String> = sources.iter().map(|s| s.config()).collect();
         let config = format!(
-            "listen: {{grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\"}}\nposture_file: {0}/posture.yaml\npolicy_file: {0}/policy.yaml\nidentity: {{sources: [{1}]}}\n",
-            dir.path().display(),
+            "{LISTEN_ANY}{files}identity: {{sources: [{}]}}\n",
             sources.join(", ")
         );
-        let config = Config::from_yaml(&config, &dir.path().join("config.yaml")).unwrap();
-        let server = fleet_authz::server::start(config).await.unwrap();
-        let channel = Channel::from_shared(format!("http://{}", server.grpc_addr()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let server = server::start(&config, dir.path()).await;
+        let channel = server::channel(server.grpc_addr()).await;
         Self {
             _server: server,
             channel,
@@ -250,25 +243,13 @@ impl Server {
 
 /// `Ok(host id)` for an allow; `Err((reason header, JSON body))` for a deny.
 fn verdict(resp: &CheckResponse) -> Result<String, (String, Value)> {
-    match &resp.http_response {
-        Some(HttpResponse::OkResponse(ok)) => Ok(ok
+    match Verdict::of(resp) {
+        Verdict::Allow(allowed) => Ok(allowed
             .headers
-            .iter()
-            .filter_map(|h| h.header.as_ref())
-            .find(|h| h.key == "x-fleet-host-id")
-            .map(|h| h.value.clone())
+            .get("x-fleet-host-id")
+            .cloned()
             .unwrap_or_default()),
-        Some(HttpResponse::DeniedResponse(d)) => {
-            let reason = d
-                .headers
-                .iter()
-                .filter_map(|h| h.header.as_ref())
-                .find(|h| h.key == "x-fleet-authz-reason")
-                .map(|h| h.value.clone())
-                .unwrap_or_default();
-            Err((reason, serde_json::from_str(&d.body).unwrap()))
-        }
-        other => panic!("not an allow or deny: {other:?}"),
+        Verdict::Deny(denied) => Err((denied.reasons().to_owned(), denied.body)),
     }
 }
 

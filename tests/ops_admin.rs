@@ -7,7 +7,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::ops::{Env, channel, get, http, json, metric, scrape};
+use common::ops::{Env, get, http, json, metric, scrape};
+use common::server::channel;
 use fleet_authz::{
     admin::{AdminState, SyncTrigger},
     cli,

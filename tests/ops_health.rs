@@ -11,7 +11,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use common::ops::{Env, allowed, channel, check, get, reason_header};
+use common::ops::{Env, allowed, check, get, reason_header};
+use common::server::channel;
 use fleet_authz::{
     policy::load_policy,
     posture::{PostureStore, load_posture_file},

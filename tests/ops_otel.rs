@@ -12,7 +12,8 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use common::ops::{Env, channel, reason_header};
+use common::ops::{Env, reason_header};
+use common::server::channel;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use opentelemetry_proto::tonic::{
     collector::{

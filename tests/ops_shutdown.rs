@@ -12,7 +12,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use common::ops::{Env, channel, check_with, reason_header};
+use common::ops::{Env, check_with, reason_header};
+use common::server::channel;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use fleet_authz::{
     decision::{BoxFuture, Refresh},

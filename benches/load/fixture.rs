@@ -13,7 +13,10 @@ use std::{
 
 use anyhow::Context;
 
-use crate::synthetic;
+use crate::{
+    certs::{Ca, DeviceSpec},
+    synthetic,
+};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use fleet_authz::{
     authz::request::{build_check_request, url_encode_pem},
@@ -22,7 +25,6 @@ use fleet_authz::{
     posture::{HostPosture, PolicyMeta, Team},
 };
 use prost::{Message, bytes::Bytes};
-use rcgen::{CertificateParams, DnType, Issuer, KeyPair, SanType};
 
 /// The policy both the in-process bench and the load server use.
 pub use crate::synthetic::POLICY;
@@ -32,16 +34,14 @@ pub const DENY_EVERY: usize = 20;
 
 /// `<target>/load`, created on demand.
 pub fn work_dir() -> anyhow::Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let dir = target.join("load");
+    let dir = crate::tools::target_dir().join("load");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
 }
 
 /// The device certificates (PEM), generated on first use and then reused, so
-/// every process of a run (and every run) sees the same fingerprints.
+/// every process of a run (and every run) sees the same fingerprints. The
+/// demo CA issues them, so they chain to `deploy/demo/certs/ca.pem`.
 pub fn device_pems(count: usize) -> anyhow::Result<Vec<String>> {
     let path = work_dir()?.join(format!("devices-{count}.pem"));
     if let Ok(text) = std::fs::read_to_string(&path) {
@@ -50,42 +50,27 @@ pub fn device_pems(count: usize) -> anyhow::Result<Vec<String>> {
             return Ok(pems);
         }
     }
-    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/demo/certs");
-    let read = |name: &str| {
-        std::fs::read_to_string(demo.join(name)).with_context(|| format!("cannot read {name}"))
-    };
-    let ca_key = KeyPair::from_pem(&read("ca-key.pem")?)?;
-    // The demo CA's subject (deploy/demo/make-certs.sh), so the certificates
-    // chain to deploy/demo/certs/ca.pem.
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name
-        .push(DnType::OrganizationName, "fleet-authz demo");
-    ca.distinguished_name
-        .push(DnType::CommonName, "fleet-authz DEMO CA (do not trust)");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let issuer = Issuer::new(ca, ca_key);
+    let ca = Ca::demo();
     // One RSA-2048 subject key for all devices: generating 1,000 RSA keys
     // would take minutes and the fingerprint covers the whole certificate
     // (serial, subject, SANs), so the certificates are still all distinct.
-    let device_key = KeyPair::from_pem(&read("device-compliant-key.pem")?)?;
-    let mut pems = Vec::with_capacity(count);
-    for i in 0..count {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "fleet-authz load test");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("load device {i:04}"));
-        params.subject_alt_names = vec![SanType::URI(
-            format!("urn:uuid:5f0c7c4e-2d0b-4c4e-9a58-{i:012}").try_into()?,
-        )];
-        params.serial_number = Some(rcgen::SerialNumber::from(
-            (i as u64 + 1).to_be_bytes().to_vec(),
-        ));
-        params.use_authority_key_identifier_extension = true;
-        pems.push(params.signed_by(&device_key, &issuer)?.pem());
-    }
+    let key =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/demo/certs/device-compliant-key.pem");
+    let key_pem =
+        std::fs::read_to_string(&key).with_context(|| format!("cannot read {}", key.display()))?;
+    let pems: Vec<String> = (0..count)
+        .map(|i| {
+            let spec = DeviceSpec {
+                common_name: format!("load device {i:04}"),
+                organization: Some("fleet-authz load test".to_owned()),
+                uri: Some(format!("urn:uuid:5f0c7c4e-2d0b-4c4e-9a58-{i:012}")),
+                serial: Some(i as u64 + 1),
+                key_pem: Some(key_pem.clone()),
+                client_auth: false,
+            };
+            ca.device_with(&spec).cert_pem
+        })
+        .collect();
     std::fs::write(&path, pems.concat())?;
     Ok(pems)
 }

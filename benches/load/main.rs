@@ -13,22 +13,30 @@
 //!     (one wake-up round trip between two processes, on one CPU and across two)
 //! ```
 //!
-//! `suite` pins itself (the load client, and the upstream app of the Envoy
-//! runs) to CPU 1 and starts each server under test as a child process of
-//! this same binary pinned to CPU 0, with one tokio worker: the split is the
-//! same for fleet-authz and the baseline. Results: BENCHMARKS.md.
+//! `suite`, `envoy` and `soak` (one file each under `commands/`) pin
+//! themselves (the load client, and the upstream app of the Envoy runs) to
+//! CPU 1 and start each server under test as a child process of this same
+//! binary pinned to CPU 0, with one tokio worker: the split is the same for
+//! fleet-authz and the baseline. Results: BENCHMARKS.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark tool")]
 
+#[path = "../../tests/common/certs.rs"]
+#[allow(dead_code, reason = "shared with the tests, which use the rest")]
+mod certs;
+mod commands;
 mod envoy;
 mod fixture;
 mod grpc;
+mod http;
 mod pingpong;
 mod report;
 mod servers;
-mod suite;
 #[path = "../support/synthetic.rs"]
 mod synthetic;
+#[path = "../../tests/common/tools.rs"]
+#[allow(dead_code, reason = "shared with the tests, which use the rest")]
+mod tools;
 
 use std::{sync::Arc, time::Duration};
 
@@ -117,13 +125,13 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         "suite" | "soak" | "envoy" => {
-            suite::pin_self("1")?;
-            let options = suite::Options::parse(&args)?;
+            commands::pin_self("1")?;
+            let options = commands::Options::parse(&args)?;
             let rt = single_thread()?;
             match command.as_str() {
-                "suite" => rt.block_on(suite::suite(options)),
-                "envoy" => rt.block_on(suite::envoy_only(options)),
-                _ => rt.block_on(suite::soak(options)),
+                "suite" => rt.block_on(commands::suite::suite(options)),
+                "envoy" => rt.block_on(commands::envoy::envoy_only(options)),
+                _ => rt.block_on(commands::soak::soak(options)),
             }
         }
         "pingpong" => pingpong::run(),

@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::Context;
 
-use crate::{report::histogram, suite::pin_self};
+use crate::{commands::pin_self, report::histogram};
 
 const ROUND_TRIPS: u64 = 100_000;
 

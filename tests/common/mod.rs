@@ -1,5 +1,15 @@
-//! Helpers shared by the integration tests. Each test binary uses a subset,
-//! so unused items are expected; helpers are test code, so they may unwrap.
+//! The one test toolkit, shared by the integration tests (each test binary
+//! uses a subset, so unused items are expected; helpers are test code, so
+//! they may unwrap):
+//! - `tools`: external tools (Envoy, kubectl, kubernetes-validate) found or
+//!   installed into `target/`, and Envoy's admin API (the benches use it too);
+//! - `server`: fleet-authz on port 0, a connected client, [`server::Verdict`];
+//! - `certs`: the one maker of test certificates (the benches use it too);
+//! - `envoy`, `echo`: a real Envoy from the shipped `envoy.yaml`, and the app
+//!   behind it;
+//! - `fake_fleet`: a Fleet REST API on 127.0.0.1:0;
+//! - `ops`: the `ops_*` tests' posture, policy and clients;
+//! - `deploy`: readers and checks for the files under `deploy/`.
 #![allow(
     dead_code,
     clippy::unwrap_used,
@@ -8,7 +18,10 @@
 )]
 
 pub mod certs;
+pub mod deploy;
 pub mod echo;
 pub mod envoy;
 pub mod fake_fleet;
 pub mod ops;
+pub mod server;
+pub mod tools;

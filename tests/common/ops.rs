@@ -14,6 +14,9 @@ use envoy_types::pb::envoy::service::auth::v3::{
 use fleet_authz::{authz::request::build_check_request, config::Config, fingerprint::Fingerprint};
 use tempfile::TempDir;
 
+use super::certs::{Leaf, TestPki};
+use super::server::{LISTEN_ANY, Verdict, channel, config, install_crypto_provider};
+
 /// A device certificate and its SHA-1.
 #[derive(Debug, Clone)]
 pub struct Device {
@@ -21,12 +24,11 @@ pub struct Device {
     pub sha1: Fingerprint,
 }
 
-impl Device {
-    pub fn generate(name: &str) -> Self {
-        let key = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+impl From<Leaf> for Device {
+    fn from(leaf: Leaf) -> Self {
         Self {
-            pem: key.cert.pem(),
-            sha1: Fingerprint::of_der(key.cert.der()),
+            pem: leaf.cert_pem,
+            sha1: leaf.fingerprint,
         }
     }
 }
@@ -62,10 +64,11 @@ pub struct Env {
 impl Env {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::new();
         let (good, bad, unknown) = (
-            Device::generate("good.device"),
-            Device::generate("bad.device"),
-            Device::generate("unknown.device"),
+            Device::from(pki.device("good.device")),
+            Device::from(pki.device("bad.device")),
+            Device::from(pki.device("unknown.device")),
         );
         let policy = dir.path().join("policy.yaml");
         let posture = dir.path().join("posture.yaml");
@@ -88,11 +91,11 @@ impl Env {
 
     pub fn config_with_policy(&self, policy: &Path, extra: &str) -> Config {
         let yaml = format!(
-            "listen: {{grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\"}}\nposture_file: {}\npolicy_file: {}\n{extra}",
+            "{LISTEN_ANY}posture_file: {}\npolicy_file: {}\n{extra}",
             self.posture.display(),
             policy.display()
         );
-        Config::from_yaml(&yaml, Path::new("test-config.yaml")).unwrap()
+        config(&yaml, self.dir.path())
     }
 
     /// Writes an admin token file and returns its path.
@@ -129,9 +132,7 @@ hosts:
 
 /// Sends one Check for `pem` with `context_extensions`.
 pub async fn check(addr: SocketAddr, pem: &str, context: &[(&str, &str)]) -> CheckResponse {
-    let mut client = AuthorizationClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut client = AuthorizationClient::new(channel(addr).await);
     check_with(&mut client, pem, context).await
 }
 
@@ -155,21 +156,11 @@ pub fn allowed(response: &CheckResponse) -> bool {
 
 /// Reason kinds of a deny (`x-fleet-authz-reason`), or "" for an allow.
 pub fn reason_header(response: &CheckResponse) -> String {
-    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-    match &response.http_response {
-        Some(HttpResponse::DeniedResponse(d)) => d
-            .headers
-            .iter()
-            .filter_map(|h| h.header.as_ref())
-            .find(|h| h.key == "x-fleet-authz-reason")
-            .map(|h| h.value.clone())
-            .unwrap_or_default(),
-        _ => String::new(),
-    }
+    Verdict::of(response).reasons().to_owned()
 }
 
 pub fn http_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_crypto_provider();
     reqwest::Client::builder().build().unwrap()
 }
 
@@ -219,15 +210,6 @@ pub fn metric(text: &str, series: &str) -> f64 {
             Some(value.split_whitespace().next()?.parse::<f64>().unwrap())
         })
         .unwrap_or(0.0)
-}
-
-/// A gRPC channel to `addr`.
-pub async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 /// A log writer a test can read back: give `move || captured.clone()` to a

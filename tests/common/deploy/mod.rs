@@ -1,7 +1,7 @@
 //! Helpers for `tests/deploy_configs.rs` and `tests/deploy_kubernetes.rs`:
 //! where the repository and its `deploy/` files are, YAML loading, and the
-//! external tools (Envoy, kubectl's kustomize, kubernetes-validate) installed
-//! once into `target/`.
+//! checks that run the external tools (Envoy, kubectl's kustomize,
+//! kubernetes-validate; found or installed by `common::tools`).
 //!
 //! Nothing here knows the expected contents of a file: the assertions live in
 //! the test functions, so a failing test names the file and what differs.
@@ -18,7 +18,6 @@ pub mod fleet_authz;
 pub mod istio;
 pub mod kube;
 pub mod pod;
-pub mod tools;
 
 use std::path::{Path, PathBuf};
 
@@ -53,12 +52,6 @@ pub fn rel(path: &Path) -> String {
         .unwrap_or(path)
         .display()
         .to_string()
-}
-
-/// Cargo's target directory (`CARGO_TARGET_TMPDIR` is `<target>/tmp`).
-pub fn target_dir() -> PathBuf {
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    tmp.parent().map(Path::to_path_buf).unwrap_or(tmp)
 }
 
 /// Every YAML document in a string, empty documents skipped.

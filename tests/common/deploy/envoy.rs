@@ -1,7 +1,7 @@
 //! Envoy configs under test: the TLS files they name are swapped for
 //! generated certificates (the real ones live in Secrets or are demo files),
 //! then `envoy --mode validate` loads the config as Envoy would at start.
-//! Envoy itself is found or installed by `tests/common/envoy.rs`.
+//! Envoy itself is found or installed by `common::tools`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,7 +9,7 @@ use std::process::Command;
 use yaml_serde::Value;
 
 use crate::common::certs::TestPki;
-use crate::common::envoy::envoy_bin;
+use crate::common::tools::envoy_bin;
 
 use super::repo_root;
 

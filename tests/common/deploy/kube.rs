@@ -7,7 +7,8 @@ use std::process::Command;
 
 use yaml_serde::Value;
 
-use super::{parse_docs, str_at, tools};
+use super::{parse_docs, str_at};
+use crate::common::tools;
 
 /// The Kubernetes release the manifests must be valid for: the oldest one
 /// still commonly run that has GA gRPC probes and autoscaling/v2.
