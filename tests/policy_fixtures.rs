@@ -82,9 +82,12 @@ fn run_fixture(file: &str) -> usize {
         .unwrap()
         .hosts;
     for case in &fixture.cases {
-        // Publish through the store so failing_since is set as in production.
+        // Publish through the store so failing_since is set as in production:
+        // an earlier sync without these hosts, then the one that first saw
+        // them fail `failing_for` ago.
         let store = PostureStore::new();
         let published_at = dur(&case.failing_for).map_or(now, |d| now - d);
+        store.replace_all(Vec::new(), published_at - Duration::from_secs(60));
         store.replace_all(hosts.clone(), published_at);
         let host: Option<std::sync::Arc<HostPosture>>;
         let subject = match &case.device {

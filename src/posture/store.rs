@@ -12,7 +12,7 @@ use std::{
 
 use dashmap::DashMap;
 
-use super::{HostId, HostPosture, PolicyResult};
+use super::{HostId, HostPosture};
 use crate::duration::unix_ms;
 use crate::fingerprint::Fingerprint;
 
@@ -114,13 +114,18 @@ impl PostureStore {
     /// policy that has no `failing_since`, carries the time over from the
     /// host's previous posture when it was already failing, else uses
     /// `synced_at`, so `grace` counts from the first sync that saw it fail.
+    /// On the first publish of this process (nothing restored before it)
+    /// nobody saw the failures start, so their start stays unknown and no
+    /// grace applies: a restart never hands out a fresh grace period.
     pub fn replace_all(&self, hosts: Vec<HostPosture>, synced_at: SystemTime) {
         let _writer = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let seen_before = *self.loaded.borrow();
         let mut keep_fp: HashMap<Fingerprint, HostId> = HashMap::with_capacity(hosts.len() * 2);
         let mut keep_hosts = std::collections::HashSet::with_capacity(hosts.len());
         for mut host in hosts {
             let previous = self.hosts.get(&host.id).map(|h| Arc::clone(&h));
-            carry_failing_since(&mut host, previous.as_deref(), synced_at);
+            let observed = seen_before.then_some(synced_at);
+            carry_failing_since(&mut host, previous.as_deref(), observed);
             for fp in &host.fingerprints {
                 keep_fp.insert(*fp, host.id);
             }
@@ -165,7 +170,7 @@ impl PostureStore {
     pub fn upsert(&self, mut host: HostPosture, now: SystemTime) {
         let _writer = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.hosts.get(&host.id).map(|h| Arc::clone(&h));
-        carry_failing_since(&mut host, previous.as_deref(), now);
+        carry_failing_since(&mut host, previous.as_deref(), Some(now));
         if let Some(prev) = &previous {
             for fp in &prev.fingerprints {
                 if !host.fingerprints.contains(fp) {
@@ -189,7 +194,15 @@ impl PostureStore {
     }
 }
 
-fn carry_failing_since(host: &mut HostPosture, previous: Option<&HostPosture>, now: SystemTime) {
+/// Sets `failing_since` on `host`'s failing policies that lack one: the
+/// previous posture's value when it was already failing (an unknown start
+/// stays unknown), else `observed`, the time this process saw the failure
+/// appear; `None` when it could not have seen it (the first publish).
+fn carry_failing_since(
+    host: &mut HostPosture,
+    previous: Option<&HostPosture>,
+    observed: Option<SystemTime>,
+) {
     for policy in host.policies.iter_mut() {
         if !policy.is_failing() {
             policy.set_failing_since(None);
@@ -200,9 +213,11 @@ fn carry_failing_since(host: &mut HostPosture, previous: Option<&HostPosture>, n
         }
         let earlier = previous
             .and_then(|p| p.policies.iter().find(|q| q.id() == policy.id()))
-            .filter(|q| q.is_failing())
-            .and_then(PolicyResult::failing_since);
-        policy.set_failing_since(Some(earlier.unwrap_or(now)));
+            .filter(|q| q.is_failing());
+        policy.set_failing_since(match earlier {
+            Some(q) => q.failing_since(),
+            None => observed,
+        });
     }
 }
 
@@ -252,6 +267,8 @@ mod tests {
         let store = PostureStore::new();
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
         let t1 = t0 + Duration::from_secs(600);
+        // The process has published before (host 1 was not enrolled yet).
+        store.replace_all(vec![], t0 - Duration::from_secs(60));
         store.replace_all(vec![host(1, &[1], true)], t0);
         store.replace_all(vec![host(1, &[1], true)], t1);
         assert_eq!(
@@ -264,6 +281,23 @@ mod tests {
             store.host(HostId(1)).unwrap().policies[0].failing_since(),
             Some(t1 + Duration::from_secs(5))
         );
+    }
+
+    #[test]
+    fn failures_present_at_the_first_publish_have_an_unknown_start() {
+        let store = PostureStore::new();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
+        store.replace_all(vec![host(1, &[1], true)], t0);
+        let since = |s: &PostureStore| s.host(HostId(1)).unwrap().policies[0].failing_since();
+        assert_eq!(since(&store), None, "a restart gives no fresh grace");
+        // Still unknown on later syncs, and after a recheck.
+        store.replace_all(vec![host(1, &[1], true)], t0 + Duration::from_secs(60));
+        store.upsert(host(1, &[1], true), t0 + Duration::from_secs(70));
+        assert_eq!(since(&store), None);
+        // Fixed, then failing again: that start was seen.
+        store.replace_all(vec![host(1, &[1], false)], t0 + Duration::from_secs(120));
+        store.replace_all(vec![host(1, &[1], true)], t0 + Duration::from_secs(180));
+        assert_eq!(since(&store), Some(t0 + Duration::from_secs(180)));
     }
 
     #[test]
