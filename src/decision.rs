@@ -113,6 +113,21 @@ impl Authorizer {
             (Ok(_), Some(h), _) => Subject::Host(h),
         };
         let mut decision = policy::evaluate(route, &facts, subject, now);
+        let mut host = host;
+        // A certificate that several Fleet hosts report cannot say which
+        // device is asking: every holder must pass.
+        if decision.allowed
+            && let (Some(fp), Some(h)) = (&fingerprint, &host)
+        {
+            for other in self.store.other_holders(fp, h.id) {
+                let d = policy::evaluate(route, &facts, Subject::Host(&other), now);
+                if !d.allowed {
+                    decision = d;
+                    host = Some(other);
+                    break;
+                }
+            }
+        }
         if !decision.allowed
             && let (Some(grants), Some(fp)) = (&self.grants, &fingerprint)
             && let Some((grant_id, reason)) = grants.find(host.as_ref().map(|h| h.id), fp, now)

@@ -205,6 +205,35 @@ async fn an_os_level_cve_stays_denied_across_a_recheck() {
     server.shutdown().await;
 }
 
+/// A certificate that two Fleet hosts report (copied to a second device)
+/// cannot say which device is asking: if either holder fails, it is denied.
+#[tokio::test]
+async fn a_certificate_two_hosts_report_is_denied_when_either_fails() {
+    let s = setup().await;
+    s.fake.update_host(1, |h| {
+        h.responses.values_mut().for_each(|r| *r = "pass".into())
+    });
+    let (server, mut client) = start(config(&s, "{enabled: false}")).await;
+    assert_eq!(verdict(&check(&mut client, &s.device).await), "allow");
+    s.fake.update_host(2, |h| {
+        h.responses.values_mut().for_each(|r| *r = "fail".into())
+    });
+    s.fake
+        .add_report_row(2, &s.device.fingerprint.to_hex().to_uppercase());
+    server.fleet.as_ref().unwrap().sync_now().await.unwrap();
+    assert_eq!(
+        verdict(&check(&mut client, &s.device).await),
+        "failing_any_policy"
+    );
+    // Host 2 fixed: both holders pass.
+    s.fake.update_host(2, |h| {
+        h.responses.values_mut().for_each(|r| *r = "pass".into())
+    });
+    server.fleet.as_ref().unwrap().sync_now().await.unwrap();
+    assert_eq!(verdict(&check(&mut client, &s.device).await), "allow");
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn recheck_is_skipped_while_the_posture_is_younger_than_min_age() {
     let s = setup().await;

@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -22,6 +22,11 @@ pub struct PostureStore {
     /// Straight to the host: one map probe per Check, not two.
     by_fingerprint: DashMap<Fingerprint, Arc<HostPosture>>,
     hosts: DashMap<HostId, Arc<HostPosture>>,
+    /// Fingerprints that more than one host reports, with every holder.
+    /// Rare (a certificate copied to a second device), so kept apart.
+    shared: DashMap<Fingerprint, Vec<HostId>>,
+    /// True while `shared` holds anything: the Check path's fast skip.
+    any_shared: AtomicBool,
     /// Unix ms of the last successful full publish; 0 = never.
     synced_at_ms: AtomicI64,
     /// Incremented on every full publish.
@@ -37,6 +42,8 @@ impl Default for PostureStore {
         Self {
             by_fingerprint: DashMap::new(),
             hosts: DashMap::new(),
+            shared: DashMap::new(),
+            any_shared: AtomicBool::new(false),
             synced_at_ms: AtomicI64::new(0),
             generation: AtomicU64::new(0),
             write_lock: Mutex::new(()),
@@ -54,6 +61,22 @@ impl PostureStore {
     /// The host holding certificate `fp`.
     pub fn lookup(&self, fp: &Fingerprint) -> Option<Arc<HostPosture>> {
         self.by_fingerprint.get(fp).map(|h| Arc::clone(&h))
+    }
+
+    /// The hosts other than `id` that also report certificate `fp`: a
+    /// certificate on two devices cannot say which one is asking. Empty
+    /// (and nearly free) when no fingerprint is shared.
+    pub fn other_holders(&self, fp: &Fingerprint, id: HostId) -> Vec<Arc<HostPosture>> {
+        if !self.any_shared.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let Some(ids) = self.shared.get(fp).map(|ids| ids.clone()) else {
+            return Vec::new();
+        };
+        ids.into_iter()
+            .filter(|other| *other != id)
+            .filter_map(|other| self.host(other))
+            .collect()
     }
 
     /// The host with Fleet id `id`.
@@ -121,13 +144,21 @@ impl PostureStore {
         let _writer = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         let seen_before = *self.loaded.borrow();
         let mut keep_fp: HashMap<Fingerprint, HostId> = HashMap::with_capacity(hosts.len() * 2);
+        let mut shared: HashMap<Fingerprint, Vec<HostId>> = HashMap::new();
         let mut keep_hosts = std::collections::HashSet::with_capacity(hosts.len());
         for mut host in hosts {
             let previous = self.hosts.get(&host.id).map(|h| Arc::clone(&h));
             let observed = seen_before.then_some(synced_at);
             carry_failing_since(&mut host, previous.as_deref(), observed);
             for fp in &host.fingerprints {
-                keep_fp.insert(*fp, host.id);
+                if let Some(first) = keep_fp.insert(*fp, host.id)
+                    && first != host.id
+                {
+                    let holders = shared.entry(*fp).or_insert_with(|| vec![first]);
+                    if !holders.contains(&host.id) {
+                        holders.push(host.id);
+                    }
+                }
             }
             keep_hosts.insert(host.id);
             let host = Arc::new(host);
@@ -159,6 +190,7 @@ impl PostureStore {
         for id in gone_hosts {
             self.hosts.remove(&id);
         }
+        self.publish_shared(shared);
         self.synced_at_ms
             .store(unix_ms(synced_at).max(1), Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -191,6 +223,28 @@ impl PostureStore {
         self.synced_at_ms
             .store(unix_ms(synced_at).max(1), Ordering::Release);
         self.loaded.send_replace(true);
+    }
+}
+
+impl PostureStore {
+    /// Replaces the shared-fingerprint table. Flagged before it is filled
+    /// and cleared after it is emptied, so a reader never skips a conflict.
+    fn publish_shared(&self, shared: HashMap<Fingerprint, Vec<HostId>>) {
+        if !shared.is_empty() {
+            self.any_shared.store(true, Ordering::Release);
+            tracing::warn!(
+                fingerprints = shared.len(),
+                "certificates reported by more than one Fleet host: every holder must pass"
+            );
+        }
+        self.shared.retain(|fp, _| shared.contains_key(fp));
+        let empty = shared.is_empty();
+        for (fp, ids) in shared {
+            self.shared.insert(fp, ids);
+        }
+        if empty {
+            self.any_shared.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -298,6 +352,32 @@ mod tests {
         store.replace_all(vec![host(1, &[1], false)], t0 + Duration::from_secs(120));
         store.replace_all(vec![host(1, &[1], true)], t0 + Duration::from_secs(180));
         assert_eq!(since(&store), Some(t0 + Duration::from_secs(180)));
+    }
+
+    #[test]
+    fn a_fingerprint_two_hosts_report_names_every_holder() {
+        let store = PostureStore::new();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
+        store.replace_all(vec![host(1, &[1, 9], false), host(2, &[9], true)], t0);
+        let held = store.lookup(&fp(9)).unwrap().id;
+        let others: Vec<HostId> = store
+            .other_holders(&fp(9), held)
+            .iter()
+            .map(|h| h.id)
+            .collect();
+        assert_eq!(
+            others,
+            [if held == HostId(1) {
+                HostId(2)
+            } else {
+                HostId(1)
+            }]
+        );
+        assert!(store.other_holders(&fp(1), HostId(1)).is_empty());
+        // Once only one host reports it, nothing is shared.
+        store.replace_all(vec![host(1, &[1], false), host(2, &[9], true)], t0);
+        assert!(store.other_holders(&fp(9), HostId(2)).is_empty());
+        assert!(!store.any_shared.load(Ordering::Acquire));
     }
 
     #[test]
