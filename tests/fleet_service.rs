@@ -210,13 +210,15 @@ async fn an_os_level_cve_stays_denied_across_a_recheck() {
 #[tokio::test]
 async fn a_certificate_two_hosts_report_is_denied_when_either_fails() {
     let s = setup().await;
-    s.fake.update_host(1, |h| {
-        h.responses.values_mut().for_each(|r| *r = "pass".into())
-    });
     let (server, mut client) = start(config(&s, "{enabled: false}")).await;
-    assert_eq!(verdict(&check(&mut client, &s.device).await), "allow");
+    assert_eq!(
+        verdict(&check(&mut client, &s.device).await),
+        "failing_any_policy"
+    );
+    // Host 2 passes everything and now reports the same certificate; it is
+    // the holder the store finds (the later one), yet host 1 still fails.
     s.fake.update_host(2, |h| {
-        h.responses.values_mut().for_each(|r| *r = "fail".into())
+        h.responses.values_mut().for_each(|r| *r = "pass".into())
     });
     s.fake
         .add_report_row(2, &s.device.fingerprint.to_hex().to_uppercase());
@@ -225,9 +227,9 @@ async fn a_certificate_two_hosts_report_is_denied_when_either_fails() {
         verdict(&check(&mut client, &s.device).await),
         "failing_any_policy"
     );
-    // Host 2 fixed: both holders pass.
-    s.fake.update_host(2, |h| {
-        h.responses.values_mut().for_each(|r| *r = "pass".into())
+    // Host 1 fixed: both holders pass.
+    s.fake.update_host(1, |h| {
+        h.responses.insert(1, "pass".into());
     });
     server.fleet.as_ref().unwrap().sync_now().await.unwrap();
     assert_eq!(verdict(&check(&mut client, &s.device).await), "allow");
