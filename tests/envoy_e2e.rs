@@ -510,3 +510,26 @@ async fn access_log_shows_each_decision_and_how_long_its_check_took() {
     assert!(public.contains(" 200 "), "{public}");
     assert_eq!(authz_us(public), None, "{public}");
 }
+
+/// A Fleet display name or team with CR, LF or NUL in it would make Envoy
+/// refuse every request of that device (503): fleet-authz drops control
+/// characters and caps the length before they become headers.
+#[tokio::test]
+async fn a_hostile_fleet_name_does_not_lock_its_device_out() {
+    let stack = Stack::start().await;
+    let store = &stack.server.as_ref().unwrap().authorizer.store;
+    let mut host = (*store.host(fleet_authz::posture::HostId(4)).unwrap()).clone();
+    host.display_name = format!("Dana\r\nx-evil: 1\0{}", "z".repeat(1_000));
+    host.team = Some(fleet_authz::posture::Team {
+        id: Some(9),
+        name: "Ops\nTeam".into(),
+    });
+    store.upsert(host, std::time::SystemTime::now());
+    let reply = stack.get(&stack.devices.dana, "/", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let name = reply.body["x-fleet-host-name"].as_str().unwrap();
+    assert!(name.starts_with("Danax-evil: 1zzz"), "{name}");
+    assert_eq!(name.len(), 256);
+    assert_eq!(reply.body["x-fleet-team"], "OpsTeam");
+    assert!(reply.body.get("x-evil").is_none(), "{}", reply.body);
+}

@@ -155,6 +155,28 @@ impl<'a> CheckFacts<'a> {
     }
 }
 
+/// Longest identity header value sent upstream, in bytes.
+pub const MAX_IDENTITY_HEADER_BYTES: usize = 256;
+
+/// A header value made from Fleet data (a computer's name, a team's):
+/// control characters dropped (a CR, LF or NUL would make Envoy refuse the
+/// request, locking the device out by its own name), surrounding
+/// whitespace trimmed, cut to [`MAX_IDENTITY_HEADER_BYTES`] on a character
+/// boundary.
+pub fn header_safe(value: &str) -> String {
+    let mut out: String = value.chars().filter(|c| !c.is_control()).collect();
+    let trimmed = out.trim();
+    if trimmed.len() != out.len() {
+        out = trimmed.to_owned();
+    }
+    if out.len() > MAX_IDENTITY_HEADER_BYTES {
+        let cut = out.floor_char_boundary(MAX_IDENTITY_HEADER_BYTES);
+        out.truncate(cut);
+        out.truncate(out.trim_end().len());
+    }
+    out
+}
+
 fn header(key: &str, value: impl Into<String>) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
@@ -222,9 +244,9 @@ fn ok_response(decision: &Decision, host: Option<&HostPosture>, kinds: &str) -> 
         None => [None, None, None, None],
         Some(h) => [
             Some(h.id.0.to_string()),
-            Some(h.uuid.clone()).filter(|s| !s.is_empty()),
-            Some(h.display_name.clone()).filter(|s| !s.is_empty()),
-            h.team_name().map(str::to_owned),
+            Some(header_safe(&h.uuid)).filter(|s| !s.is_empty()),
+            Some(header_safe(&h.display_name)).filter(|s| !s.is_empty()),
+            h.team_name().map(header_safe).filter(|s| !s.is_empty()),
         ],
     };
     for (name, value) in IDENTITY_HEADERS.iter().zip(values) {
@@ -281,5 +303,24 @@ fn denied_response(
             header("cache-control", "no-store"),
         ],
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleet_names_become_safe_header_values() {
+        assert_eq!(header_safe("Anna's MacBook"), "Anna's MacBook");
+        assert_eq!(header_safe(" Ben\r\nX-Evil: 1\0 "), "BenX-Evil: 1");
+        assert_eq!(header_safe("caf\u{e9}\u{7f}\t"), "caf\u{e9}");
+        let long = "\u{e9}".repeat(200);
+        let cut = header_safe(&long);
+        assert!(
+            cut.len() <= MAX_IDENTITY_HEADER_BYTES && cut.len() >= MAX_IDENTITY_HEADER_BYTES - 1
+        );
+        assert!(cut.chars().all(|c| c == '\u{e9}'));
+        assert_eq!(header_safe("\n\r"), "");
     }
 }

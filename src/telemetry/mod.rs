@@ -42,13 +42,30 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
 }
 
-/// `pretty` (default) or `json` logs.
+/// Log format: `auto` (default), `pretty` or `json`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
+    /// Pretty when the log stream (stdout) is a terminal, JSON otherwise:
+    /// a container's log file gets JSON, which is also the faster writer.
     #[default]
+    Auto,
+    /// Compact human-readable lines; colours only on a terminal.
     Pretty,
+    /// One JSON object per line, batched.
     Json,
+}
+
+impl LogFormat {
+    /// The format to write with, `auto` decided by whether the log stream
+    /// is a terminal.
+    pub fn resolve(self, terminal: bool) -> Self {
+        match self {
+            Self::Auto if terminal => Self::Pretty,
+            Self::Auto => Self::Json,
+            chosen => chosen,
+        }
+    }
 }
 
 /// Why the OTLP exporters could not be built.
@@ -98,7 +115,8 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
         None => (None, TelemetryGuard::default()),
     };
     let registry = tracing_subscriber::registry().with(otel).with(filter);
-    let result = match config.log_format {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let result = match config.log_format.resolve(terminal) {
         LogFormat::Json => {
             // One decision line per Check: batch them (lossless, bounded)
             // instead of one write(2) per line on the request path.
@@ -107,7 +125,10 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
             guard.log = Some(log_guard);
             registry.with(json_layer(writer)).try_init()
         }
-        LogFormat::Pretty => registry.with(fmt::layer().compact()).try_init(),
+        // Never ANSI colour escapes into a file or pipe.
+        LogFormat::Pretty | LogFormat::Auto => registry
+            .with(fmt::layer().compact().with_ansi(terminal))
+            .try_init(),
     };
     if let Err(error) = result {
         eprintln!("logging was already initialised: {error}");
@@ -261,5 +282,19 @@ impl OtelInstruments {
         ];
         self.decisions.add(1, &attributes);
         self.check_duration.record(secs, &attributes[2..]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LogFormat, TelemetryConfig};
+
+    #[test]
+    fn auto_is_json_off_a_terminal_and_the_default() {
+        assert_eq!(TelemetryConfig::default().log_format, LogFormat::Auto);
+        assert_eq!(LogFormat::Auto.resolve(false), LogFormat::Json);
+        assert_eq!(LogFormat::Auto.resolve(true), LogFormat::Pretty);
+        assert_eq!(LogFormat::Pretty.resolve(false), LogFormat::Pretty);
+        assert_eq!(LogFormat::Json.resolve(true), LogFormat::Json);
     }
 }
