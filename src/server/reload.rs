@@ -187,12 +187,19 @@ impl Reloader {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> notify::Result<()> {
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let names: Vec<std::ffi::OsString> = [Some(&self.policy_path), self.posture_path.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.file_name().map(ToOwned::to_owned))
+            .collect();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 // inotify also reports opens and reads, including our own
                 // reads of the files: reacting to those would reload forever.
+                // Other files in the directory (a log file, say) are not ours.
                 if let Ok(event) = event
                     && !matches!(event.kind, notify::EventKind::Access(_))
+                    && event.paths.iter().any(|p| concerns_us(p, &names))
                 {
                     let _ = tx.send(());
                 }
@@ -244,6 +251,16 @@ impl SyncTrigger for FileSync {
     }
 }
 
+/// True when a change to `path` may change one of the watched files:
+/// the file itself (editors rename a temporary over it), or Kubernetes'
+/// atomic ConfigMap update, which swaps `..data` and `..<timestamp>`
+/// entries beside the files.
+fn concerns_us(path: &Path, names: &[std::ffi::OsString]) -> bool {
+    path.file_name().is_some_and(|name| {
+        names.iter().any(|n| n == name) || name.as_encoded_bytes().starts_with(b"..")
+    })
+}
+
 fn parent_dir(p: &Path) -> PathBuf {
     match p.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
@@ -260,4 +277,32 @@ fn hash_of(bytes: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn only_the_watched_files_and_configmap_swaps_concern_the_watcher() {
+        let names = vec!["policy.yaml".into(), "posture.json".into()];
+        let yes = [
+            "/etc/fa/policy.yaml",
+            "/etc/fa/posture.json",
+            "/etc/fa/..data",
+            "/etc/fa/..2026_11_30_12_00_00.123",
+        ];
+        let no = [
+            "/etc/fa/fleet-authz.log",
+            "/etc/fa/.policy.yaml.swp",
+            "/etc/fa/policy.yaml~",
+            "/etc/fa/other.yaml",
+        ];
+        for p in yes {
+            assert!(super::concerns_us(Path::new(p), &names), "{p}");
+        }
+        for p in no {
+            assert!(!super::concerns_us(Path::new(p), &names), "{p}");
+        }
+    }
 }
