@@ -227,7 +227,14 @@ impl Server {
 
     /// Sends the lean request as it is on the wire.
     async fn check(&self, req: wire::CheckRequest) -> CheckResponse {
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        self.try_check(req)
+            .await
+            .expect("a deny is still an OK RPC")
+    }
+
+    async fn try_check(&self, req: wire::CheckRequest) -> Result<CheckResponse, tonic::Status> {
+        let mut grpc =
+            tonic::client::Grpc::new(self.channel.clone()).max_encoding_message_size(usize::MAX);
         grpc.ready().await.unwrap();
         let codec = tonic_prost::ProstCodec::<wire::CheckRequest, CheckResponse>::default();
         grpc.unary(
@@ -236,8 +243,7 @@ impl Server {
             codec,
         )
         .await
-        .expect("a deny is still an OK RPC")
-        .into_inner()
+        .map(tonic::Response::into_inner)
     }
 }
 
@@ -359,4 +365,29 @@ async fn a_path_that_is_not_utf8_still_matches_its_route() {
     // The same device elsewhere is allowed.
     let req = at(b"/home/\xff");
     assert_eq!(verdict(&server.check(req).await), Ok("1".to_owned()));
+}
+
+/// A CheckRequest over the 1 MiB bound is refused as an RPC error (Envoy
+/// then fails closed), never decoded; the next normal Check still works.
+#[tokio::test]
+async fn an_oversized_check_request_is_refused_not_decoded() {
+    let pki = TestPki::new();
+    let compliant = pki.device("compliant");
+    let server = Server::start(&[Src::Peer], &compliant).await;
+    let mut req = request(&[(Src::Peer, Src::Peer.good(&compliant))]);
+    if let Some(http) = req
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        http.headers.push(wire::Header {
+            key: Bytes::from_static(b"x-padding"),
+            value: Bytes::from(vec![b'a'; 2 * 1024 * 1024]),
+        });
+    }
+    let status = server.try_check(req).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    let ok = request(&[(Src::Peer, Src::Peer.good(&compliant))]);
+    assert_eq!(verdict(&server.check(ok).await), Ok("1".to_owned()));
 }

@@ -20,6 +20,10 @@ use crate::decision::{Authorizer, BoxFuture};
 
 /// The gRPC path of the one method.
 const CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
+/// Largest CheckRequest read. Envoy's request headers are capped at 60 KiB
+/// by default and a certificate is a few KiB; a request body is only sent
+/// when `with_request_body` is configured, and capped there.
+pub const MAX_CHECK_REQUEST_BYTES: usize = 1024 * 1024;
 
 /// The Authorization service; add it to a tonic `Server`.
 #[derive(Debug, Clone)]
@@ -83,7 +87,8 @@ where
         let check = Check(Arc::clone(&self.authorizer), Arc::clone(&self.memo));
         Box::pin(async move {
             let codec = tonic_prost::ProstCodec::<Answer, wire::CheckRequest>::default();
-            Ok(Grpc::new(codec).unary(check, request).await)
+            let mut grpc = Grpc::new(codec).max_decoding_message_size(MAX_CHECK_REQUEST_BYTES);
+            Ok(grpc.unary(check, request).await)
         })
     }
 }

@@ -14,52 +14,162 @@
 //!
 //! The listener may also be a Unix socket (`listen.grpc: unix:/path`):
 //! [`bind_unix`] binds it, and its connections are wrapped the same way.
+//!
+//! Accepting is bounded ([`guarded`]): at most [`MAX_GRPC_CONNECTIONS`]
+//! connections at once (past that, new ones wait in the kernel's backlog),
+//! and an accept error such as EMFILE (no file descriptors left) backs off
+//! from 5 ms to 1 s instead of retrying at once, which spun a CPU.
 
 use std::{
     io,
     os::unix::fs::{FileTypeExt, PermissionsExt},
     path::Path,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpStream, UnixListener, UnixStream},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
 };
-use tokio_stream::{Stream, StreamExt, wrappers::UnixListenerStream};
+use tokio_stream::{
+    Stream, StreamExt,
+    wrappers::{ReceiverStream, UnixListenerStream},
+};
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming, UdsConnectInfo};
 
-/// A connection (TCP or Unix) that asks h2 to coalesce frames under 1 KiB.
+use crate::telemetry::metrics::{LimitLabels, Metrics};
+
+/// gRPC connections served at once.
+pub const MAX_GRPC_CONNECTIONS: usize = 1024;
+/// First and longest wait after an accept error.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
+/// At most one warning per this long for the same bound.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A connection (TCP or Unix) that asks h2 to coalesce frames under 1 KiB,
+/// holding its place under the connection bound while it lives.
 #[derive(Debug)]
-pub struct Coalescing<S>(S);
+pub struct Coalescing<S> {
+    stream: S,
+    _permit: Option<OwnedSemaphorePermit>,
+}
 
 impl<S> Coalescing<S> {
     /// Wraps an accepted connection.
     pub fn new(stream: S) -> Self {
-        Self(stream)
+        Self {
+            stream,
+            _permit: None,
+        }
     }
 }
 
-/// `incoming`'s connections, each wrapped in [`Coalescing`].
+/// `incoming`'s connections, bounded by [`guarded`].
 pub fn coalescing(
     incoming: TcpIncoming,
+    metrics: Arc<Metrics>,
 ) -> impl Stream<Item = Result<Coalescing<TcpStream>, io::Error>> + Send + 'static {
-    incoming.map(|accepted| accepted.map(Coalescing::new))
+    guarded(incoming, MAX_GRPC_CONNECTIONS, metrics)
 }
 
-/// A Unix socket listener's connections, each wrapped in [`Coalescing`].
+/// A Unix socket listener's connections, bounded by [`guarded`].
 pub fn coalescing_unix(
     listener: UnixListener,
+    metrics: Arc<Metrics>,
 ) -> impl Stream<Item = Result<Coalescing<UnixStream>, io::Error>> + Send + 'static {
-    UnixListenerStream::new(listener).map(|accepted| accepted.map(Coalescing::new))
+    guarded(
+        UnixListenerStream::new(listener),
+        MAX_GRPC_CONNECTIONS,
+        metrics,
+    )
+}
+
+/// Accepts from `incoming` on a task of its own: at most `max` connections
+/// live at once, and an accept error is counted
+/// (`fleet_authz_limits_hit_total{limit="grpc_accept_error"}`), logged at
+/// most every 10 s, and followed by a growing pause. Ends when the server
+/// stops taking connections.
+pub fn guarded<S, C>(
+    incoming: S,
+    max: usize,
+    metrics: Arc<Metrics>,
+) -> impl Stream<Item = Result<Coalescing<C>, io::Error>> + Send + 'static
+where
+    S: Stream<Item = Result<C, io::Error>> + Send + 'static,
+    C: Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(1);
+    let permits = Arc::new(Semaphore::new(max));
+    tokio::spawn(async move {
+        let mut incoming = std::pin::pin!(incoming);
+        let (mut delay, mut warned) = (ACCEPT_BACKOFF.0, None::<Instant>);
+        loop {
+            if permits.available_permits() == 0 {
+                hit(&metrics, "grpc_connections", &mut warned);
+            }
+            let permit = tokio::select! {
+                p = Arc::clone(&permits).acquire_owned() => p,
+                _ = tx.closed() => return,
+            };
+            let Ok(permit) = permit else { return };
+            let next = tokio::select! {
+                next = incoming.next() => next,
+                _ = tx.closed() => return,
+            };
+            match next {
+                None => return,
+                Some(Ok(stream)) => {
+                    delay = ACCEPT_BACKOFF.0;
+                    let conn = Coalescing {
+                        stream,
+                        _permit: Some(permit),
+                    };
+                    if tx.send(Ok(conn)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Err(error)) => {
+                    drop(permit);
+                    if hit(&metrics, "grpc_accept_error", &mut warned) {
+                        tracing::warn!(%error, ?delay, "gRPC accept failed; backing off");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(ACCEPT_BACKOFF.1);
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// Counts a bound being hit; true when it is time to log it again.
+fn hit(metrics: &Metrics, limit: &'static str, warned: &mut Option<Instant>) -> bool {
+    metrics
+        .limits_hit
+        .get_or_create(&LimitLabels { limit })
+        .inc();
+    let due = warned.is_none_or(|at| at.elapsed() >= WARN_EVERY);
+    if due {
+        *warned = Some(Instant::now());
+        if limit == "grpc_connections" {
+            tracing::warn!(
+                max = MAX_GRPC_CONNECTIONS,
+                "gRPC connection bound reached; new connections wait"
+            );
+        }
+    }
+    due
 }
 
 impl Connected for Coalescing<TcpStream> {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.connect_info()
+        self.stream.connect_info()
     }
 }
 
@@ -67,7 +177,7 @@ impl Connected for Coalescing<UnixStream> {
     type ConnectInfo = UdsConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.connect_info()
+        self.stream.connect_info()
     }
 }
 
@@ -77,7 +187,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalescing<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
@@ -87,15 +197,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 
     /// The point of the type: h2 then uses its larger copy threshold.
@@ -150,13 +260,63 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    fn limit_hits(metrics: &Metrics, limit: &'static str) -> u64 {
+        metrics
+            .limits_hit
+            .get_or_create(&LimitLabels { limit })
+            .get()
+    }
+
+    /// EMFILE on every accept: the loop pauses 5 ms, 10 ms, 20 ms, ... and
+    /// never spins; the first good connection after it resets the pause.
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_back_off_instead_of_spinning() {
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&polls);
+        let errors = tokio_stream::iter(0..7).map(move |i| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i < 6 {
+                Err(io::Error::from_raw_os_error(24)) // EMFILE
+            } else {
+                Ok(())
+            }
+        });
+        let metrics = Arc::new(Metrics::new());
+        let started = tokio::time::Instant::now();
+        let mut incoming = Box::pin(guarded(errors, 4, Arc::clone(&metrics)));
+        assert!(incoming.next().await.unwrap().is_ok());
+        // 5 + 10 + 20 + 40 + 80 + 160 ms of (virtual) pauses, seven accepts.
+        assert_eq!(started.elapsed(), Duration::from_millis(315));
+        assert_eq!(polls.load(std::sync::atomic::Ordering::Relaxed), 7);
+        assert_eq!(limit_hits(&metrics, "grpc_accept_error"), 6);
+    }
+
+    /// Past the bound, the next connection waits until one closes.
+    #[tokio::test]
+    async fn at_most_max_connections_are_live() {
+        let metrics = Arc::new(Metrics::new());
+        let mut incoming = Box::pin(guarded(
+            tokio_stream::iter([Ok::<_, io::Error>(1), Ok(2), Ok(3)]),
+            2,
+            Arc::clone(&metrics),
+        ));
+        let first = incoming.next().await.unwrap().unwrap();
+        let second = incoming.next().await.unwrap().unwrap();
+        assert_eq!((first.stream, second.stream), (1, 2));
+        let waiting = tokio::time::timeout(Duration::from_millis(50), incoming.next()).await;
+        assert!(waiting.is_err(), "a third connection was handed out");
+        assert_eq!(limit_hits(&metrics, "grpc_connections"), 1);
+        drop(first);
+        assert_eq!(incoming.next().await.unwrap().unwrap().stream, 3);
+    }
+
     #[tokio::test]
     async fn passes_bytes_both_ways_and_declines_vectored_writes() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let client =
             tokio::spawn(async move { ping(TcpStream::connect(addr).await.unwrap()).await });
-        let mut incoming = Box::pin(coalescing(TcpIncoming::from(listener)));
+        let mut incoming = Box::pin(coalescing(TcpIncoming::from(listener), Arc::default()));
         let conn = incoming.next().await.unwrap().unwrap();
         assert_eq!(conn.connect_info().local_addr(), Some(addr));
         pong(conn, client).await;
@@ -195,7 +355,7 @@ mod tests {
             let path = path.clone();
             async move { ping(UnixStream::connect(path).await.unwrap()).await }
         });
-        let mut incoming = Box::pin(coalescing_unix(listener));
+        let mut incoming = Box::pin(coalescing_unix(listener, Arc::default()));
         pong(incoming.next().await.unwrap().unwrap(), client).await;
     }
 

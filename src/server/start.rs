@@ -37,6 +37,11 @@ use crate::{
     telemetry::metrics::Metrics,
 };
 
+/// HTTP/2 streams one gRPC connection may have open.
+pub const GRPC_MAX_STREAMS: u32 = 256;
+/// Largest header block of a gRPC request.
+pub const GRPC_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+
 /// Tasks of one service, each returning `Err` only when it failed.
 type Tasks = JoinSet<anyhow::Result<()>>;
 
@@ -307,7 +312,13 @@ fn spawn_grpc(
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(crate::proto::ENVOY_AUTHZ_DESCRIPTOR_SET)
         .build_v1()?;
+    // Bounds (README, "Limits"): a client that opens streams and never
+    // reads (a zero flow-control window) holds at most this many answers per
+    // connection; tonic's default is no limit at all.
     let grpc = tonic::transport::Server::builder()
+        .max_concurrent_streams(GRPC_MAX_STREAMS)
+        .http2_max_header_list_size(GRPC_MAX_HEADER_LIST_BYTES)
+        .http2_max_pending_accept_reset_streams(Some(GRPC_MAX_STREAMS as usize))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(AuthzService::new(Arc::clone(&parts.authorizer)))
@@ -319,12 +330,15 @@ fn spawn_grpc(
             // HTTP/2 writes (a CheckResponse is ~200 bytes) until the peer's
             // delayed ACK, ~40 ms on Linux: Checks then wait on the kernel,
             // not on us. tonic sets it only on listeners it binds itself.
-            let incoming = listen::coalescing(TcpIncoming::from(listener).with_nodelay(Some(true)));
+            let incoming = listen::coalescing(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                Arc::clone(&parts.metrics),
+            );
             let serving = grpc.serve_with_incoming_shutdown(incoming, stop.signalled());
             tasks.spawn(async move { serving.await.context("grpc server failed") });
         }
         GrpcListener::Unix(listener, path) => {
-            let incoming = listen::coalescing_unix(listener);
+            let incoming = listen::coalescing_unix(listener, Arc::clone(&parts.metrics));
             let serving = grpc.serve_with_incoming_shutdown(incoming, stop.signalled());
             tasks.spawn(async move {
                 let served = serving.await.context("grpc server failed");

@@ -61,6 +61,13 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels of `fleet_authz_limits_hit_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// Which bound: `grpc_connections`, `grpc_accept_error`, …
+    pub limit: &'static str,
+}
+
 /// Every metric the service exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -80,6 +87,8 @@ pub struct Metrics {
     pub posture_reloads: Family<ResultLabels, Counter>,
     pub rechecks: Family<ResultLabels, Counter>,
     pub break_glass_active: Gauge,
+    /// Inputs refused or slowed by a bound (README, "Limits").
+    pub limits_hit: Family<LimitLabels, Counter>,
     /// The decision counter and latency mirrored over OTLP (no-ops unless
     /// telemetry installed a meter provider before this was created).
     pub otel: crate::telemetry::OtelInstruments,
@@ -117,6 +126,7 @@ impl Metrics {
             posture_reloads: Family::default(),
             rechecks: Family::default(),
             break_glass_active: Gauge::default(),
+            limits_hit: Family::default(),
             otel: crate::telemetry::OtelInstruments::default(),
             registry: Registry::default(),
         };
@@ -182,6 +192,11 @@ impl Metrics {
             "break_glass_grants_active",
             "Break-glass grants in force",
             m.break_glass_active.clone(),
+        );
+        registry.register(
+            "limits_hit",
+            "Inputs refused or slowed by a bound, by bound",
+            m.limits_hit.clone(),
         );
         Self { registry, ..m }
     }
