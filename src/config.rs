@@ -179,11 +179,13 @@ impl Default for ShutdownConfig {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_owned(),
-            key: "(file)".to_owned(),
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = crate::input::read_bounded(path, crate::input::MAX_POLICY_BYTES).map_err(
+            |message| ConfigError {
+                file: path.to_owned(),
+                key: "(file)".to_owned(),
+                message,
+            },
+        )?;
         Self::from_yaml(&text, path)
     }
 
@@ -194,6 +196,7 @@ impl Config {
             key: key.to_owned(),
             message,
         };
+        crate::input::refuse_aliases(text).map_err(|problem| err("(file)", problem))?;
         let config: Config = yaml_serde::from_str(text).map_err(|e| {
             let (key, problem) = crate::duration::split_yaml_error(&e);
             err(&key, problem)

@@ -28,6 +28,7 @@ pub mod duration;
 pub mod fingerprint;
 pub mod fleet;
 pub mod identity;
+pub mod input;
 
 pub mod policy;
 pub mod posture;

@@ -197,6 +197,17 @@ async fn requests_are_validated_and_long_grants_capped() {
     )
     .await;
     assert_eq!(got, 401);
+    // A body over the 64 KiB bound is 413, and grants nothing.
+    let (got, answer) = post(
+        addr,
+        json!({"host_id": 102, "reason": "x".repeat(100 * 1024), "duration": "1h"}),
+    )
+    .await;
+    assert_eq!(got, 413, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().starts_with("body: "),
+        "{answer}"
+    );
     server.shutdown().await;
 }
 

@@ -33,8 +33,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/break-glass", post(grant).get(list_grants))
         .route("/v1/break-glass/{id}", delete(revoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
+
+/// Largest admin request body: a grant or a sync request is a few hundred
+/// bytes. A longer one is answered 413 without being read to the end.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
@@ -161,6 +166,10 @@ async fn grant(
 ) -> Response {
     let Json(body) = match body {
         Ok(b) => b,
+        // 413 for an oversized body; anything else wrong with it is a 400.
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(e.status(), format!("body: {}", e.body_text()));
+        }
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {}", e.body_text())),
     };
     let subject = match (body.host_id, body.sha1.as_deref()) {

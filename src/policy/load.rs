@@ -123,11 +123,14 @@ struct RawRequire {
 
 /// Reads and validates a policy file.
 pub fn load_policy(path: &Path) -> Result<Policy, PolicyError> {
-    let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
-        file: path.to_owned(),
-        key: "(file)".to_owned(),
-        message: format!("cannot read: {e}"),
-    })?;
+    let text =
+        crate::input::read_bounded(path, crate::input::MAX_POLICY_BYTES).map_err(|message| {
+            PolicyError {
+                file: path.to_owned(),
+                key: "(file)".to_owned(),
+                message,
+            }
+        })?;
     parse_policy(&text, path)
 }
 
@@ -138,6 +141,7 @@ pub fn parse_policy(text: &str, file: &Path) -> Result<Policy, PolicyError> {
         key: key.to_owned(),
         message,
     };
+    crate::input::refuse_aliases(text).map_err(|problem| err("(file)", problem))?;
     let raw: RawPolicy = yaml_serde::from_str(text).map_err(|e| {
         let (key, problem) = crate::duration::split_yaml_error(&e);
         err(&key, problem)

@@ -94,10 +94,13 @@ fn intern(pool: &mut HashMap<String, Arc<str>>, s: String) -> Arc<str> {
 
 /// Reads and parses a posture file. `now` anchors `last_seen_ago`.
 pub fn load_posture_file(path: &Path, now: SystemTime) -> Result<PostureFile, PostureFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PostureFileError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text =
+        crate::input::read_bounded(path, crate::input::MAX_POSTURE_BYTES).map_err(|message| {
+            PostureFileError::Invalid {
+                path: path.to_owned(),
+                message,
+            }
+        })?;
     let json = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
@@ -112,6 +115,7 @@ pub fn parse_posture_file(text: &str, json: bool, now: SystemTime) -> Result<Pos
     let raw: RawFile = if json {
         serde_json::from_str(text).map_err(|e| e.to_string())?
     } else {
+        crate::input::refuse_aliases(text)?;
         yaml_serde::from_str(text).map_err(|e| e.to_string())?
     };
     let mut catalogue: HashMap<u64, CatalogueEntry> = HashMap::new();
