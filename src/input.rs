@@ -65,7 +65,7 @@ mod tests {
             Err("line 1: YAML anchors and aliases (&name, *name) are not allowed".into())
         );
         assert!(
-            refuse_aliases("a: 1\nb:\n  - *a\n")
+            refuse_aliases("a: 1\nb:\n  - &x 2\n")
                 .unwrap_err()
                 .starts_with("line 3:")
         );
