@@ -31,7 +31,7 @@
     reason = "benchmark harness: a failure aborts the run"
 )]
 
-#[path = "../tests/common/fake_fleet.rs"]
+#[path = "../tests/common/fake_fleet/mod.rs"]
 #[allow(
     dead_code,
     clippy::result_large_err,
