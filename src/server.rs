@@ -70,6 +70,13 @@ impl SyncTrigger for FleetSync {
     fn sync_now(&self) -> BoxFuture<'_, Result<usize, String>> {
         Box::pin(async move { self.0.sync_now().await.map(|report| report.hosts) })
     }
+
+    fn sync_accepting_drop(&self) -> BoxFuture<'_, Result<usize, String>> {
+        Box::pin(async move {
+            let report = self.0.sync_now_accepting_drop().await?;
+            Ok(report.hosts)
+        })
+    }
 }
 
 /// The gRPC listener, bound before anything is served.
@@ -279,20 +286,22 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
             let handle = f.handle.clone();
             Arc::new(move || {
                 let status = handle.status();
-                status.last_error.map(|e| {
-                    if status.clipped {
-                        format!("fleet certificate report clipped, fingerprints are missing: {e}")
-                    } else {
-                        format!("fleet sync failed: {e}")
-                    }
-                })
+                status.last_error.map(|e| format!("fleet sync failed: {e}"))
             })
+        }
+    };
+    let degraded: Arc<dyn Fn() -> Vec<String> + Send + Sync> = match &fleet {
+        None => Arc::new(Vec::new),
+        Some(f) => {
+            let handle = f.handle.clone();
+            Arc::new(move || handle.status().degraded())
         }
     };
     let http_state = HttpState {
         store: Arc::clone(&store),
         metrics: Arc::clone(&metrics),
         source_status,
+        degraded,
         before_scrape: {
             let admin = admin.clone();
             Arc::new(move || admin.update_grant_gauge(SystemTime::now()))

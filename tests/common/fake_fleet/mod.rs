@@ -4,8 +4,16 @@
 //! It generates `hosts` hosts with `fingerprints_per_host` certificates and a
 //! policy catalogue, lets a test change a host between syncs, counts requests
 //! per endpoint (labels match `FleetClient`'s: `teams`, `global_policies`,
-//! `team_policies`, `hosts`, `hosts_failing_policy`, `hosts_vulnerability`,
-//! `host`, `query_report`), checks the bearer token and injects faults.
+//! `team_policies`, `unassigned_policies` (team 0), `hosts`,
+//! `hosts_failing_policy`, `hosts_vulnerability`, `host`, `query`,
+//! `query_report`; `unknown_path` for a path this Fleet does not serve),
+//! checks the bearer token and injects faults.
+//!
+//! It behaves as Fleet does where that matters to a sync (DESIGN.md §7):
+//! the report cap with Fleet's row rules, errors inside a 200, team 0,
+//! Fleet Free's 402, host detail without OS CVEs, the old and the renamed
+//! path sets ([`FleetVersion`]), a paged report, the certificate query's
+//! settings, and a token whose user sees only one team.
 //!
 //! It also serves the scale benchmark (`benches/sync_scale.rs`): 100,000 hosts
 //! with realistic rows (Fleet's hardware fields, 50–100 software items each
@@ -15,6 +23,7 @@
 
 mod render;
 mod routes;
+mod serve;
 mod spec;
 
 use std::{
@@ -31,8 +40,13 @@ use fleet_authz::{
 };
 use serde_json::json;
 
-use routes::{global_policies, host, hosts, report, team_policies, teams};
-pub use spec::{CVE, FakeHost, FakeSpec, Fault, STREAM_ERROR};
+use routes::{global_policies, host, hosts, query, report, team_policies, teams, unknown_path};
+// Each test binary uses a part of these.
+#[allow(unused_imports)]
+pub use spec::{
+    CVE, FakeHost, FakeQuery, FakeSpec, Fault, FleetVersion, HOST_ROW_LIMIT, ReportRows,
+    STREAM_ERROR,
+};
 use spec::{Shared, State_, generate};
 
 /// A running fake Fleet.
@@ -62,25 +76,30 @@ impl FakeFleet {
         let state: Shared = Arc::new(Mutex::new(generate(&spec)));
         let mut app = Router::new();
         // Fleet serves the same handlers under `v1` and `latest` (its UI, and
-        // Pomerium, call `latest`).
+        // Pomerium, call `latest`). 4.82 renamed teams to fleets and queries
+        // to reports, keeping the old paths as aliases.
+        let sets: &[(&str, &str)] = match spec.version {
+            FleetVersion::Renamed => &[("fleets", "reports"), ("teams", "queries")],
+            FleetVersion::Legacy => &[("teams", "queries")],
+        };
         for v in ["v1", "latest"] {
+            let at = |p: &str| format!("/api/{v}/fleet/{p}");
+            for (teams_at, queries_at) in sets {
+                app = app
+                    .route(&at(teams_at), get(teams))
+                    .route(
+                        &at(&format!("{teams_at}/{{id}}/policies")),
+                        get(team_policies),
+                    )
+                    .route(&at(&format!("{queries_at}/{{id}}")), get(query))
+                    .route(&at(&format!("{queries_at}/{{id}}/report")), get(report));
+            }
             app = app
-                .route(&format!("/api/{v}/fleet/teams"), get(teams))
-                .route(
-                    &format!("/api/{v}/fleet/teams/{{id}}/policies"),
-                    get(team_policies),
-                )
-                .route(
-                    &format!("/api/{v}/fleet/global/policies"),
-                    get(global_policies),
-                )
-                .route(&format!("/api/{v}/fleet/hosts"), get(hosts))
-                .route(&format!("/api/{v}/fleet/hosts/{{id}}"), get(host))
-                .route(
-                    &format!("/api/{v}/fleet/queries/{{id}}/report"),
-                    get(report),
-                );
+                .route(&at("global/policies"), get(global_policies))
+                .route(&at("hosts"), get(hosts))
+                .route(&at("hosts/{id}"), get(host));
         }
+        let app = app.fallback(unknown_path);
         let app = app.with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -176,10 +195,11 @@ impl FakeFleet {
         (st.counts.values().sum(), st.bytes.values().sum())
     }
 
-    /// Zeroes the request and byte counts.
+    /// Zeroes the request, path set and byte counts.
     pub fn reset_counts(&self) {
         let mut st = self.lock();
         st.counts.clear();
+        st.path_counts.clear();
         st.bytes.clear();
     }
 
@@ -202,6 +222,41 @@ impl FakeFleet {
             "last_fetched": "2026-11-20T08:00:00Z", "columns": {"sha1": sha1, "common_name": "odd"}});
         let mut st = self.lock();
         st.extra_rows.push(row);
+        st.changed();
+    }
+
+    /// Requests to each path set: `renamed` (`/fleets`, `/reports`),
+    /// `legacy` (`/teams`, `/queries`), `unknown` (not served: 404).
+    pub fn path_count(&self, set: &str) -> usize {
+        self.lock().path_counts.get(set).copied().unwrap_or(0)
+    }
+
+    /// Changes the certificate query's settings; `None` deletes it.
+    pub fn update_query(&self, f: impl FnOnce(&mut Option<FakeQuery>)) {
+        let mut st = self.lock();
+        f(&mut st.query);
+        st.changed();
+    }
+
+    /// Sets Fleet's `report_cap`, and whether the host count raises it.
+    pub fn set_report_cap(&self, cap: usize, at_least_hosts: bool) {
+        let mut st = self.lock();
+        (st.report_cap, st.cap_at_least_hosts) = (cap, at_least_hosts);
+        st.changed();
+    }
+
+    /// As when the certificate query's SQL is edited: Fleet deletes its
+    /// stored rows; hosts come back as they report ([`FakeHost::in_report`]).
+    pub fn clear_report(&self) {
+        let mut st = self.lock();
+        st.hosts.values_mut().for_each(|h| h.in_report = false);
+        st.changed();
+    }
+
+    /// The token's user now sees only team `team`'s hosts (`None`: all).
+    pub fn scope_token_to_team(&self, team: Option<u64>) {
+        let mut st = self.lock();
+        st.scope = team;
         st.changed();
     }
 

@@ -1,8 +1,12 @@
 //! Fleet's JSON as the fake writes it: hosts, policies, software, streamed errors.
 
+use std::fmt::Write as _;
+
 use serde_json::{Value, json};
 
-use super::spec::{FakeHost, FakePolicy, STREAM_ERROR, State_};
+use super::spec::{
+    FakeHost, FakePolicy, FleetVersion, HOST_ROW_LIMIT, ReportRows, STREAM_ERROR, State_,
+};
 
 /// `body` as Fleet streams it when it fails part-way through its first
 /// array: the elements before the midpoint, then the error.
@@ -190,4 +194,92 @@ pub(super) fn write_host(
         out.push(']');
     }
     out.push('}');
+}
+
+/// One row of the certificate query's report.
+enum Row<'a> {
+    /// A host's row: its `columns.sha1`.
+    Host(&'a FakeHost, String),
+    /// A row a test added as it is.
+    Extra(&'a Value),
+}
+
+/// The rows Fleet holds for the certificate query, by Fleet's rules: a host
+/// that sends more than [`HOST_ROW_LIMIT`] rows is dropped whole, and a host
+/// whose rows would take the report past the cap is left out (hosts are
+/// taken in id order, as if they reported in that order). Also whether the
+/// report is clipped: it holds as many rows as the cap.
+fn stored_rows(st: &State_) -> (Vec<Row<'_>>, bool) {
+    let cap = if st.cap_at_least_hosts {
+        st.report_cap.max(st.hosts.len())
+    } else {
+        st.report_cap
+    };
+    let mut rows = Vec::new();
+    for h in st.hosts.values().filter(|h| h.in_report) {
+        let sent: Vec<String> = match st.report_rows {
+            ReportRows::PerCertificate => h.certs.clone(),
+            ReportRows::PerHost => vec![h.certs.join(",")],
+        };
+        if sent.len() > HOST_ROW_LIMIT || rows.len() + sent.len() > cap {
+            continue;
+        }
+        rows.extend(sent.into_iter().map(|sha1| Row::Host(h, sha1)));
+    }
+    let clipped = rows.len() >= cap;
+    (rows, clipped)
+}
+
+/// The report's body; `asked` is `(per_page, page)` when it is paged.
+pub(super) fn report_body(st: &State_, id: u64, asked: Option<(usize, usize)>) -> String {
+    let discarded = st.query.as_ref().is_some_and(|q| q.discard_data);
+    let (mut rows, clipped) = match discarded {
+        // Fleet keeps nothing for such a query and answers an empty report.
+        true => (Vec::new(), false),
+        false => stored_rows(st),
+    };
+    rows.retain(|r| match r {
+        Row::Host(h, _) => st.visible(h),
+        Row::Extra(_) => true,
+    });
+    if !discarded {
+        rows.extend(st.extra_rows.iter().map(Row::Extra));
+    }
+    let (skip, take) = asked.map_or((0, rows.len()), |(per_page, page)| {
+        (per_page * page, per_page)
+    });
+    let mut out = format!("{{\"query_id\":{id},");
+    if st.version == FleetVersion::Renamed {
+        let _ = write!(out, "\"report_id\":{id},");
+    }
+    let _ = write!(out, "\"report_clipped\":{clipped},\"results\":[");
+    for (i, row) in rows.iter().skip(skip).take(take).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match row {
+            // Names and hex need no JSON escaping.
+            Row::Host(h, sha1) => {
+                let _ = write!(
+                    out,
+                    "{{\"host_id\":{},\"host_name\":\"{}\",\"last_fetched\":\"2026-11-20T08:00:00Z\",\
+                    \"columns\":{{\"sha1\":\"{sha1}\",\"common_name\":\"{} device cert\",\"ca\":\"0\",\
+                    \"issuer\":\"/CN=Corp Device CA\",\"not_valid_after\":\"1893456000\"}}}}",
+                    h.id, h.name, h.name
+                );
+            }
+            Row::Extra(value) => out.push_str(&value.to_string()),
+        }
+    }
+    out.push(']');
+    if asked.is_some() {
+        let _ = write!(
+            out,
+            ",\"meta\":{{\"has_next_results\":{},\"has_previous_results\":{}}}",
+            rows.len() > skip + take,
+            skip > 0
+        );
+    }
+    out.push('}');
+    out
 }

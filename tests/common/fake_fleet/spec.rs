@@ -1,4 +1,6 @@
-//! What the fake generates and holds: the spec, hosts, policies, faults.
+//! What the fake generates and holds: the spec, hosts, policies, faults,
+//! and the Fleet settings a test can switch (version, license, report cap,
+//! the certificate query's settings, a team-scoped token).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -30,6 +32,59 @@ pub struct FakeSpec {
     /// With `populate_software=true` (and on host detail) a host lists between
     /// half this and this many software items besides `xz`; 0 lists only `xz`.
     pub software_per_host: usize,
+    /// Which path set it serves.
+    pub version: FleetVersion,
+    /// Fleet Premium; Fleet Free answers teams and team policies with 402.
+    pub premium: bool,
+    /// Policies of hosts in no team (team id 0, ids 2001..), each critical;
+    /// `None`: a Fleet that predates them (404 for team 0).
+    pub unassigned_policies: Option<u64>,
+    /// Fleet's `report_cap`: rows kept per saved query.
+    pub report_cap: usize,
+    /// As newer Fleets: the cap is the larger of `report_cap` and the host count.
+    pub cap_at_least_hosts: bool,
+    /// What a certificate query row holds.
+    pub report_rows: ReportRows,
+    /// As newer Fleets: the report is paged when asked (`page`, `per_page`)
+    /// and the answer carries `meta`; otherwise it comes whole.
+    pub report_pages: bool,
+}
+
+/// The path sets a Fleet serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetVersion {
+    /// Fleet 4.82 and later: `/fleets`, `/reports`, and the old paths as aliases.
+    Renamed,
+    /// Before 4.82: only `/teams` and `/queries`; `/fleets`, `/reports` are 404.
+    Legacy,
+}
+
+/// The shape of the certificate query's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportRows {
+    /// `SELECT sha1 FROM certificates …`: one row per certificate.
+    PerCertificate,
+    /// `SELECT group_concat(sha1, ',') AS sha1 …`: one row per host.
+    PerHost,
+}
+
+/// Fleet keeps no rows from a host that sends more than this many at once.
+pub const HOST_ROW_LIMIT: usize = 1000;
+
+/// The certificate query's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeQuery {
+    pub discard_data: bool,
+    pub logging: String,
+}
+
+impl Default for FakeQuery {
+    fn default() -> Self {
+        Self {
+            discard_data: false,
+            logging: "snapshot".into(),
+        }
+    }
 }
 
 impl Default for FakeSpec {
@@ -43,6 +98,13 @@ impl Default for FakeSpec {
             token: "fake-fleet-token".into(),
             query_id: 42,
             software_per_host: 0,
+            version: FleetVersion::Renamed,
+            premium: true,
+            unassigned_policies: Some(0),
+            report_cap: 1000,
+            cap_at_least_hosts: true,
+            report_rows: ReportRows::PerCertificate,
+            report_pages: false,
         }
     }
 }
@@ -62,8 +124,6 @@ pub enum Fault {
     Truncated,
     /// 401 as if the token were wrong.
     Unauthorized,
-    /// `report_clipped: true` on the query report.
-    Clipped,
     /// What Fleet does when a streamed list fails part-way: 200, the rows
     /// sent so far (about half), then `],"error":"…"}`.
     ErrorInBody,
@@ -91,6 +151,9 @@ pub struct FakeHost {
     pub os_cves: Vec<String>,
     /// `columns.sha1` as Fleet reports them (upper case, some with colons).
     pub certs: Vec<String>,
+    /// Whether Fleet holds this host's rows of the certificate query (false
+    /// once the query's SQL was edited, until the host reports again).
+    pub in_report: bool,
 }
 
 impl FakeHost {
@@ -114,6 +177,19 @@ pub(super) struct FakePolicy {
 pub(super) struct State_ {
     pub(super) token: String,
     pub(super) query_id: u64,
+    /// `None`: the query was deleted.
+    pub(super) query: Option<FakeQuery>,
+    pub(super) version: FleetVersion,
+    pub(super) premium: bool,
+    pub(super) unassigned: bool,
+    pub(super) report_cap: usize,
+    pub(super) cap_at_least_hosts: bool,
+    pub(super) report_rows: ReportRows,
+    pub(super) report_pages: bool,
+    /// The token's user sees only this team's hosts.
+    pub(super) scope: Option<u64>,
+    /// Requests by path set: `renamed`, `legacy`, `unknown`.
+    pub(super) path_counts: HashMap<&'static str, usize>,
     pub(super) hosts: BTreeMap<u64, FakeHost>,
     pub(super) policies: Vec<FakePolicy>,
     pub(super) teams: Vec<(u64, String)>,
@@ -135,6 +211,12 @@ pub(super) struct State_ {
 }
 
 impl State_ {
+    /// Whether the token's user may see host `h` (a team-scoped user sees
+    /// only its team's hosts).
+    pub(super) fn visible(&self, h: &FakeHost) -> bool {
+        self.scope.is_none_or(|team| h.team_id == Some(team))
+    }
+
     /// The data changed: cached bodies are stale.
     pub(super) fn changed(&mut self) {
         if let Some(cache) = &mut self.cache {
@@ -167,6 +249,14 @@ pub(super) fn generate(spec: &FakeSpec) -> State_ {
             team_id: Some(*t),
         });
     }
+    for k in 1..=spec.unassigned_policies.unwrap_or(0) {
+        policies.push(FakePolicy {
+            id: 2000 + k,
+            name: policy_name(2000 + k),
+            critical: true,
+            team_id: Some(0),
+        });
+    }
     let mut hosts = BTreeMap::new();
     for id in 1..=spec.hosts {
         let team_id = match id % (spec.teams + 1) {
@@ -175,7 +265,7 @@ pub(super) fn generate(spec: &FakeSpec) -> State_ {
         };
         let responses = policies
             .iter()
-            .filter(|p| p.team_id.is_none() || p.team_id == team_id)
+            .filter(|p| p.team_id.is_none() || p.team_id == Some(team_id.unwrap_or(0)))
             .map(|p| {
                 let r = if (id * 7 + p.id * 13) % 100 < spec.failing_percent {
                     "fail"
@@ -222,6 +312,7 @@ pub(super) fn generate(spec: &FakeSpec) -> State_ {
                 },
                 os_cves: Vec::new(),
                 certs,
+                in_report: true,
             },
         );
     }
@@ -236,6 +327,16 @@ pub(super) fn generate(spec: &FakeSpec) -> State_ {
     State_ {
         token: spec.token.clone(),
         query_id: spec.query_id,
+        query: Some(FakeQuery::default()),
+        version: spec.version,
+        premium: spec.premium,
+        unassigned: spec.unassigned_policies.is_some(),
+        report_cap: spec.report_cap,
+        cap_at_least_hosts: spec.cap_at_least_hosts,
+        report_rows: spec.report_rows,
+        report_pages: spec.report_pages,
+        scope: None,
+        path_counts: HashMap::new(),
         hosts,
         policies,
         teams,
