@@ -24,6 +24,7 @@
 mod render;
 mod routes;
 mod serve;
+pub mod service;
 mod spec;
 
 use std::{
@@ -77,14 +78,11 @@ impl FakeFleet {
         let mut app = Router::new();
         // Fleet serves the same handlers under `v1` and `latest` (its UI, and
         // Pomerium, call `latest`). 4.82 renamed teams to fleets and queries
-        // to reports, keeping the old paths as aliases.
-        let sets: &[(&str, &str)] = match spec.version {
-            FleetVersion::Renamed => &[("fleets", "reports"), ("teams", "queries")],
-            FleetVersion::Legacy => &[("teams", "queries")],
-        };
+        // to reports, keeping the old paths as aliases; a `Legacy` fake
+        // answers the new ones 404 (see `serve::gate`).
         for v in ["v1", "latest"] {
             let at = |p: &str| format!("/api/{v}/fleet/{p}");
-            for (teams_at, queries_at) in sets {
+            for (teams_at, queries_at) in [("fleets", "reports"), ("teams", "queries")] {
                 app = app
                     .route(&at(teams_at), get(teams))
                     .route(
@@ -138,6 +136,15 @@ impl FakeFleet {
         st.changed();
     }
 
+    /// Gives host `id` the certificate `fp` and makes it pass every policy:
+    /// the device a test presents.
+    pub fn enrol(&self, id: u64, fp: &Fingerprint) {
+        self.update_host(id, |h| {
+            h.certs.push(fp.to_hex().to_uppercase());
+            h.responses.values_mut().for_each(|r| *r = "pass".into());
+        });
+    }
+
     /// Deletes host `id` from Fleet.
     pub fn remove_host(&self, id: u64) {
         let mut st = self.lock();
@@ -159,9 +166,18 @@ impl FakeFleet {
             .insert(endpoint.to_owned(), (fault, Some(times)));
     }
 
+    /// Injects `fault` on `endpoint` after its next `spared` requests.
+    pub fn set_fault_after(&self, endpoint: &str, fault: Fault, spared: u32) {
+        let mut st = self.lock();
+        st.faults.insert(endpoint.to_owned(), (fault, None));
+        st.spared.insert(endpoint.to_owned(), spared);
+    }
+
     /// Removes every fault.
     pub fn clear_faults(&self) {
-        self.lock().faults.clear();
+        let mut st = self.lock();
+        st.faults.clear();
+        st.spared.clear();
     }
 
     /// Holds every request to `endpoint` (after counting it) until [`Self::release`].
@@ -235,6 +251,22 @@ impl FakeFleet {
     pub fn update_query(&self, f: impl FnOnce(&mut Option<FakeQuery>)) {
         let mut st = self.lock();
         f(&mut st.query);
+        st.changed();
+    }
+
+    /// Upgrades (or downgrades) Fleet between syncs.
+    pub fn set_version(&self, version: FleetVersion) {
+        let mut st = self.lock();
+        st.version = version;
+        st.changed();
+    }
+
+    /// Changes the certificate query's SQL to return rows shaped as `rows`
+    /// (Fleet keeps the stored rows until hosts report again; here they
+    /// change at once).
+    pub fn set_report_rows(&self, rows: ReportRows) {
+        let mut st = self.lock();
+        st.report_rows = rows;
         st.changed();
     }
 

@@ -138,7 +138,7 @@ pub(super) fn write_host(
     let more = json!({
         "cpu_type": "arm64e", "cpu_subtype": "ARM64E", "cpu_brand": "Apple M2 Pro", "cpu_physical_cores": 10,
         "cpu_logical_cores": 10, "hardware_vendor": "Apple Inc.", "hardware_model": "Mac14,10",
-        "hardware_version": "", "hardware_serial": format!("C02{:08}", h.id),
+        "hardware_version": "", "hardware_serial": h.serial,
         "computer_name": h.name, "display_name": h.name, "public_ip": "203.0.113.10",
         "primary_ip": "10.0.1.23", "primary_mac": "3c:22:fb:12:34:56", "distributed_interval": 10,
         "config_tls_refresh": 10, "logger_tls_period": 10, "status": "online", "display_text": h.name,

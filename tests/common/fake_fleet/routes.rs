@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::{
     render::{policy_json, report_body, write_host},
-    serve::{error_body, page, paging, serve},
+    serve::{error_body, not_served, page, paging, serve},
     spec::{FleetVersion, Shared},
 };
 
@@ -38,11 +38,7 @@ fn not_found(what: &str) -> Response {
 
 /// A path this Fleet does not serve (the new paths on an old Fleet).
 pub(super) async fn unknown_path(State(s): State<Shared>, uri: Uri) -> Response {
-    let mut st = s.lock().unwrap();
-    *st.counts.entry("unknown_path".to_owned()).or_default() += 1;
-    *st.path_counts.entry("unknown").or_default() += 1;
-    drop(st);
-    not_found(&format!("path {}", uri.path()))
+    not_served(&mut s.lock().unwrap(), &uri)
 }
 
 pub(super) async fn teams(

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::{
     render::broken_off,
-    spec::{Fault, Shared, State_},
+    spec::{Fault, FleetVersion, STREAM_ERROR, Shared, State_},
 };
 
 enum Gate {
@@ -25,6 +25,18 @@ pub(super) fn error_body(status: StatusCode, message: &str, reason: &str) -> Res
     let body = json!({"message": message, "errors": [{"name": "base", "reason": reason}],
         "uuid": "1272014b-902b-4b36-bcdb-75fde5eac1fc"});
     (status, axum::Json(body)).into_response()
+}
+
+/// The answer to a path this Fleet does not serve (an old Fleet asked for
+/// the renamed paths), counted as `unknown_path`.
+pub(super) fn not_served(st: &mut State_, uri: &Uri) -> Response {
+    *st.counts.entry("unknown_path".to_owned()).or_default() += 1;
+    *st.path_counts.entry("unknown").or_default() += 1;
+    error_body(
+        StatusCode::NOT_FOUND,
+        "Resource Not Found",
+        &format!("path {} was not found", uri.path()),
+    )
 }
 
 /// Which path set `uri` belongs to, for [`super::FakeFleet::path_count`].
@@ -42,8 +54,12 @@ fn path_set(uri: &Uri) -> Option<&'static str> {
 
 fn gate(state: &Shared, label: &str, headers: &HeaderMap, uri: &Uri) -> Gate {
     let mut st = state.lock().unwrap();
+    let set = path_set(uri);
+    if set == Some("renamed") && st.version == FleetVersion::Legacy {
+        return Gate::Respond(not_served(&mut st, uri));
+    }
     *st.counts.entry(label.to_owned()).or_default() += 1;
-    if let Some(set) = path_set(uri) {
+    if let Some(set) = set {
         *st.path_counts.entry(set).or_default() += 1;
     }
     let expected = format!("Bearer {}", st.token);
@@ -57,6 +73,10 @@ fn gate(state: &Shared, label: &str, headers: &HeaderMap, uri: &Uri) -> Gate {
             "Authentication failed",
             "Authentication failed",
         ));
+    }
+    if let Some(spared) = st.spared.get_mut(label).filter(|n| **n > 0) {
+        *spared -= 1;
+        return Gate::Pass(None);
     }
     let fault = match st.faults.get_mut(label) {
         None => return Gate::Pass(None),
@@ -148,6 +168,12 @@ pub(super) async fn serve(
         }
         Some(Fault::Truncated) => body.slice(..text.floor_char_boundary(body.len() / 2)),
         Some(Fault::ErrorInBody) => encode(Bytes::from(broken_off(text))),
+        Some(Fault::ErrorField) => {
+            let whole = text.strip_suffix('}').unwrap_or(text);
+            encode(Bytes::from(format!(
+                "{whole},\"error\":\"{STREAM_ERROR}\"}}"
+            )))
+        }
         // Compressed once per URI when bodies are cached, as built ones are.
         _ if gzip => match &mut state.lock().unwrap().cache {
             Some(cache) => cache

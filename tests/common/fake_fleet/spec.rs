@@ -127,6 +127,9 @@ pub enum Fault {
     /// What Fleet does when a streamed list fails part-way: 200, the rows
     /// sent so far (about half), then `],"error":"…"}`.
     ErrorInBody,
+    /// 200 with the whole answer and a top-level `"error":"…"` after it
+    /// (an answer that is not a list, or whose list was complete).
+    ErrorField,
 }
 
 /// The message a streamed answer ends with under [`Fault::ErrorInBody`].
@@ -151,6 +154,8 @@ pub struct FakeHost {
     pub os_cves: Vec<String>,
     /// `columns.sha1` as Fleet reports them (upper case, some with colons).
     pub certs: Vec<String>,
+    /// `hardware_serial`.
+    pub serial: String,
     /// Whether Fleet holds this host's rows of the certificate query (false
     /// once the query's SQL was edited, until the host reports again).
     pub in_report: bool,
@@ -194,6 +199,8 @@ pub(super) struct State_ {
     pub(super) policies: Vec<FakePolicy>,
     pub(super) teams: Vec<(u64, String)>,
     pub(super) faults: HashMap<String, (Fault, Option<u32>)>,
+    /// Requests per endpoint still answered without its fault.
+    pub(super) spared: HashMap<String, u32>,
     pub(super) counts: HashMap<String, usize>,
     pub(super) bytes: HashMap<String, usize>,
     pub(super) extra_rows: Vec<Value>,
@@ -312,6 +319,7 @@ pub(super) fn generate(spec: &FakeSpec) -> State_ {
                 },
                 os_cves: Vec::new(),
                 certs,
+                serial: format!("C02{id:08}"),
                 in_report: true,
             },
         );
@@ -341,6 +349,7 @@ pub(super) fn generate(spec: &FakeSpec) -> State_ {
         policies,
         teams,
         faults: HashMap::new(),
+        spared: HashMap::new(),
         counts: HashMap::new(),
         bytes: HashMap::new(),
         extra_rows: Vec::new(),
