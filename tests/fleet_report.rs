@@ -4,12 +4,18 @@
 //! the query's SQL was edited, a token moved to one team). Each test sends
 //! real Checks before, through and after the quirk.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failure panics the test"
+)]
+
 mod common;
 
 use common::{
     certs::{Leaf, TestPki},
     fake_fleet::{
-        FakeFleet, FakeSpec, HOST_ROW_LIMIT, ReportRows, fingerprint,
+        FakeFleet, FakeQuery, FakeSpec, HOST_ROW_LIMIT, ReportRows, fingerprint,
         service::{Authz, check, metrics, post_sync, readyz, service_config, start, verdict},
     },
 };
@@ -29,6 +35,9 @@ async fn setup(spec: FakeSpec, host: u64) -> (FakeFleet, Leaf, TempDir) {
 fn config(fake: &FakeFleet, dir: &TempDir) -> Config {
     service_config(fake, dir.path(), POLICY, &[], &[])
 }
+
+/// A change to the certificate query's settings.
+type Spoil = fn(&mut Option<FakeQuery>);
 
 async fn decide(client: &mut Authz, device: &Leaf) -> String {
     verdict(&check(client, &device.cert_pem).await)
@@ -148,7 +157,7 @@ async fn query_settings_that_spoil_the_report_fail_the_cycle_naming_the_setting(
     let (fake, device, dir) = setup(FakeSpec::default(), 2).await;
     let (server, mut client) = start(config(&fake, &dir)).await;
     let fleet = server.fleet.clone().unwrap();
-    let cases: [(&str, fn(&mut Option<common::fake_fleet::FakeQuery>)); 3] = [
+    let cases: [(&str, Spoil); 3] = [
         ("certificate_query_id 42 not found", |q| *q = None),
         (
             "certificate query 42: discard_data is true; Fleet then stores no report for it; \
@@ -175,7 +184,7 @@ async fn query_settings_that_spoil_the_report_fail_the_cycle_naming_the_setting(
             "{body}"
         );
 
-        fake.update_query(|q| *q = Some(Default::default()));
+        fake.update_query(|q| *q = Some(FakeQuery::default()));
         fleet.sync_now().await.unwrap();
         assert_eq!(decide(&mut client, &device).await, "failing_any_policy");
         fake.update_host(2, |h| {

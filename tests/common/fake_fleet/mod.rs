@@ -37,7 +37,8 @@ use std::{
 use axum::{Router, routing::get};
 use fleet_authz::{
     fingerprint::Fingerprint,
-    fleet::{FleetClient, FleetConfig, RetryPolicy, Token},
+    fleet::{FleetClient, FleetConfig, Poller, RetryPolicy, Token},
+    posture::PostureStore,
 };
 use serde_json::json;
 
@@ -225,6 +226,13 @@ impl FakeFleet {
         c.page_size = 10;
         c.request_timeout = Duration::from_millis(250);
         c
+    }
+
+    /// A poller over [`Self::client`] publishing into a new store.
+    pub fn poller(&self, config: FleetConfig) -> (Poller, Arc<PostureStore>) {
+        let store = Arc::new(PostureStore::new());
+        let client = Arc::new(self.client(&config));
+        (Poller::new(client, Arc::clone(&store), &config), store)
     }
 
     /// A client with the right token and [`fast_retry`].
