@@ -267,3 +267,42 @@ async fn remediation_url_placeholders_are_filled_from_fleet() {
     );
     server.shutdown().await;
 }
+
+/// A placeholder other than the three is a configuration error at start:
+/// exit code 64, one message naming the file, the key and the placeholder.
+#[test]
+fn an_unknown_remediation_placeholder_stops_the_start_with_exit_64() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("policy.yaml"), CRITICAL).unwrap();
+    std::fs::write(d.join("token"), "t\n").unwrap();
+    let config = d.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "fleet: {{url: \"https://fleet.example.com\", token_file: {0}/token, certificate_query_id: 42}}\n\
+             policy_file: {0}/policy.yaml\n\
+             remediation_url: \"https://fleet.example.com/device/{{device_token}}\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    for command in ["check-config", "serve"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-authz"))
+            .args([command, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{command}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim_end(),
+            format!(
+                "invalid configuration: {}: remediation_url: unknown placeholder `{{device_token}}` \
+                 in `https://fleet.example.com/device/{{device_token}}`; placeholders are \
+                 {{host_id}}, {{host_uuid}}, {{hardware_serial}}",
+                config.display()
+            ),
+            "{command}"
+        );
+    }
+}
