@@ -184,19 +184,30 @@ impl FleetClient {
         }
     }
 
+    /// Sends a GET with the request timeout; a connection error or timeout
+    /// is counted and comes back as the attempt's outcome (a retry).
+    pub(super) async fn send<T>(
+        &self,
+        endpoint: &'static str,
+        url: &str,
+        query: &[(&'static str, String)],
+    ) -> Result<reqwest::Response, Attempt<T>> {
+        let sent = self.http.get(url).query(query).timeout(self.timeout);
+        sent.send().await.map_err(|e| {
+            self.observe(endpoint, 0, 0);
+            Attempt::Retry(transport_error(endpoint, &e), None)
+        })
+    }
+
     async fn attempt<R: DeserializeOwned + Send + 'static>(
         &self,
         endpoint: &'static str,
         url: &str,
         query: &[(&'static str, String)],
     ) -> Attempt<R> {
-        let sent = self.http.get(url).query(query).timeout(self.timeout);
-        let resp = match sent.send().await {
+        let resp = match self.send(endpoint, url, query).await {
             Ok(resp) => resp,
-            Err(e) => {
-                self.observe(endpoint, 0, 0);
-                return Attempt::Retry(transport_error(endpoint, &e), None);
-            }
+            Err(retry) => return retry,
         };
         let (status, wait) = (resp.status(), retry_after(&resp));
         let body = match resp.bytes().await {

@@ -253,13 +253,9 @@ impl FleetClient {
         query: &[(&'static str, String)],
     ) -> Attempt<ReportFingerprints> {
         let endpoint = "query_report";
-        let sent = self.http.get(url).query(query).timeout(self.timeout);
-        let resp = match sent.send().await {
+        let resp = match self.send(endpoint, url, query).await {
             Ok(resp) => resp,
-            Err(e) => {
-                self.observe(endpoint, 0, 0);
-                return Attempt::Retry(transport_error(endpoint, &e), None);
-            }
+            Err(retry) => return retry,
         };
         let status = resp.status();
         if !status.is_success() {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::{
     render::{policy_json, report_body, write_host},
     serve::{error_body, not_served, page, paging, serve},
-    spec::{FleetVersion, Shared},
+    spec::{FleetVersion, Shared, State_},
 };
 
 type Q = Query<HashMap<String, String>>;
@@ -26,6 +26,17 @@ fn requires_premium() -> Response {
         "Requires Fleet Premium license",
         "missing or invalid license",
     )
+}
+
+/// `{old: value}`, and from Fleet 4.82 on `{old: value, new: value}`: Fleet
+/// repeats a renamed key under both names.
+fn under_both_names(st: &State_, old: &str, new: &str, value: Value) -> String {
+    let mut answer = serde_json::Map::new();
+    if st.version == FleetVersion::Renamed {
+        answer.insert(new.to_owned(), value.clone());
+    }
+    answer.insert(old.to_owned(), value);
+    Value::Object(answer).to_string()
 }
 
 fn not_found(what: &str) -> Response {
@@ -60,13 +71,12 @@ pub(super) async fn teams(
             "description": "", "user_count": 0, "host_count": 0, "agent_options": {}})
             })
             .collect();
-        let listed = page(&all, &q)?;
-        // Fleet 4.82 names the list `fleets` and repeats it as `teams`.
-        Ok(match st.version {
-            FleetVersion::Renamed => json!({"fleets": listed, "teams": listed}),
-            FleetVersion::Legacy => json!({"teams": listed}),
-        }
-        .to_string())
+        Ok(under_both_names(
+            st,
+            "teams",
+            "fleets",
+            json!(page(&all, &q)?),
+        ))
     })
     .await
 }
@@ -212,12 +222,7 @@ pub(super) async fn query(
             "discard_data": q.discard_data, "author_id": 1, "author_name": "Admin",
             "author_email": "admin@example.com", "packs": [], "created_at": "2026-01-01T00:00:00Z",
             "updated_at": "2026-01-01T00:00:00Z"});
-        // Fleet 4.82 repeats the query as `report`.
-        Ok(match st.version {
-            FleetVersion::Renamed => json!({"query": query, "report": query}),
-            FleetVersion::Legacy => json!({"query": query}),
-        }
-        .to_string())
+        Ok(under_both_names(st, "query", "report", query))
     })
     .await
 }
