@@ -13,7 +13,7 @@ pub struct HttpState {
     pub store: Arc<PostureStore>,
     pub metrics: Arc<Metrics>,
     /// Extra readiness detail from the posture source (e.g. the last Fleet
-    /// error, such as a clipped certificate report).
+    /// sync's error), shown as `warning:`.
     pub source_status: Arc<dyn Fn() -> Option<String> + Send + Sync>,
     /// What the posture source serves only in part (e.g. a clipped Fleet
     /// certificate report); each line is shown as `degraded:`, and the

@@ -234,14 +234,15 @@ async fn restart_with_fleet_down_serves_the_same_decisions_from_the_snapshot() {
     // Ready at once: the snapshot is loaded before serving.
     assert_eq!(readyz(&server).await.0, 200);
     assert_eq!(server.authorizer.store.host_count(), hosts);
+    let held = server
+        .authorizer
+        .store
+        .host(fleet_authz::posture::HostId(2))
+        .unwrap();
+    // The hardware serial (for remediation_url) survives the restart too.
     assert_eq!(
-        server
-            .authorizer
-            .store
-            .host(fleet_authz::posture::HostId(2))
-            .unwrap()
-            .display_name,
-        other.name
+        (&held.display_name, &held.hardware_serial),
+        (&other.name, &other.serial)
     );
     let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc_addr()))
         .await
