@@ -17,6 +17,9 @@
 //! Then the Pomerium-style client (`SYNC_SCALE_ROLE=pomerium`, see
 //! `sync_scale/pomerium_style.rs`) syncs the same fake once.
 //!
+//! The certificate query answers one row per host (`group_concat`, three
+//! fingerprints in each), paged as newer Fleets page reports.
+//!
 //! Run: `cargo bench --bench sync_scale` (`SYNC_SCALE_HOSTS=N` for a smaller
 //! run). Results: BENCHMARKS.md. Options for experiments:
 //! `SYNC_SCALE_SKIP_POMERIUM=1`, `SYNC_SCALE_SLOW=1` (where the slowest
@@ -31,7 +34,7 @@
     reason = "benchmark harness: a failure aborts the run"
 )]
 
-#[path = "../tests/common/fake_fleet.rs"]
+#[path = "../tests/common/fake_fleet/mod.rs"]
 #[allow(
     dead_code,
     clippy::result_large_err,
@@ -49,7 +52,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fake_fleet::{FakeFleet, FakeSpec};
+use fake_fleet::{FakeFleet, FakeSpec, ReportRows};
 
 const TOKEN: &str = "sync-scale-token";
 const QUERY_ID: u64 = 42;
@@ -115,6 +118,17 @@ fn fleet_role() {
         token: TOKEN.into(),
         query_id: QUERY_ID,
         software_per_host: 100,
+        // Fleet as of 2026 (DESIGN.md §7): the renamed paths, the report cap
+        // raised to the host count, the recommended one-row-per-host
+        // certificate query, and the report paged when asked.
+        // `SYNC_SCALE_ROWS=certificate` sends one row per certificate
+        // instead; at 3 per host the report is then clipped.
+        report_rows: match std::env::var("SYNC_SCALE_ROWS").as_deref() {
+            Ok("certificate") => ReportRows::PerCertificate,
+            _ => ReportRows::PerHost,
+        },
+        report_pages: true,
+        ..FakeSpec::default()
     }));
     fake.add_report_row(DEVICE_HOST, &std::env::var("SYNC_SCALE_SHA1").unwrap());
     // A remote Fleet's CPU is not on this machine: after the first sync

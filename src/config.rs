@@ -23,6 +23,38 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// The placeholders `remediation_url` may hold, filled per device. Fleet's
+/// own device page is no target: its URL carries a token that rotates
+/// every hour (DESIGN.md §7).
+pub const REMEDIATION_PLACEHOLDERS: [&str; 3] = ["{host_id}", "{host_uuid}", "{hardware_serial}"];
+
+/// Checks `remediation_url`: an http(s) URL whose only `{…}` are the
+/// [`REMEDIATION_PLACEHOLDERS`].
+fn check_remediation_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(format!("`{url}` is not an http(s) URL"));
+    }
+    let allowed = REMEDIATION_PLACEHOLDERS.join(", ");
+    let mut rest = url;
+    while let Some(open) = rest.find(['{', '}']) {
+        let after = &rest[open..];
+        let close = after.find('}').filter(|_| after.starts_with('{'));
+        let Some(close) = close else {
+            return Err(format!(
+                "`{url}` has an unmatched brace; placeholders are {allowed}"
+            ));
+        };
+        let placeholder = &after[..=close];
+        if !REMEDIATION_PLACEHOLDERS.contains(&placeholder) {
+            return Err(format!(
+                "unknown placeholder `{placeholder}` in `{url}`; placeholders are {allowed}"
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    Ok(())
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,7 +72,8 @@ pub struct Config {
     #[serde(default)]
     pub identity: IdentityConfig,
     pub policy_file: PathBuf,
-    /// Shown on deny pages; `{host_id}` and `{host_uuid}` are filled in.
+    /// Optional link to the organisation's own help page, shown on deny
+    /// pages; may hold the [`REMEDIATION_PLACEHOLDERS`].
     #[serde(default)]
     pub remediation_url: Option<String>,
     #[serde(default)]
@@ -222,13 +255,8 @@ impl Config {
                 None => err("fleet", m),
             })?;
         }
-        if let Some(url) = &config.remediation_url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
-        {
-            return Err(err(
-                "remediation_url",
-                format!("`{url}` is not an http(s) URL"),
-            ));
+        if let Some(url) = &config.remediation_url {
+            check_remediation_url(url).map_err(|m| err("remediation_url", m))?;
         }
         if let Some(endpoint) = &config.telemetry.otlp_endpoint
             && !(endpoint.starts_with("https://") || endpoint.starts_with("http://"))
@@ -245,5 +273,55 @@ impl Config {
     /// goes stale (its hosts' `last_seen` carries their age).
     pub fn max_staleness(&self) -> Option<Duration> {
         self.fleet.as_ref().map(|f| f.max_staleness)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(remediation_url: &str) -> Result<Config, ConfigError> {
+        let yaml = format!(
+            "posture_file: p.yaml\npolicy_file: policy.yaml\nremediation_url: \"{remediation_url}\"\n"
+        );
+        Config::from_yaml(&yaml, Path::new("/etc/fleet-authz/config.yaml"))
+    }
+
+    #[test]
+    fn remediation_url_takes_only_the_three_placeholders() {
+        for ok in [
+            "https://it.example.com/help",
+            "https://it.example.com/help?host={host_id}&uuid={host_uuid}",
+            "http://it.example.com/devices/{hardware_serial}",
+        ] {
+            assert_eq!(load(ok).unwrap().remediation_url.as_deref(), Some(ok));
+        }
+        let err = load("https://fleet.example.com/device/{device_token}").unwrap_err();
+        assert_eq!(
+            (err.file.as_path(), err.key.as_str()),
+            (Path::new("/etc/fleet-authz/config.yaml"), "remediation_url")
+        );
+        assert_eq!(
+            err.message,
+            "unknown placeholder `{device_token}` in `https://fleet.example.com/device/{device_token}`; \
+             placeholders are {host_id}, {host_uuid}, {hardware_serial}"
+        );
+        for bad in [
+            "https://x.example/{host_id",
+            "https://x.example/host_id}",
+            "https://x.example/{{host_id}}",
+        ] {
+            let err = load(bad).unwrap_err();
+            assert_eq!(err.key, "remediation_url", "{bad}");
+            assert!(
+                err.message.contains("placeholder"),
+                "{bad}: {}",
+                err.message
+            );
+        }
+        assert_eq!(
+            load("fleet.example.com/{host_id}").unwrap_err().message,
+            "`fleet.example.com/{host_id}` is not an http(s) URL"
+        );
     }
 }

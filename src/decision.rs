@@ -172,4 +172,11 @@ impl Authorizer {
 pub trait SyncTrigger: Send + Sync {
     /// Runs one sync to completion; `Err` carries a message for the operator.
     fn sync_now(&self) -> BoxFuture<'_, Result<usize, String>>;
+
+    /// Like `sync_now`, but the sync is published even if the Fleet shrink
+    /// guard would hold it back (`{"accept_drop": true}`). Sources without
+    /// the guard just sync.
+    fn sync_accepting_drop(&self) -> BoxFuture<'_, Result<usize, String>> {
+        self.sync_now()
+    }
 }

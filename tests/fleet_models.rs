@@ -1,4 +1,4 @@
-//! Fleet's DTOs against the real response examples in `shared/fleet-api/`,
+//! Fleet's DTOs against the real response examples in `tests/fixtures/fleet-api/`,
 //! one test per file, each asserting parsed values and Fleet's quirks.
 
 use std::time::{Duration, UNIX_EPOCH};
@@ -8,7 +8,10 @@ use fleet_authz::fleet::{Catalogue, Interner};
 use fleet_authz::posture::{HostId, PolicyResponse};
 
 fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
-    let path = format!("{}/../shared/fleet-api/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/fleet-api/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }

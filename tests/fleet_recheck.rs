@@ -5,7 +5,7 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use common::fake_fleet::{CVE, FakeFleet, FakeSpec, Fault, fingerprint};
+use common::fake_fleet::{CVE, FakeFleet, FakeSpec, Fault, STREAM_ERROR, fingerprint};
 use fleet_authz::{
     fleet::{FleetConfig, FleetError, Poller, PollerHandle, Recheck, RecheckOutcome, SkipReason},
     posture::{HostId, PostureStore},
@@ -151,6 +151,45 @@ async fn unknown_host_fails_without_touching_the_store() {
         (s.store.host(HostId(999)), s.store.host_count()),
         (None, 10)
     );
+}
+
+/// Host detail with an error inside the 200, or a 403 (the token's user may
+/// not read that host), fails the recheck and leaves the store alone; the
+/// next recheck after Fleet recovers is fresh.
+#[tokio::test]
+async fn an_error_inside_a_200_or_a_403_fails_the_recheck_without_touching_the_store() {
+    let s = setup(16).await;
+    let id = failing_host(&s);
+    let before = s.store.host(id).unwrap();
+    s.fake.update_host(id.0, |h| {
+        h.responses.values_mut().for_each(|r| *r = "pass".into())
+    });
+    let failures = [
+        (
+            Fault::ErrorField,
+            FleetError::InBody {
+                endpoint: "host",
+                message: STREAM_ERROR.into(),
+            },
+        ),
+        (
+            Fault::Status(403),
+            FleetError::Forbidden { endpoint: "host" },
+        ),
+    ];
+    for (fault, error) in failures {
+        s.fake.set_fault("host", fault);
+        assert_eq!(
+            s.recheck.recheck(id, Duration::from_secs(5)).await,
+            RecheckOutcome::Failed(error)
+        );
+        assert_eq!(s.store.host(id).unwrap(), before);
+    }
+    s.fake.clear_faults();
+    let RecheckOutcome::Fresh(fresh) = s.recheck.recheck(id, Duration::from_secs(5)).await else {
+        panic!("no fresh host");
+    };
+    assert_eq!(fresh.failing_policies().count(), 0);
 }
 
 #[tokio::test]

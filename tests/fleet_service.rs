@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 
 use common::{
     certs::{Leaf, TestPki},
-    fake_fleet::{FakeFleet, FakeSpec, Fault},
+    fake_fleet::{
+        FakeFleet, FakeSpec, Fault,
+        service::{check, metrics, readyz, service_config, start, verdict},
+    },
 };
-use envoy_types::pb::envoy::service::auth::v3::{
-    CheckResponse, authorization_client::AuthorizationClient, check_response::HttpResponse,
-};
-use fleet_authz::{authz::request::build_check_request, config::Config, server::RunningServer};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use fleet_authz::{authz::request::build_check_request, config::Config};
 use tempfile::TempDir;
 
 const POLICY: &str = "version: 1\ndefaults:\n  deny: {failing_any_policy: true}\n";
@@ -56,80 +57,14 @@ async fn setup() -> Setup {
 }
 
 fn config(s: &Setup, recheck: &str) -> Config {
-    let d = s.dir.path();
-    std::fs::write(d.join("policy.yaml"), POLICY).unwrap();
-    std::fs::write(d.join("token"), format!("{}\n", s.fake.token())).unwrap();
-    let yaml = format!(
-        "listen: {{grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\"}}
-fleet:
-  url: {url}
-  token_file: {d}/token
-  certificate_query_id: 42
-  page_size: 10
-  request_timeout: 2s
-  sync_interval: 1h
-  recheck: {recheck}
-snapshot: {{path: {d}/snapshot.pb}}
-policy_file: {d}/policy.yaml
-",
-        url = s.fake.url(),
-        d = d.display()
-    );
-    Config::from_yaml(&yaml, &d.join("config.yaml")).unwrap()
-}
-
-async fn start(
-    config: Config,
-) -> (
-    RunningServer,
-    AuthorizationClient<tonic::transport::Channel>,
-) {
-    let server = fleet_authz::server::start(config).await.unwrap();
-    server.authorizer.store.wait_loaded().await;
-    let client = AuthorizationClient::connect(format!("http://{}", server.grpc_addr()))
-        .await
-        .unwrap();
-    (server, client)
-}
-
-async fn check(
-    client: &mut AuthorizationClient<tonic::transport::Channel>,
-    device: &Leaf,
-) -> CheckResponse {
-    let req = build_check_request(&device.cert_pem, &[], "app.example.com", "/", false);
-    client.check(req).await.unwrap().into_inner()
-}
-
-/// `allow`, or the reason header of a deny.
-fn verdict(resp: &CheckResponse) -> String {
-    match &resp.http_response {
-        Some(HttpResponse::OkResponse(_)) => "allow".into(),
-        Some(HttpResponse::DeniedResponse(d)) => d
-            .headers
-            .iter()
-            .filter_map(|h| h.header.as_ref())
-            .find(|h| h.key == "x-fleet-authz-reason")
-            .unwrap()
-            .value
-            .clone(),
-        other => panic!("{other:?}"),
-    }
-}
-
-async fn readyz(server: &RunningServer) -> (u16, String) {
-    let resp = reqwest::get(format!("http://{}/readyz", server.http_addr()))
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
-}
-
-async fn metrics(server: &RunningServer) -> String {
-    reqwest::get(format!("http://{}/metrics", server.http_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    let snapshot = format!("snapshot: {{path: {}/snapshot.pb}}", s.dir.path().display());
+    service_config(
+        &s.fake,
+        s.dir.path(),
+        POLICY,
+        &[&format!("recheck: {recheck}")],
+        &[&snapshot],
+    )
 }
 
 #[tokio::test]
@@ -140,14 +75,17 @@ async fn remediated_host_is_allowed_on_the_next_check() {
     let hosts_requests = s.fake.count("hosts");
     // Still failing in Fleet: the recheck confirms the deny.
     assert_eq!(
-        verdict(&check(&mut client, &s.device).await),
+        verdict(&check(&mut client, &s.device.cert_pem).await),
         "failing_any_policy"
     );
     assert_eq!(s.fake.count("host"), 1);
     s.fake.update_host(1, |h| {
         h.responses.insert(1, "pass".into());
     });
-    assert_eq!(verdict(&check(&mut client, &s.device).await), "allow");
+    assert_eq!(
+        verdict(&check(&mut client, &s.device.cert_pem).await),
+        "allow"
+    );
     assert_eq!(s.fake.count("host"), 2);
     assert_eq!(
         s.fake.count("hosts"),
@@ -182,7 +120,7 @@ async fn an_os_level_cve_stays_denied_across_a_recheck() {
     .unwrap();
     let (server, mut client) = start(config).await;
     assert_eq!(
-        verdict(&check(&mut client, &s.device).await),
+        verdict(&check(&mut client, &s.device.cert_pem).await),
         "failing_any_policy,vulnerability"
     );
     assert_eq!(s.fake.count("host"), 1, "the deny was rechecked");
@@ -192,7 +130,7 @@ async fn an_os_level_cve_stays_denied_across_a_recheck() {
     });
     for attempt in 2..4 {
         assert_eq!(
-            verdict(&check(&mut client, &s.device).await),
+            verdict(&check(&mut client, &s.device.cert_pem).await),
             "vulnerability",
             "attempt {attempt}"
         );
@@ -201,7 +139,10 @@ async fn an_os_level_cve_stays_denied_across_a_recheck() {
     // The OS is patched: the next full sync clears the CVE.
     s.fake.update_host(1, |h| h.os_cves.clear());
     server.fleet.as_ref().unwrap().sync_now().await.unwrap();
-    assert_eq!(verdict(&check(&mut client, &s.device).await), "allow");
+    assert_eq!(
+        verdict(&check(&mut client, &s.device.cert_pem).await),
+        "allow"
+    );
     server.shutdown().await;
 }
 
@@ -212,7 +153,7 @@ async fn a_certificate_two_hosts_report_is_denied_when_either_fails() {
     let s = setup().await;
     let (server, mut client) = start(config(&s, "{enabled: false}")).await;
     assert_eq!(
-        verdict(&check(&mut client, &s.device).await),
+        verdict(&check(&mut client, &s.device.cert_pem).await),
         "failing_any_policy"
     );
     // Host 2 passes everything and now reports the same certificate; it is
@@ -224,7 +165,7 @@ async fn a_certificate_two_hosts_report_is_denied_when_either_fails() {
         .add_report_row(2, &s.device.fingerprint.to_hex().to_uppercase());
     server.fleet.as_ref().unwrap().sync_now().await.unwrap();
     assert_eq!(
-        verdict(&check(&mut client, &s.device).await),
+        verdict(&check(&mut client, &s.device.cert_pem).await),
         "failing_any_policy"
     );
     // Host 1 fixed: both holders pass.
@@ -232,7 +173,10 @@ async fn a_certificate_two_hosts_report_is_denied_when_either_fails() {
         h.responses.insert(1, "pass".into());
     });
     server.fleet.as_ref().unwrap().sync_now().await.unwrap();
-    assert_eq!(verdict(&check(&mut client, &s.device).await), "allow");
+    assert_eq!(
+        verdict(&check(&mut client, &s.device.cert_pem).await),
+        "allow"
+    );
     server.shutdown().await;
 }
 
@@ -241,7 +185,7 @@ async fn recheck_is_skipped_while_the_posture_is_younger_than_min_age() {
     let s = setup().await;
     let (server, mut client) = start(config(&s, "{min_age: 1h, budget: 2s}")).await;
     assert_eq!(
-        verdict(&check(&mut client, &s.device).await),
+        verdict(&check(&mut client, &s.device.cert_pem).await),
         "failing_any_policy"
     );
     assert_eq!(s.fake.count("host"), 0);
@@ -255,7 +199,7 @@ async fn a_hanging_fleet_costs_at_most_the_budget() {
     s.fake.set_fault("host", Fault::Hang);
     let started = Instant::now();
     assert_eq!(
-        verdict(&check(&mut client, &s.device).await),
+        verdict(&check(&mut client, &s.device.cert_pem).await),
         "failing_any_policy"
     );
     // The recheck deadline is 200 ms against a Fleet that never answers; the
@@ -302,7 +246,7 @@ async fn restart_with_fleet_down_serves_the_same_decisions_from_the_snapshot() {
     let s = setup().await;
     let other = s.fake.host(2);
     let (server, mut client) = start(config(&s, "{enabled: false}")).await;
-    let before = verdict(&check(&mut client, &s.device).await);
+    let before = verdict(&check(&mut client, &s.device.cert_pem).await);
     assert_eq!(before, "failing_any_policy");
     let hosts = server.authorizer.store.host_count();
     server.shutdown().await;
@@ -324,22 +268,29 @@ async fn restart_with_fleet_down_serves_the_same_decisions_from_the_snapshot() {
     // Ready at once: the snapshot is loaded before serving.
     assert_eq!(readyz(&server).await.0, 200);
     assert_eq!(server.authorizer.store.host_count(), hosts);
+    let held = server
+        .authorizer
+        .store
+        .host(fleet_authz::posture::HostId(2))
+        .unwrap();
+    // The hardware serial (for remediation_url) survives the restart too.
     assert_eq!(
-        server
-            .authorizer
-            .store
-            .host(fleet_authz::posture::HostId(2))
-            .unwrap()
-            .display_name,
-        other.name
+        (&held.display_name, &held.hardware_serial),
+        (&other.name, &other.serial)
     );
     let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc_addr()))
         .await
         .unwrap();
-    assert_eq!(verdict(&check(&mut client, &s.device).await), before);
+    assert_eq!(
+        verdict(&check(&mut client, &s.device.cert_pem).await),
+        before
+    );
     let sync = server.fleet.as_ref().unwrap().sync_now().await;
     assert!(sync.is_err());
-    assert_eq!(verdict(&check(&mut client, &s.device).await), before);
+    assert_eq!(
+        verdict(&check(&mut client, &s.device.cert_pem).await),
+        before
+    );
     server.shutdown().await;
 }
 
@@ -354,7 +305,7 @@ async fn a_corrupt_snapshot_is_reported_and_ignored() {
     let (server, mut client) = start(config(&s, "{enabled: false}")).await;
     assert_eq!(server.authorizer.store.host_count(), 6);
     assert_eq!(
-        verdict(&check(&mut client, &s.device).await),
+        verdict(&check(&mut client, &s.device.cert_pem).await),
         "failing_any_policy"
     );
     server.shutdown().await;
@@ -368,25 +319,31 @@ async fn faults_keep_the_last_good_posture_and_readyz_says_why() {
     s.fake.update_host(1, |h| {
         h.responses.insert(1, "pass".into());
     });
-    s.fake.set_fault("query_report", Fault::Clipped);
-    assert!(handle.sync_now().await.unwrap_err().contains("clipped"));
+    s.fake.set_fault("query_report", Fault::Status(503));
+    let err = handle.sync_now().await.unwrap_err();
+    assert_eq!(err, "fleet query_report: unexpected status 503");
     // The fix in Fleet is not seen: nothing from the failed cycle is published.
     assert_eq!(
-        verdict(&check(&mut client, &s.device).await),
+        verdict(&check(&mut client, &s.device.cert_pem).await),
         "failing_any_policy"
     );
     let (status, body) = readyz(&server).await;
     assert_eq!(status, 200);
-    assert!(body.contains("certificate report clipped"), "{body}");
+    assert!(
+        body.contains(&format!("warning: fleet sync failed: {err}")),
+        "{body}"
+    );
     let m = metrics(&server).await;
-    assert!(m.contains("fleet_authz_report_clipped_total 1"), "{m}");
     assert!(
         m.contains("fleet_authz_syncs_total{result=\"failure\"} 1"),
         "{m}"
     );
     s.fake.clear_faults();
     assert_eq!(handle.sync_now().await.unwrap().hosts, 6);
-    assert_eq!(verdict(&check(&mut client, &s.device).await), "allow");
+    assert_eq!(
+        verdict(&check(&mut client, &s.device.cert_pem).await),
+        "allow"
+    );
     assert!(!readyz(&server).await.1.contains("warning"));
     assert!(
         metrics(&server)

@@ -1,31 +1,25 @@
-//! The Fleet sync cycle against the fake Fleet: a good sync, every fault
-//! keeping the last good posture, recovery, removals, membership modes, 429.
+//! The Fleet sync cycle against the fake Fleet: a good sync, removals,
+//! gzip, membership modes, report rows (bad values, one row per host,
+//! paging) and the run loop. Faults are in `fleet_faults.rs`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failure panics the test"
+)]
 
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use common::fake_fleet::{CVE, FakeFleet, FakeSpec, Fault, STREAM_ERROR, fast_retry, fingerprint};
+use common::fake_fleet::{CVE, FakeFleet, FakeSpec, Fault, ReportRows, fingerprint};
 use fleet_authz::{
-    fleet::{FleetClient, FleetConfig, MembershipMode, Poller, Token},
+    fleet::{MembershipMode, Poller},
     posture::{HostId, PolicyResponse, PostureStore},
 };
 
-fn config(fake: &FakeFleet) -> FleetConfig {
-    fake.config()
-}
-
-fn poller_with(fake: &FakeFleet, config: FleetConfig) -> (Poller, Arc<PostureStore>) {
-    let client = fake.client(&config);
-    let store = Arc::new(PostureStore::new());
-    (
-        Poller::new(Arc::new(client), Arc::clone(&store), &config),
-        store,
-    )
-}
-
 fn poller(fake: &FakeFleet) -> (Poller, Arc<PostureStore>) {
-    poller_with(fake, config(fake))
+    fake.poller(fake.config())
 }
 
 #[tokio::test]
@@ -81,139 +75,6 @@ async fn good_sync_fills_the_store() {
         store.host(HostId(3)).unwrap().team.is_none(),
         "host 3 has no team"
     );
-}
-
-#[tokio::test]
-async fn each_fault_keeps_the_last_good_posture_and_the_next_cycle_recovers() {
-    let fake = FakeFleet::start(FakeSpec::default()).await;
-    let (poller, store) = poller(&fake);
-    poller.set_cves(vec![CVE.into()]);
-    poller.poll_once().await.unwrap();
-
-    let in_body =
-        |endpoint: &str| format!("fleet {endpoint}: answer ended with an error: {STREAM_ERROR}");
-    let cases: [(&str, Fault, String); 13] = [
-        (
-            "global_policies",
-            Fault::ErrorInBody,
-            in_body("global_policies"),
-        ),
-        ("hosts", Fault::ErrorInBody, in_body("hosts")),
-        (
-            "hosts_vulnerability",
-            Fault::ErrorInBody,
-            in_body("hosts_vulnerability"),
-        ),
-        ("query_report", Fault::ErrorInBody, in_body("query_report")),
-        (
-            "teams",
-            Fault::Status(500),
-            "fleet teams: unexpected status 500".into(),
-        ),
-        (
-            "global_policies",
-            Fault::Malformed,
-            "fleet global_policies: malformed json: expected value".into(),
-        ),
-        (
-            "team_policies",
-            Fault::Unauthorized,
-            "fleet api token rejected (status 401)".into(),
-        ),
-        (
-            "hosts",
-            Fault::Status(503),
-            "fleet hosts: unexpected status 503".into(),
-        ),
-        ("hosts", Fault::Hang, "fleet hosts: timed out".into()),
-        (
-            "hosts_vulnerability",
-            Fault::RateLimited {
-                retry_after_secs: 0,
-            },
-            "fleet hosts_vulnerability: rate limited".into(),
-        ),
-        (
-            "query_report",
-            Fault::Truncated,
-            "fleet query_report: malformed json: EOF while parsing".into(),
-        ),
-        (
-            "query_report",
-            Fault::Clipped,
-            "certificate query 42 report is clipped (report_clipped: true)".into(),
-        ),
-        (
-            "query_report",
-            Fault::Status(404),
-            "certificate_query_id 42 not found".into(),
-        ),
-    ];
-    for (endpoint, fault, message) in cases {
-        let before = store.host(HostId(5)).unwrap();
-        let synced_at = store.synced_at();
-        // Fleet changes host 5 while the cycle is faulty: none of it may land.
-        fake.update_host(5, |h| {
-            h.responses.values_mut().for_each(|r| *r = "fail".into())
-        });
-        fake.set_fault(endpoint, fault.clone());
-
-        let err = poller.poll_once().await.unwrap_err().to_string();
-        assert!(err.starts_with(&message), "{endpoint} {fault:?}: {err}");
-        assert!(!err.contains(&fake.token()), "the token leaked: {err}");
-        assert_eq!(
-            store.host(HostId(5)).unwrap(),
-            before,
-            "{endpoint} {fault:?}"
-        );
-        assert_eq!(store.synced_at(), synced_at, "{endpoint} {fault:?}");
-        let status = poller.handle().status();
-        assert_eq!(status.last_error.as_deref(), Some(err.as_str()));
-        assert_eq!(status.clipped, fault == Fault::Clipped);
-
-        fake.clear_faults();
-        let report = poller.poll_once().await.unwrap();
-        assert_eq!(report.hosts, 10);
-        let after = store.host(HostId(5)).unwrap();
-        assert_eq!(
-            after.failing_policies().count(),
-            after.policies.len(),
-            "{endpoint} {fault:?}"
-        );
-        assert!(store.synced_at() > synced_at);
-        assert_eq!(poller.handle().status().last_error, None);
-        fake.update_host(5, |h| {
-            h.responses.values_mut().for_each(|r| *r = "pass".into())
-        });
-        poller.poll_once().await.unwrap();
-    }
-    let status = poller.handle().status();
-    assert_eq!((status.failures, status.clipped_total), (13, 1));
-}
-
-#[tokio::test]
-async fn transient_5xx_is_retried_within_the_cycle() {
-    let fake = FakeFleet::start(FakeSpec::default()).await;
-    let (poller, store) = poller(&fake);
-    fake.set_fault_times("global_policies", Fault::Status(502), 2);
-    let report = poller.poll_once().await.unwrap();
-    assert_eq!(report.hosts, 10);
-    assert_eq!(fake.count("global_policies"), 3);
-    assert_eq!(store.host_count(), 10);
-}
-
-#[tokio::test]
-async fn wrong_token_is_not_retried_and_not_shown() {
-    let fake = FakeFleet::start(FakeSpec::default()).await;
-    let config = config(&fake);
-    let client = FleetClient::new(&config, &Token::new("wrong-secret"), fast_retry())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let store = Arc::new(PostureStore::new());
-    let poller = Poller::new(Arc::new(client), Arc::clone(&store), &config);
-    let err = poller.poll_once().await.unwrap_err().to_string();
-    assert_eq!(err, "fleet api token rejected (status 401)");
-    assert_eq!(fake.count("teams"), 1);
-    assert!(!store.is_loaded());
 }
 
 #[tokio::test]
@@ -320,9 +181,9 @@ async fn large_catalogue_uses_per_policy_membership() {
 #[tokio::test]
 async fn membership_override_forces_per_policy() {
     let fake = FakeFleet::start(FakeSpec::default()).await;
-    let mut config = config(&fake);
+    let mut config = fake.config();
     config.membership = MembershipMode::PerPolicy;
-    let (poller, _store) = poller_with(&fake, config);
+    let (poller, _store) = fake.poller(config);
     assert_eq!(
         poller.poll_once().await.unwrap().membership,
         MembershipMode::PerPolicy
@@ -330,67 +191,22 @@ async fn membership_override_forces_per_policy() {
     assert_eq!(fake.count("hosts_failing_policy"), 5);
 }
 
-/// Per-policy membership is where a broken-off list would loosen: a host
-/// missing from "failing policy X" would read as passing it.
-#[tokio::test]
-async fn an_error_inside_a_200_fails_the_cycle_in_per_policy_membership() {
-    let fake = FakeFleet::start(FakeSpec::default()).await;
-    let mut config = config(&fake);
-    config.membership = MembershipMode::PerPolicy;
-    let (poller, store) = poller_with(&fake, config);
-    poller.poll_once().await.unwrap();
-    let before = store.host(HostId(5)).unwrap();
-    fake.update_host(5, |h| {
-        h.responses.values_mut().for_each(|r| *r = "fail".into())
-    });
-    fake.set_fault("hosts_failing_policy", Fault::ErrorInBody);
-    let err = poller.poll_once().await.unwrap_err().to_string();
-    assert_eq!(
-        err,
-        format!("fleet hosts_failing_policy: answer ended with an error: {STREAM_ERROR}")
-    );
-    assert_eq!(store.host(HostId(5)).unwrap(), before, "nothing published");
-    fake.clear_faults();
-    poller.poll_once().await.unwrap();
-    let after = store.host(HostId(5)).unwrap();
-    assert_eq!(after.failing_policies().count(), after.policies.len());
-    assert!(after.failing_policies().count() > 0);
-}
-
-#[tokio::test]
-async fn rate_limit_honours_retry_after() {
-    let fake = FakeFleet::start(FakeSpec::default()).await;
-    let (poller, store) = poller(&fake);
-    fake.set_fault_times(
-        "hosts",
-        Fault::RateLimited {
-            retry_after_secs: 1,
-        },
-        1,
-    );
-    let started = std::time::Instant::now();
-    poller.poll_once().await.unwrap();
-    // Backoff alone would retry within 20ms; the 1s wait is retry-after's.
-    assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
-    // The 429'd first page, its retry, then the empty page 1 (10 hosts, 10 per page).
-    assert_eq!(fake.count("hosts"), 3);
-    assert_eq!(store.host_count(), 10);
-}
-
 #[tokio::test]
 async fn bad_sha1_rows_are_skipped_and_counted() {
     let fake = FakeFleet::start(FakeSpec::default()).await;
     fake.add_report_row(1, "not-a-sha1");
+    // Empty: the host reported no certificate (not a malformed row).
     fake.add_report_row(2, "");
+    let good = fingerprint(3, 9).to_hex();
+    fake.add_report_row(3, &format!("{good}, also-not-a-sha1"));
     let (poller, store) = poller(&fake);
     let report = poller.poll_once().await.unwrap();
-    assert_eq!((report.skipped_rows, report.fingerprints), (2, 20));
+    assert_eq!((report.skipped_rows, report.fingerprints), (2, 21));
     assert_eq!(poller.handle().status().skipped_rows, 2);
     assert_eq!(store.host(HostId(1)).unwrap().fingerprints.len(), 2);
+    assert_eq!(store.host(HostId(2)).unwrap().fingerprints.len(), 2);
+    // The good value of a row that also held a bad one is kept.
+    assert_eq!(store.lookup(&fingerprint(3, 9)).unwrap().id, HostId(3));
 }
 
 #[tokio::test]
@@ -415,4 +231,32 @@ async fn run_loop_syncs_at_start_and_on_demand_until_shutdown() {
         handle.sync_now().await.unwrap_err(),
         "fleet poller is not running"
     );
+}
+
+/// The recommended one-row-per-host query (`group_concat(sha1, ',')`),
+/// from a Fleet that pages its reports: read page by page, every
+/// fingerprint of every host found.
+#[tokio::test]
+async fn a_paged_one_row_per_host_report_is_read_page_by_page() {
+    let fake = FakeFleet::start(FakeSpec {
+        hosts: 25,
+        fingerprints_per_host: 3,
+        report_rows: ReportRows::PerHost,
+        report_pages: true,
+        ..FakeSpec::default()
+    })
+    .await;
+    let (poller, store) = poller(&fake);
+    let report = poller.poll_once().await.unwrap();
+    assert_eq!((report.hosts, report.fingerprints), (25, 75));
+    // 25 rows at 10 per page; the third page says there is no more.
+    assert_eq!(fake.count("query_report"), 3);
+    for id in 1..=25 {
+        for k in 0..3 {
+            assert_eq!(
+                store.lookup(&fingerprint(id, k)).map(|h| h.id),
+                Some(HostId(id))
+            );
+        }
+    }
 }

@@ -220,7 +220,7 @@ async fn poller_writes_a_snapshot_after_each_good_sync_only() {
     let before = std::fs::read(&path).unwrap();
 
     fake.remove_host(1);
-    fake.set_fault("query_report", Fault::Clipped);
+    fake.set_fault("query_report", Fault::Status(503));
     poller.poll_once().await.unwrap_err();
     assert_eq!(
         std::fs::read(&path).unwrap(),

@@ -127,11 +127,33 @@ async fn explain(
     }
 }
 
-async fn sync(State(state): State<AdminState>) -> Response {
+/// Optional body of `POST /v1/sync`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncRequest {
+    /// Publish this sync even if the shrink guard would hold it back.
+    #[serde(default)]
+    accept_drop: bool,
+}
+
+async fn sync(State(state): State<AdminState>, body: axum::body::Bytes) -> Response {
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        SyncRequest::default()
+    } else {
+        match serde_json::from_slice::<SyncRequest>(&body) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+        }
+    };
     let Some(trigger) = &state.sync else {
         return error(StatusCode::NOT_IMPLEMENTED, NO_SYNC_SOURCE);
     };
-    match trigger.sync_now().await {
+    let synced = if request.accept_drop {
+        trigger.sync_accepting_drop().await
+    } else {
+        trigger.sync_now().await
+    };
+    match synced {
         Ok(hosts) => Json(json!({"ok": true, "hosts": hosts})).into_response(),
         Err(e) => (
             StatusCode::BAD_GATEWAY,

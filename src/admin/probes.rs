@@ -13,8 +13,12 @@ pub struct HttpState {
     pub store: Arc<PostureStore>,
     pub metrics: Arc<Metrics>,
     /// Extra readiness detail from the posture source (e.g. the last Fleet
-    /// error, such as a clipped certificate report).
+    /// sync's error), shown as `warning:`.
     pub source_status: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+    /// What the posture source serves only in part (e.g. a clipped Fleet
+    /// certificate report); each line is shown as `degraded:`, and the
+    /// service stays ready.
+    pub degraded: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
     /// Run before each scrape, to set gauges that mirror state kept elsewhere
     /// (e.g. break-glass grants, whose expiry is a matter of time).
     pub before_scrape: Arc<dyn Fn() + Send + Sync>,
@@ -45,6 +49,9 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
         );
         if let Some(d) = detail {
             body.push_str(&format!("warning: {d}\n"));
+        }
+        for d in (state.degraded)() {
+            body.push_str(&format!("degraded: {d}\n"));
         }
         (StatusCode::OK, body)
     } else {

@@ -16,7 +16,7 @@ use crate::{
 pub struct BodyContext<'a> {
     pub host: Option<&'a HostPosture>,
     pub fingerprint: Option<&'a Fingerprint>,
-    /// Configured remediation URL, `{host_id}` / `{host_uuid}` not yet filled.
+    /// Configured remediation URL, its placeholders not yet filled.
     pub remediation_url: Option<&'a str>,
     pub request_id: &'a str,
 }
@@ -66,17 +66,29 @@ impl Serialize for DecisionBody<'_> {
     }
 }
 
-/// The remediation URL with `{host_id}` and `{host_uuid}` filled in.
+/// The remediation URL with `{host_id}`, `{host_uuid}` and
+/// `{hardware_serial}` filled in, percent-encoded (a serial may hold
+/// spaces); empty for an unknown device.
 pub fn remediation_url(ctx: &BodyContext<'_>) -> Option<String> {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
     let url = ctx.remediation_url?;
     if !url.contains('{') {
         return Some(url.to_owned());
     }
-    let (id, uuid) = ctx
+    let (id, uuid, serial) = ctx
         .host
-        .map(|h| (h.id.0.to_string(), h.uuid.clone()))
+        .map(|h| (h.id.0.to_string(), &*h.uuid, &*h.hardware_serial))
         .unwrap_or_default();
-    Some(url.replace("{host_id}", &id).replace("{host_uuid}", &uuid))
+    let encode = |v: &str| percent_encoding::utf8_percent_encode(v, KEEP).to_string();
+    Some(
+        url.replace("{host_id}", &id)
+            .replace("{host_uuid}", &encode(uuid))
+            .replace("{hardware_serial}", &encode(serial)),
+    )
 }
 
 /// One reason as JSON, `kind` first.

@@ -34,10 +34,17 @@ impl Observer for MetricsObserver {
         self.0.fleet_bytes.inc_by(bytes as u64);
     }
 
-    fn on_sync(&self, duration: Duration, published: bool, clipped: bool) {
+    fn on_sync(&self, duration: Duration, published: bool) {
         self.0.sync_duration.observe(duration.as_secs_f64());
         let result = if published { "success" } else { "failure" };
         self.0.syncs.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    fn on_publish(&self, clipped: bool, hosts_without_fingerprint: usize) {
+        self.0.fleet_report_clipped.set(i64::from(clipped));
+        self.0
+            .hosts_without_fingerprint
+            .set(hosts_without_fingerprint as i64);
         if clipped {
             self.0.report_clipped.inc();
         }
@@ -134,5 +141,12 @@ pub struct FleetSync(pub PollerHandle);
 impl SyncTrigger for FleetSync {
     fn sync_now(&self) -> BoxFuture<'_, Result<usize, String>> {
         Box::pin(async move { self.0.sync_now().await.map(|report| report.hosts) })
+    }
+
+    fn sync_accepting_drop(&self) -> BoxFuture<'_, Result<usize, String>> {
+        Box::pin(async move {
+            let report = self.0.sync_now_accepting_drop().await?;
+            Ok(report.hosts)
+        })
     }
 }

@@ -2,21 +2,22 @@
 //!
 //! Every request carries the bearer token (a sensitive header, so it is never
 //! printed) and its own timeout, body included. Paged endpoints are walked
-//! with an explicit `per_page` and `page` from 0 until a short page. 429 waits
-//! for `retry-after`; 5xx, timeouts and connection errors retry with
-//! exponential backoff and full jitter, for a bounded number of attempts.
-//! 401/403, 404 and malformed bodies are not retried: retrying cannot fix them.
+//! with an explicit `per_page` and `page` from 0 until a short page. Retries
+//! are in [`request`](super::request); the renamed path sets (`/fleets` or
+//! `/teams`, `/reports` or `/queries`) in [`paths`](super::paths).
 
-use reqwest::{StatusCode, Url, header};
+use reqwest::{Url, header};
 use serde::de::DeserializeOwned;
 use std::{sync::Arc, time::Duration};
 
+use super::paths::{Family, PathChoice};
+use super::request::error_chain;
 use super::retry::{FleetStats, Observer, RetryPolicy};
 use super::{
     FleetConfig, FleetError, Token,
     model::{
-        HostDetailResponse, HostIdsResponse, HostsResponse, PoliciesResponse, Policy, QueryReport,
-        TeamDto, TeamsResponse,
+        HostDetailResponse, HostIdsResponse, HostsResponse, PoliciesResponse, Policy,
+        QueryResponse, SavedQuery, TeamDto, TeamsResponse,
     },
 };
 
@@ -28,10 +29,11 @@ pub struct FleetClient {
     pub(super) http: reqwest::Client,
     pub(super) base: String,
     pub(super) timeout: Duration,
-    page_size: u32,
+    pub(super) page_size: u32,
     pub(super) retry: RetryPolicy,
     stats: Arc<FleetStats>,
     observer: Option<Arc<dyn Observer>>,
+    pub(super) paths: PathChoice,
 }
 
 impl std::fmt::Debug for FleetClient {
@@ -114,6 +116,7 @@ impl FleetClient {
             retry,
             stats: Arc::new(FleetStats::default()),
             observer: None,
+            paths: PathChoice::default(),
         })
     }
 
@@ -128,16 +131,20 @@ impl FleetClient {
         &self.stats
     }
 
-    /// Every team. Fleet Free has no teams and answers 402: that is none.
-    pub async fn teams(&self) -> Result<Vec<TeamDto>, FleetError> {
-        match self
-            .paged("teams", "/api/v1/fleet/teams", &[], |r: TeamsResponse| {
-                r.teams
+    /// Every team, or `None` on Fleet Free, which has no teams (402).
+    pub async fn teams(&self) -> Result<Option<Vec<TeamDto>>, FleetError> {
+        let listed = self
+            .renamed(Family::Teams, |segment| {
+                let path = format!("/api/v1/fleet/{segment}");
+                async move {
+                    self.paged("teams", &path, &[], TeamsResponse::into_teams)
+                        .await
+                }
             })
-            .await
-        {
-            Err(FleetError::Status { status: 402, .. }) => Ok(Vec::new()),
-            other => other,
+            .await;
+        match listed {
+            Err(FleetError::Status { status: 402, .. }) => Ok(None),
+            other => other.map(Some),
         }
     }
 
@@ -151,12 +158,51 @@ impl FleetClient {
 
     /// A team's own policies (inherited global ones are in `inherited_policies`).
     pub async fn team_policies(&self, team_id: u64) -> Result<PoliciesResponse, FleetError> {
-        self.get(
-            "team_policies",
-            &format!("/api/v1/fleet/teams/{team_id}/policies"),
-            &[],
-        )
+        self.renamed(Family::Teams, |segment| {
+            let path = format!("/api/v1/fleet/{segment}/{team_id}/policies");
+            async move { self.get("team_policies", &path, &[]).await }
+        })
         .await
+    }
+
+    /// The policies of hosts in no team: Fleet Premium keeps them at team
+    /// id 0. A Fleet that predates them answers 404, and Fleet Free 402:
+    /// both mean there are none.
+    pub async fn unassigned_policies(&self) -> Result<Vec<Policy>, FleetError> {
+        let answer = self
+            .renamed(Family::Teams, |segment| {
+                let path = format!("/api/v1/fleet/{segment}/0/policies");
+                async move {
+                    self.get::<PoliciesResponse>("unassigned_policies", &path, &[])
+                        .await
+                }
+            })
+            .await;
+        match answer {
+            Ok(r) => Ok(r.policies),
+            Err(FleetError::Status {
+                status: 402 | 404, ..
+            }) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Saved query `query_id` itself (its settings, not its report).
+    pub async fn saved_query(&self, query_id: u64) -> Result<SavedQuery, FleetError> {
+        let answer = self
+            .renamed(Family::Queries, |segment| {
+                let path = format!("/api/v1/fleet/{segment}/{query_id}");
+                async move { self.get::<QueryResponse>("query", &path, &[]).await }
+            })
+            .await;
+        match answer {
+            Ok(r) => r.into_query().ok_or(FleetError::Decode {
+                endpoint: "query",
+                message: "the answer holds no query".into(),
+            }),
+            Err(FleetError::Status { status: 404, .. }) => Err(FleetError::QueryNotFound(query_id)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Every host, ordered by id; with `populate_policies` each row carries
@@ -223,15 +269,6 @@ impl FleetClient {
         Ok(refs.await?.into_iter().map(|h| h.id).collect())
     }
 
-    /// The stored report of saved query `query_id` (the certificate query).
-    pub async fn query_report(&self, query_id: u64) -> Result<QueryReport, FleetError> {
-        let path = format!("/api/v1/fleet/queries/{query_id}/report");
-        match self.get("query_report", &path, &[]).await {
-            Err(FleetError::Status { status: 404, .. }) => Err(FleetError::QueryNotFound(query_id)),
-            other => other,
-        }
-    }
-
     /// One host's detail, with its policies and software.
     pub async fn host(&self, id: u64) -> Result<super::model::Host, FleetError> {
         let path = format!("/api/v1/fleet/hosts/{id}");
@@ -286,192 +323,11 @@ impl FleetClient {
             o.on_request(endpoint, status, bytes);
         }
     }
-
-    async fn get<R: DeserializeOwned + Send + 'static>(
-        &self,
-        endpoint: &'static str,
-        path: &str,
-        query: &[(&'static str, String)],
-    ) -> Result<R, FleetError> {
-        let url = format!("{}{path}", self.base);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let last = attempt >= self.retry.max_attempts;
-            let sent = self
-                .http
-                .get(&url)
-                .query(query)
-                .timeout(self.timeout)
-                .send()
-                .await;
-            let (error, wait) = match sent {
-                Err(e) => {
-                    self.observe(endpoint, 0, 0);
-                    (transport_error(endpoint, &e), None)
-                }
-                Ok(resp) => {
-                    let status = resp.status();
-                    let retry_after = retry_after(&resp);
-                    match resp.bytes().await {
-                        Err(e) => {
-                            self.observe(endpoint, 0, 0);
-                            (transport_error(endpoint, &e), None)
-                        }
-                        Ok(body) => {
-                            self.observe(endpoint, status.as_u16(), body.len());
-                            match classify(endpoint, status) {
-                                Outcome::Done => match decode(endpoint, body).await {
-                                    // Fleet broke off part-way: retry, as a 5xx.
-                                    Err(e @ FleetError::InBody { .. }) => (e, None),
-                                    other => return other,
-                                },
-                                Outcome::Fatal(e) => return Err(e),
-                                Outcome::RateLimited => {
-                                    (FleetError::RateLimited { endpoint }, retry_after)
-                                }
-                                Outcome::Retry(e) => (e, None),
-                            }
-                        }
-                    }
-                }
-            };
-            if last {
-                return Err(error);
-            }
-            let delay = self.retry.delay(attempt, wait);
-            tracing::debug!(endpoint, attempt, ?delay, %error, "fleet request will be retried");
-            tokio::time::sleep(delay).await;
-        }
-    }
-}
-
-pub(super) enum Outcome {
-    Done,
-    Fatal(FleetError),
-    RateLimited,
-    Retry(FleetError),
-}
-
-pub(super) fn classify(endpoint: &'static str, status: StatusCode) -> Outcome {
-    match status.as_u16() {
-        200..=299 => Outcome::Done,
-        401 | 403 => Outcome::Fatal(FleetError::TokenRejected {
-            status: status.as_u16(),
-        }),
-        429 => Outcome::RateLimited,
-        500..=599 => Outcome::Retry(FleetError::Status {
-            endpoint,
-            status: status.as_u16(),
-        }),
-        other => Outcome::Fatal(FleetError::Status {
-            endpoint,
-            status: other,
-        }),
-    }
-}
-
-/// `retry-after` in seconds (Fleet sends seconds; HTTP dates are ignored).
-pub(super) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let raw = resp.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
-    raw.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
-pub(super) fn transport_error(endpoint: &'static str, e: &reqwest::Error) -> FleetError {
-    if e.is_timeout() {
-        FleetError::Timeout { endpoint }
-    } else {
-        FleetError::Transport {
-            endpoint,
-            message: error_chain(e),
-        }
-    }
-}
-
-/// The error and its causes, without the URL reqwest likes to add.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    parts.dedup();
-    parts.join(": ")
-}
-
-/// Bodies at least this large are parsed off the async workers, so a sync
-/// of a big fleet never delays the Checks sharing those threads.
-const OFFLOAD_BYTES: usize = 64 * 1024;
-
-/// A non-empty top-level `error` in a Fleet answer, as its message.
-pub(super) fn error_in_body(error: Option<&serde_json::Value>) -> Option<String> {
-    match error? {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) if s.trim().is_empty() => None,
-        serde_json::Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
-}
-
-/// Reads `body` as `R`, failing on a non-empty top-level `error` (which the
-/// typed models would ignore as an unknown key).
-fn parse_answer<R: DeserializeOwned>(endpoint: &'static str, body: &[u8]) -> Result<R, FleetError> {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        #[serde(default)]
-        error: Option<serde_json::Value>,
-    }
-    let decode_error = |e: serde_json::Error| FleetError::Decode {
-        endpoint,
-        message: e.to_string(),
-    };
-    // Most answers never mention "error": skip the second scan for them.
-    if memchr::memmem::find(body, b"\"error\"").is_some()
-        && let Ok(Probe { error }) = serde_json::from_slice::<Probe>(body)
-        && let Some(message) = error_in_body(error.as_ref())
-    {
-        return Err(FleetError::InBody { endpoint, message });
-    }
-    serde_json::from_slice(body).map_err(decode_error)
-}
-
-async fn decode<R: DeserializeOwned + Send + 'static>(
-    endpoint: &'static str,
-    body: bytes::Bytes,
-) -> Result<R, FleetError> {
-    let large = body.len() >= OFFLOAD_BYTES;
-    let parse = move || parse_answer(endpoint, &body);
-    if !large {
-        return parse();
-    }
-    tokio::task::spawn_blocking(parse)
-        .await
-        .map_err(|e| FleetError::Decode {
-            endpoint,
-            message: format!("decoder task failed: {e}"),
-        })?
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn statuses_classify_as_fatal_retry_or_rate_limited() {
-        let msg = |s: u16| match classify("hosts", StatusCode::from_u16(s).unwrap()) {
-            Outcome::Done => "done".to_owned(),
-            Outcome::Fatal(e) => format!("fatal: {e}"),
-            Outcome::RateLimited => "rate limited".to_owned(),
-            Outcome::Retry(e) => format!("retry: {e}"),
-        };
-        assert_eq!(msg(200), "done");
-        assert_eq!(msg(401), "fatal: fleet api token rejected (status 401)");
-        assert_eq!(msg(403), "fatal: fleet api token rejected (status 403)");
-        assert_eq!(msg(404), "fatal: fleet hosts: unexpected status 404");
-        assert_eq!(msg(429), "rate limited");
-        assert_eq!(msg(503), "retry: fleet hosts: unexpected status 503");
-    }
 
     #[test]
     fn client_debug_never_shows_the_token() {

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::FleetError;
 
 /// The `fleet:` section: where Fleet is and how to sync from it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetConfig {
     /// Fleet's base URL, `http` or `https`.
@@ -54,6 +54,11 @@ pub struct FleetConfig {
     /// How failing-policy membership is fetched; `auto` picks by catalogue size.
     #[serde(default)]
     pub membership: MembershipMode,
+    /// The shrink guard: a cycle whose host or fingerprint count falls
+    /// below `(1 - max_drop)` of the last good posture's is not published
+    /// (`POST /v1/sync {"accept_drop": true}` publishes one). 1 turns it off.
+    #[serde(default = "default_max_drop")]
+    pub max_drop: f64,
 }
 
 /// `fleet.recheck`: bounded, single-flight fetch of one host on a would-deny.
@@ -110,6 +115,9 @@ fn default_request_timeout() -> Duration {
 fn default_max_staleness() -> Duration {
     Duration::from_secs(15 * 60)
 }
+fn default_max_drop() -> f64 {
+    0.5
+}
 fn default_true() -> bool {
     true
 }
@@ -139,6 +147,7 @@ impl FleetConfig {
             ca_file: None,
             recheck: RecheckConfig::default(),
             membership: MembershipMode::Auto,
+            max_drop: default_max_drop(),
         }
     }
 
@@ -169,6 +178,12 @@ impl FleetConfig {
         }
         if self.recheck.max_concurrent == 0 {
             return Err("fleet.recheck.max_concurrent: must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.max_drop) {
+            return Err(format!(
+                "fleet.max_drop: must be between 0 and 1 (a fraction: 0.5 = half), not {}",
+                self.max_drop
+            ));
         }
         Ok(())
     }
@@ -277,6 +292,7 @@ mod tests {
         assert_eq!(c.recheck.max_concurrent, 16);
         assert!(c.recheck.enabled);
         assert_eq!(c.membership, MembershipMode::Auto);
+        assert_eq!(c.max_drop, 0.5);
         assert_eq!(c.validate(), Ok(()));
     }
 
@@ -332,6 +348,18 @@ mod tests {
             c.validate().unwrap_err(),
             "fleet.recheck.max_concurrent: must be at least 1"
         );
+        c.recheck.max_concurrent = 1;
+        for bad in [-0.1, 1.5, f64::NAN] {
+            c.max_drop = bad;
+            assert!(
+                c.validate()
+                    .unwrap_err()
+                    .starts_with("fleet.max_drop: must be between 0 and 1"),
+                "{bad}"
+            );
+        }
+        c.max_drop = 1.0;
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

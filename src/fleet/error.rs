@@ -2,7 +2,7 @@
 //! lowercase, name the endpoint or key, and never contain the API token.
 
 /// A failed Fleet request, sync or token load.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FleetError {
     /// The token could not be loaded; `from` names the file or variable.
     #[error("{from}: {message}")]
@@ -10,12 +10,31 @@ pub enum FleetError {
     /// The HTTP client could not be built (bad URL, bad CA file).
     #[error("fleet client: {0}")]
     Client(String),
-    /// 401 or 403: the token is wrong, expired or lacks rights.
+    /// 401: the token is wrong or expired.
     #[error("fleet api token rejected (status {status})")]
     TokenRejected { status: u16 },
-    /// 404 on the certificate query report.
+    /// 403: the token is valid but its user may not read this. Retrying
+    /// cannot help; the user needs another role.
+    #[error(
+        "fleet {endpoint}: access denied (status 403): the api token's user cannot read this; \
+         use an api-only user with the global observer role"
+    )]
+    Forbidden { endpoint: &'static str },
+    /// 404 on the certificate query (both path sets).
     #[error("certificate_query_id {0} not found")]
     QueryNotFound(u64),
+    /// The certificate query exists but a setting keeps its report from
+    /// holding what a sync needs.
+    #[error("certificate query {query_id}: {setting} is {value}; {fix}")]
+    QuerySetting {
+        query_id: u64,
+        /// The query's setting, as Fleet names it (`discard_data`, `logging`).
+        setting: &'static str,
+        /// Its value, as Fleet sent it.
+        value: String,
+        /// What to change.
+        fix: &'static str,
+    },
     /// 404 on a single host.
     #[error("fleet host {0} not found")]
     HostNotFound(u64),
@@ -51,12 +70,19 @@ pub enum FleetError {
     /// A paged endpoint never returned a short page.
     #[error("fleet {endpoint}: gave up after {pages} pages without a short page")]
     TooManyPages { endpoint: &'static str, pages: u32 },
-    /// The certificate query report hit Fleet's row cap: fingerprints are missing.
+    /// The shrink guard held a cycle back: it saw far fewer hosts or
+    /// fingerprints than the last good posture (DESIGN.md §7).
     #[error(
-        "certificate query {0} report is clipped (report_clipped: true): fingerprints are missing; \
-         raise Fleet's query_report_cap or narrow the query"
+        "fleet sync not published: {what} fell from {before} to {after}, more than fleet.max_drop \
+         ({max_drop}) allows; if Fleet is right, POST /v1/sync {{\"accept_drop\": true}} publishes it"
     )]
-    ReportClipped(u64),
+    Shrunk {
+        /// `hosts` or `fingerprints`.
+        what: &'static str,
+        before: usize,
+        after: usize,
+        max_drop: f64,
+    },
 }
 
 impl FleetError {
@@ -66,7 +92,9 @@ impl FleetError {
             Self::Token { .. } => "token",
             Self::Client(_) => "client",
             Self::TokenRejected { .. } => "token_rejected",
+            Self::Forbidden { .. } => "forbidden",
             Self::QueryNotFound(_) => "query_not_found",
+            Self::QuerySetting { .. } => "query_setting",
             Self::HostNotFound(_) => "host_not_found",
             Self::Status { .. } => "status",
             Self::RateLimited { .. } => "rate_limited",
@@ -75,7 +103,7 @@ impl FleetError {
             Self::Decode { .. } => "decode",
             Self::InBody { .. } => "error_in_body",
             Self::TooManyPages { .. } => "too_many_pages",
-            Self::ReportClipped(_) => "report_clipped",
+            Self::Shrunk { .. } => "shrunk",
         }
     }
 }

@@ -193,6 +193,7 @@ impl Host {
         HostPosture {
             id: HostId(self.id),
             uuid: self.uuid.clone(),
+            hardware_serial: self.hardware_serial.clone(),
             display_name: self.best_name().to_owned(),
             team,
             platform: interner.intern(&self.platform),

@@ -13,10 +13,15 @@ pub trait Observer: Send + Sync {
     /// One exchange: `status` 0 means a transport error or timeout.
     fn on_request(&self, endpoint: &'static str, status: u16, bytes: usize);
 
-    /// One sync cycle ended after `duration`: published or not, and whether
-    /// the certificate report was clipped.
-    fn on_sync(&self, duration: std::time::Duration, published: bool, clipped: bool) {
-        let _ = (duration, published, clipped);
+    /// One sync cycle ended after `duration`, published or not.
+    fn on_sync(&self, duration: std::time::Duration, published: bool) {
+        let _ = (duration, published);
+    }
+
+    /// A good cycle was published: whether its certificate report was
+    /// clipped, and how many hosts are left without a fingerprint.
+    fn on_publish(&self, clipped: bool, hosts_without_fingerprint: usize) {
+        let _ = (clipped, hosts_without_fingerprint);
     }
 }
 
@@ -90,13 +95,13 @@ impl RetryPolicy {
         half + rand::rng().random_range(Duration::ZERO..=half)
     }
 
-    /// The wait before attempt `attempt + 1`: Fleet's `retry-after`
-    /// (capped at `max_retry_after`) when it sent one, else [`Self::backoff`].
+    /// The wait before attempt `attempt + 1`: Fleet's `retry-after` when it
+    /// sent one, capped at `max_retry_after`, but never shorter than
+    /// [`Self::backoff`]. So `Retry-After: 0` (or none) waits the backoff,
+    /// not nothing: a retry at once would meet the same overload.
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        retry_after.map_or_else(
-            || self.backoff(attempt),
-            |wait| wait.min(self.max_retry_after),
-        )
+        let backoff = self.backoff(attempt);
+        retry_after.map_or(backoff, |wait| wait.min(self.max_retry_after).max(backoff))
     }
 }
 
@@ -127,17 +132,30 @@ mod tests {
     }
 
     #[test]
-    fn delay_honours_retry_after_up_to_its_cap_and_backs_off_without_it() {
+    fn delay_honours_retry_after_capped_at_60s_and_never_below_the_backoff() {
         let p = RetryPolicy::default();
+        assert_eq!(p.max_retry_after, Duration::from_secs(60));
         assert_eq!(
             p.delay(1, Some(Duration::from_secs(2))),
             Duration::from_secs(2)
         );
         assert_eq!(
             p.delay(1, Some(Duration::from_secs(3600))),
-            p.max_retry_after
+            Duration::from_secs(60)
         );
-        let d = p.delay(1, None);
-        assert!(d >= p.base_delay / 2 && d <= p.base_delay, "{d:?}");
+        for retry_after in [None, Some(Duration::ZERO), Some(Duration::from_millis(1))] {
+            for _ in 0..20 {
+                let d = p.delay(1, retry_after);
+                assert!(
+                    d >= p.base_delay / 2 && d <= p.base_delay,
+                    "{retry_after:?}: {d:?}"
+                );
+                let d = p.delay(3, retry_after);
+                assert!(
+                    d >= p.base_delay * 2 && d <= p.base_delay * 4,
+                    "{retry_after:?}: {d:?}"
+                );
+            }
+        }
     }
 }

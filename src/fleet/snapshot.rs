@@ -159,6 +159,7 @@ fn host_to_proto(h: &HostPosture) -> v1::Host {
     v1::Host {
         id: h.id.0,
         uuid: h.uuid.clone(),
+        hardware_serial: h.hardware_serial.clone(),
         display_name: h.display_name.clone(),
         team_id: h.team.as_ref().and_then(|t| t.id),
         team_name: h
@@ -236,6 +237,7 @@ fn host_from_proto(h: v1::Host, interner: &mut Interner) -> Result<HostPosture, 
     Ok(HostPosture {
         id: HostId(h.id),
         uuid: h.uuid,
+        hardware_serial: h.hardware_serial,
         display_name: h.display_name,
         team,
         platform: interner.intern(&h.platform),

@@ -1,12 +1,22 @@
-//! The certificate query report, decoded as it streams in.
+//! The certificate query report, decoded as it streams in, page by page.
 //!
 //! At 100,000 hosts with three certificates each the report is ~100 MB of
 //! JSON. Buffering it and then parsing every row (host name, columns and all)
 //! doubled the service's peak memory during a sync. Here the body's chunks
 //! feed a blocking JSON decoder through a small bounded channel, and each row
-//! is reduced on the spot to `(host_id, fingerprint)`, 32 bytes, so neither the
-//! body nor the full rows are ever held. Requests, retries and errors behave as
+//! is reduced on the spot to its host and fingerprints, so neither the body
+//! nor the full rows are ever held. Requests, retries and errors behave as
 //! for every other Fleet request.
+//!
+//! Newer Fleets page the report when asked (`page`, `per_page`) and then
+//! answer with a `meta` object; pages are read until `has_next_results` is
+//! false, so a 100,000-host report never has to arrive within one
+//! `request_timeout`. A Fleet that does not page ignores the parameters and
+//! sends the whole report, without `meta`, in one answer.
+//!
+//! `columns.sha1` holds one fingerprint per row for a query that returns a
+//! row per certificate, or several, separated by commas or whitespace, for
+//! the recommended one-row-per-host query (`group_concat(sha1, ',')`).
 
 use std::io::Read;
 
@@ -15,15 +25,19 @@ use tokio::sync::mpsc;
 
 use super::{
     FleetClient, FleetError,
-    client::{Outcome, classify, retry_after, transport_error},
+    paths::Family,
+    request::{Attempt, error_in_body, refused, retry_after, transport_error},
 };
 use crate::fingerprint::Fingerprint;
 
 /// Chunks in flight between the body and the decoder (backpressure).
 const CHUNKS_IN_FLIGHT: usize = 8;
 
+/// Hard stop for paging against a server that always says there is more.
+const MAX_PAGES: u32 = 100_000;
+
 /// The certificate report reduced to what a sync uses.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct ReportFingerprints {
     /// True when the report hit Fleet's row cap; absent means false.
     #[serde(default)]
@@ -34,33 +48,91 @@ pub struct ReportFingerprints {
     /// Set when Fleet broke off part-way after sending 200.
     #[serde(default)]
     pub error: Option<serde_json::Value>,
+    /// Present when Fleet paged the answer.
+    #[serde(default)]
+    pub meta: Option<PageMeta>,
 }
 
-/// A report row: its host and its `columns.sha1`, `None` when missing or not
-/// a SHA-1 (the sync counts those as skipped).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// Fleet's paging hints on a report page.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+pub struct PageMeta {
+    /// More pages follow.
+    #[serde(default)]
+    pub has_next_results: bool,
+}
+
+/// A report row: its host and the fingerprints in its `columns.sha1`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct FingerprintRow {
     /// The host that sent the row.
     pub host_id: u64,
-    /// The certificate's fingerprint.
-    #[serde(default, rename = "columns", deserialize_with = "sha1_column")]
-    pub sha1: Option<Fingerprint>,
+    /// What `columns.sha1` held.
+    #[serde(
+        default = "Sha1Column::missing",
+        rename = "columns",
+        deserialize_with = "sha1_column"
+    )]
+    pub sha1: Sha1Column,
+}
+
+/// The fingerprints of one row's `columns.sha1`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sha1Column {
+    /// Every value that is a SHA-1, in order. Empty when the column is
+    /// empty or null: the host reported no certificate.
+    pub fingerprints: Vec<Fingerprint>,
+    /// The column was missing, or held a value that is not a SHA-1 (those
+    /// values are left out; the sync counts the row as skipped).
+    pub malformed: bool,
+}
+
+impl Sha1Column {
+    /// No `sha1` column at all: the query does not select it.
+    fn missing() -> Self {
+        Self {
+            fingerprints: Vec::new(),
+            malformed: true,
+        }
+    }
+
+    /// Splits `raw` on commas and whitespace and parses each value.
+    pub fn parse(raw: &str) -> Self {
+        let mut column = Self::default();
+        for value in raw
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|v| !v.is_empty())
+        {
+            match Fingerprint::parse(value) {
+                Ok(fp) if !column.fingerprints.contains(&fp) => column.fingerprints.push(fp),
+                Ok(_) => {}
+                Err(_) => column.malformed = true,
+            }
+        }
+        column
+    }
 }
 
 fn null_rows<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<FingerprintRow>, D::Error> {
     Ok(Option::<Vec<FingerprintRow>>::deserialize(d)?.unwrap_or_default())
 }
 
-fn sha1_column<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Fingerprint>, D::Error> {
+fn sha1_column<'de, D: Deserializer<'de>>(d: D) -> Result<Sha1Column, D::Error> {
+    /// Tells `"sha1": null` (present, empty) from no `sha1` key.
+    fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+        Option::<String>::deserialize(d).map(Some)
+    }
     #[derive(Deserialize)]
     struct Columns {
-        #[serde(default)]
-        sha1: Option<String>,
+        #[serde(default, deserialize_with = "present")]
+        sha1: Option<Option<String>>,
     }
-    let columns = Option::<Columns>::deserialize(d)?;
-    Ok(columns
-        .and_then(|c| c.sha1)
-        .and_then(|s| Fingerprint::parse(&s).ok()))
+    Ok(match Option::<Columns>::deserialize(d)? {
+        None | Some(Columns { sha1: None }) => Sha1Column::missing(),
+        Some(Columns { sha1: Some(None) }) => Sha1Column::default(),
+        Some(Columns {
+            sha1: Some(Some(raw)),
+        }) => Sha1Column::parse(&raw),
+    })
 }
 
 /// A `Read` over body chunks sent from the async side; `Err` in the channel
@@ -134,71 +206,80 @@ async fn decode_streaming(mut resp: reqwest::Response) -> (Streamed, usize) {
 }
 
 impl FleetClient {
-    /// The certificate report of saved query `query_id`, streamed and reduced
-    /// to fingerprints per host (see the module docs).
+    /// The certificate report of saved query `query_id`, page by page,
+    /// streamed and reduced to fingerprints per host (see the module docs).
     pub async fn query_report_fingerprints(
         &self,
         query_id: u64,
     ) -> Result<ReportFingerprints, FleetError> {
-        let endpoint = "query_report";
-        let url = format!("{}/api/v1/fleet/queries/{query_id}/report", self.base);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let sent = self.http.get(&url).timeout(self.timeout).send().await;
-            let (error, wait) = match sent {
-                Err(e) => {
-                    self.observe(endpoint, 0, 0);
-                    (transport_error(endpoint, &e), None)
-                }
-                Ok(resp) if resp.status().is_success() => {
-                    let status = resp.status().as_u16();
-                    match decode_streaming(resp).await {
-                        (Streamed::Done(report), bytes) => {
-                            self.observe(endpoint, status, bytes);
-                            match super::client::error_in_body(report.error.as_ref()) {
-                                None => return Ok(report),
-                                Some(message) => (FleetError::InBody { endpoint, message }, None),
-                            }
-                        }
-                        (Streamed::Decode(message), bytes) => {
-                            self.observe(endpoint, status, bytes);
-                            return Err(FleetError::Decode { endpoint, message });
-                        }
-                        (Streamed::Body(e), _) => {
-                            self.observe(endpoint, 0, 0);
-                            (transport_error(endpoint, &e), None)
-                        }
-                    }
-                }
-                Ok(resp) => {
-                    let status = resp.status();
-                    let wait = retry_after(&resp);
-                    let len = resp.bytes().await.map_or(0, |b| b.len());
-                    self.observe(endpoint, status.as_u16(), len);
-                    match classify(endpoint, status) {
-                        Outcome::Fatal(FleetError::Status { status: 404, .. }) => {
-                            return Err(FleetError::QueryNotFound(query_id));
-                        }
-                        Outcome::Fatal(e) => return Err(e),
-                        Outcome::RateLimited => (FleetError::RateLimited { endpoint }, wait),
-                        Outcome::Retry(e) => (e, None),
-                        Outcome::Done => (
-                            FleetError::Status {
-                                endpoint,
-                                status: status.as_u16(),
-                            },
-                            None,
-                        ),
-                    }
-                }
-            };
-            if attempt >= self.retry.max_attempts {
-                return Err(error);
+        let report = self
+            .renamed(Family::Queries, |segment| {
+                let url = format!("{}/api/v1/fleet/{segment}/{query_id}/report", self.base);
+                async move { self.report_pages(&url).await }
+            })
+            .await;
+        match report {
+            Err(FleetError::Status { status: 404, .. }) => Err(FleetError::QueryNotFound(query_id)),
+            other => other,
+        }
+    }
+
+    async fn report_pages(&self, url: &str) -> Result<ReportFingerprints, FleetError> {
+        let mut all = ReportFingerprints::default();
+        for page in 0..MAX_PAGES {
+            let query = [
+                ("order_key", "host_id".to_owned()),
+                ("per_page", self.page_size.to_string()),
+                ("page", page.to_string()),
+            ];
+            let part = self
+                .with_retries("query_report", || self.report_page(url, &query))
+                .await?;
+            all.report_clipped |= part.report_clipped;
+            all.results.extend(part.results);
+            if !part.meta.is_some_and(|m| m.has_next_results) {
+                return Ok(all);
             }
-            let delay = self.retry.delay(attempt, wait);
-            tracing::debug!(endpoint, attempt, ?delay, %error, "fleet request will be retried");
-            tokio::time::sleep(delay).await;
+        }
+        Err(FleetError::TooManyPages {
+            endpoint: "query_report",
+            pages: MAX_PAGES,
+        })
+    }
+
+    async fn report_page(
+        &self,
+        url: &str,
+        query: &[(&'static str, String)],
+    ) -> Attempt<ReportFingerprints> {
+        let endpoint = "query_report";
+        let resp = match self.send(endpoint, url, query).await {
+            Ok(resp) => resp,
+            Err(retry) => return retry,
+        };
+        let status = resp.status();
+        if !status.is_success() {
+            let wait = retry_after(&resp);
+            let len = resp.bytes().await.map_or(0, |b| b.len());
+            self.observe(endpoint, status.as_u16(), len);
+            return refused(endpoint, status, wait);
+        }
+        match decode_streaming(resp).await {
+            (Streamed::Done(report), bytes) => {
+                self.observe(endpoint, status.as_u16(), bytes);
+                match error_in_body(report.error.as_ref()) {
+                    None => Attempt::Done(Ok(report)),
+                    Some(message) => Attempt::Retry(FleetError::InBody { endpoint, message }, None),
+                }
+            }
+            (Streamed::Decode(message), bytes) => {
+                self.observe(endpoint, status.as_u16(), bytes);
+                Attempt::Done(Err(FleetError::Decode { endpoint, message }))
+            }
+            (Streamed::Body(e), _) => {
+                self.observe(endpoint, 0, 0);
+                Attempt::Retry(transport_error(endpoint, &e), None)
+            }
         }
     }
 }
@@ -207,27 +288,66 @@ impl FleetClient {
 mod tests {
     use super::*;
 
+    fn fp(hex: &str) -> Fingerprint {
+        Fingerprint::parse(hex).unwrap()
+    }
+
     #[test]
-    fn rows_reduce_to_fingerprints_and_bad_sha1_reads_as_none() {
+    fn rows_reduce_to_fingerprints_and_bad_values_are_flagged() {
         let json = r#"{"query_id": 42, "results": [
             {"host_id": 1, "host_name": "a", "columns": {"sha1": "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01", "ca": "0"}},
             {"host_id": 2, "columns": {"sha1": "not hex"}},
             {"host_id": 3, "columns": {}},
-            {"host_id": 4}
+            {"host_id": 4},
+            {"host_id": 5, "columns": {"sha1": ""}},
+            {"host_id": 6, "columns": {"sha1": null}}
         ]}"#;
         let r: ReportFingerprints = serde_json::from_reader(json.as_bytes()).unwrap();
         assert!(!r.report_clipped);
-        let fp = Fingerprint::parse("abcdef0123456789abcdef0123456789abcdef01").unwrap();
-        let rows: Vec<(u64, Option<Fingerprint>)> =
-            r.results.iter().map(|r| (r.host_id, r.sha1)).collect();
-        assert_eq!(rows, vec![(1, Some(fp)), (2, None), (3, None), (4, None)]);
+        assert!(r.meta.is_none());
+        let rows: Vec<(u64, usize, bool)> = r
+            .results
+            .iter()
+            .map(|r| (r.host_id, r.sha1.fingerprints.len(), r.sha1.malformed))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (1, 1, false),
+                (2, 0, true),
+                (3, 0, true),
+                (4, 0, true),
+                (5, 0, false),
+                (6, 0, false)
+            ]
+        );
+        assert_eq!(
+            r.results[0].sha1.fingerprints,
+            [fp("abcdef0123456789abcdef0123456789abcdef01")]
+        );
     }
 
     #[test]
-    fn null_results_and_clipped_flag_read() {
-        let r: ReportFingerprints =
-            serde_json::from_str(r#"{"report_clipped": true, "results": null}"#).unwrap();
+    fn one_row_per_host_splits_on_commas_and_whitespace_and_keeps_the_good_values() {
+        let a = "abcdef0123456789abcdef0123456789abcdef01";
+        let b = "0123456789ABCDEF0123456789ABCDEF01234567";
+        let c = "11:22:33:44:55:66:77:88:99:00:11:22:33:44:55:66:77:88:99:00";
+        let column = Sha1Column::parse(&format!("{a},{b}\n {c}\t,{a},"));
+        assert_eq!(column.fingerprints, [fp(a), fp(b), fp(c)]);
+        assert!(!column.malformed);
+        let column = Sha1Column::parse(&format!("{a}, nonsense ,{b}"));
+        assert_eq!(column.fingerprints, [fp(a), fp(b)]);
+        assert!(column.malformed);
+    }
+
+    #[test]
+    fn null_results_clipped_flag_and_paging_hints_read() {
+        let r: ReportFingerprints = serde_json::from_str(
+            r#"{"report_clipped": true, "results": null, "meta": {"has_next_results": true, "has_previous_results": false}}"#,
+        )
+        .unwrap();
         assert!(r.report_clipped);
         assert_eq!(r.results, Vec::new());
+        assert!(r.meta.unwrap().has_next_results);
     }
 }

@@ -63,6 +63,8 @@ struct RawHost {
     #[serde(default)]
     uuid: String,
     #[serde(default)]
+    hardware_serial: String,
+    #[serde(default)]
     display_name: String,
     #[serde(default)]
     team: Option<String>,
@@ -182,6 +184,7 @@ pub fn parse_posture_file(text: &str, json: bool, now: SystemTime) -> Result<Pos
         hosts.push(HostPosture {
             id: HostId(h.id),
             uuid: h.uuid,
+            hardware_serial: h.hardware_serial,
             display_name: h.display_name,
             team,
             platform: intern(&mut teams, h.platform),

@@ -148,6 +148,9 @@ impl PolicyResult {
 pub struct HostPosture {
     pub id: HostId,
     pub uuid: String,
+    /// Fleet's `hardware_serial`; `""` when unknown. Only fills
+    /// `remediation_url`'s `{hardware_serial}`.
+    pub hardware_serial: String,
     pub display_name: String,
     pub team: Option<Team>,
     /// Fleet's platform string: `darwin`, `windows`, `ubuntu`, `rhel`, `chrome`, …
@@ -169,6 +172,7 @@ impl HostPosture {
         Self {
             id: HostId(id),
             uuid: String::new(),
+            hardware_serial: String::new(),
             display_name: display_name.into(),
             team: None,
             platform: Arc::from(""),

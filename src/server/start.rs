@@ -360,6 +360,7 @@ fn spawn_http(tasks: &mut Tasks, listener: TcpListener, parts: &Parts, stop: &St
         store: Arc::clone(&parts.store),
         metrics: Arc::clone(&parts.metrics),
         source_status: source_status(parts.fleet.as_ref()),
+        degraded: degraded(parts.fleet.as_ref()),
         before_scrape: {
             let admin = parts.admin.clone();
             Arc::new(move || admin.update_grant_gauge(SystemTime::now()))
@@ -381,15 +382,20 @@ fn source_status(fleet: Option<&FleetSource>) -> Arc<dyn Fn() -> Option<String> 
         return Arc::new(|| None);
     };
     Arc::new(move || {
-        let status = handle.status();
-        status.last_error.map(|e| {
-            if status.clipped {
-                format!("fleet certificate report clipped, fingerprints are missing: {e}")
-            } else {
-                format!("fleet sync failed: {e}")
-            }
-        })
+        handle
+            .status()
+            .last_error
+            .map(|e| format!("fleet sync failed: {e}"))
     })
+}
+
+/// The `degraded:` lines `/readyz` adds (still ready): a clipped report,
+/// a held-back shrink.
+fn degraded(fleet: Option<&FleetSource>) -> Arc<dyn Fn() -> Vec<String> + Send + Sync> {
+    let Some(handle) = fleet.map(|f| f.handle.clone()) else {
+        return Arc::new(Vec::new);
+    };
+    Arc::new(move || handle.status().degraded())
 }
 
 /// Watches the policy and posture files.

@@ -83,6 +83,10 @@ pub struct Metrics {
     pub sync_duration: Histogram,
     pub syncs: Family<ResultLabels, Counter>,
     pub report_clipped: Counter,
+    /// 1 while the published posture came from a clipped certificate report.
+    pub fleet_report_clipped: Gauge,
+    /// Hosts in the published posture with no certificate fingerprint.
+    pub hosts_without_fingerprint: Gauge,
     pub policy_reloads: Family<ResultLabels, Counter>,
     pub posture_reloads: Family<ResultLabels, Counter>,
     pub rechecks: Family<ResultLabels, Counter>,
@@ -122,6 +126,8 @@ impl Metrics {
             sync_duration,
             syncs: Family::default(),
             report_clipped: Counter::default(),
+            fleet_report_clipped: Gauge::default(),
+            hosts_without_fingerprint: Gauge::default(),
             policy_reloads: Family::default(),
             posture_reloads: Family::default(),
             rechecks: Family::default(),
@@ -174,8 +180,18 @@ impl Metrics {
         registry.register("syncs", "Fleet sync cycles by result", m.syncs.clone());
         registry.register(
             "report_clipped",
-            "Sync cycles failed because the certificate query report was clipped",
+            "Published sync cycles whose certificate query report was clipped",
             m.report_clipped.clone(),
+        );
+        registry.register(
+            "fleet_report_clipped",
+            "1 while the published posture came from a clipped certificate query report",
+            m.fleet_report_clipped.clone(),
+        );
+        registry.register(
+            "hosts_without_fingerprint",
+            "Hosts in the published posture with no certificate fingerprint",
+            m.hosts_without_fingerprint.clone(),
         );
         registry.register(
             "policy_reloads",

@@ -6,12 +6,27 @@ use serde::Deserialize;
 
 use super::{Software, lenient_time, null_default};
 
-/// `GET /api/v1/fleet/teams`.
+/// `GET /api/v1/fleet/fleets` (formerly `/teams`). Fleet 4.82 names the
+/// list `fleets` and, for old clients, repeats it as `teams`.
 #[derive(Debug, Deserialize)]
 pub struct TeamsResponse {
     /// One page of teams.
     #[serde(default, deserialize_with = "null_default")]
     pub teams: Vec<TeamDto>,
+    /// The same page under its new name.
+    #[serde(default, deserialize_with = "null_default")]
+    pub fleets: Vec<TeamDto>,
+}
+
+impl TeamsResponse {
+    /// The page, under whichever name Fleet sent it.
+    pub fn into_teams(self) -> Vec<TeamDto> {
+        if self.teams.is_empty() {
+            self.fleets
+        } else {
+            self.teams
+        }
+    }
 }
 
 /// A team.

@@ -77,6 +77,9 @@ pub struct Host {
     /// `darwin`, `windows`, `ubuntu`, `rhel`, …
     #[serde(default, deserialize_with = "null_default")]
     pub platform: String,
+    /// The hardware serial number (`C02…` on a Mac); `""` when unknown.
+    #[serde(default, deserialize_with = "null_default")]
+    pub hardware_serial: String,
     /// Human OS version, `macOS 14.1.2`.
     #[serde(default, deserialize_with = "null_default")]
     pub os_version: String,

@@ -1,4 +1,4 @@
-//! Serde DTOs mirroring Fleet's JSON (see `shared/fleet-api/` for the real
+//! Serde DTOs mirroring Fleet's JSON (see `tests/fixtures/fleet-api/` for the real
 //! shapes). Only the fields we use, plus what parsing needs, are modelled, and
 //! unknown fields are ignored, because Fleet adds fields in every release.
 //!

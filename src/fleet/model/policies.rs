@@ -38,7 +38,46 @@ pub struct Policy {
     pub failing_host_count: Option<u64>,
 }
 
-// === query reports ===
+// === saved queries and their reports ===
+
+/// `GET /api/v1/fleet/reports/{id}` (formerly `/queries/{id}`). Fleet sends
+/// the query as `query`; 4.82 and later repeat it as `report`.
+#[derive(Debug, Deserialize)]
+pub struct QueryResponse {
+    /// The query, old name.
+    #[serde(default)]
+    pub query: Option<SavedQuery>,
+    /// The query, new name.
+    #[serde(default)]
+    pub report: Option<SavedQuery>,
+}
+
+impl QueryResponse {
+    /// The query, under whichever name Fleet sent it.
+    pub fn into_query(self) -> Option<SavedQuery> {
+        self.query.or(self.report)
+    }
+}
+
+/// A saved query's settings that decide what its report holds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SavedQuery {
+    /// Query id.
+    pub id: u64,
+    /// Name.
+    #[serde(default, deserialize_with = "null_default")]
+    pub name: String,
+    /// True: Fleet keeps no report (results only go to the log destination).
+    #[serde(default)]
+    pub discard_data: bool,
+    /// `snapshot`, `differential` or `differential_ignore_removals`; Fleet's
+    /// default, `snapshot`, when absent.
+    #[serde(default, deserialize_with = "null_default")]
+    pub logging: String,
+    /// Seconds between runs; 0 means not scheduled.
+    #[serde(default)]
+    pub interval: u64,
+}
 
 /// `GET /api/v1/fleet/queries/{id}/report`.
 #[derive(Debug, Deserialize)]
