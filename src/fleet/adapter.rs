@@ -91,6 +91,27 @@ pub struct FleetSource {
     pub refresh: Option<Arc<dyn Refresh>>,
 }
 
+impl FleetSource {
+    /// What `/readyz` says about the source while it cannot publish: the
+    /// last Fleet error.
+    pub fn readiness_problem(&self) -> Arc<dyn Fn() -> Option<String> + Send + Sync> {
+        let handle = self.handle.clone();
+        Arc::new(move || {
+            handle
+                .status()
+                .last_error
+                .map(|e| format!("fleet sync failed: {e}"))
+        })
+    }
+
+    /// The `degraded:` lines `/readyz` adds while still ready: a clipped
+    /// report, a held-back shrink.
+    pub fn degraded_lines(&self) -> Arc<dyn Fn() -> Vec<String> + Send + Sync> {
+        let handle = self.handle.clone();
+        Arc::new(move || handle.status().degraded())
+    }
+}
+
 /// Builds the client, the poller (with snapshot writing when `snapshot` is
 /// set) and, when enabled, the recheck.
 pub fn build(

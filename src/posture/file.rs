@@ -112,6 +112,29 @@ pub fn load_posture_file(path: &Path, now: SystemTime) -> Result<PostureFile, Po
     })
 }
 
+/// `last_seen` (RFC 3339) or `last_seen_ago` (a duration before `now`);
+/// an error names the key at fault.
+fn last_seen(
+    at: Option<&str>,
+    ago: Option<&str>,
+    now: SystemTime,
+) -> Result<Option<SystemTime>, (&'static str, String)> {
+    match (at, ago) {
+        (Some(_), Some(_)) => Err((
+            "last_seen",
+            "give last_seen or last_seen_ago, not both".into(),
+        )),
+        (Some(t), None) => humantime::parse_rfc3339_weak(t)
+            .map(Some)
+            .map_err(|e| ("last_seen", format!("not an RFC 3339 time: {e}"))),
+        (None, Some(ago)) => {
+            let d = parse_duration(ago).map_err(|e| ("last_seen_ago", e))?;
+            Ok(Some(now.checked_sub(d).unwrap_or(now - Duration::ZERO)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// Parses posture file text (JSON when `json`, else YAML).
 pub fn parse_posture_file(text: &str, json: bool, now: SystemTime) -> Result<PostureFile, String> {
     let raw: RawFile = if json {
@@ -137,23 +160,8 @@ pub fn parse_posture_file(text: &str, json: bool, now: SystemTime) -> Result<Pos
         if !seen_ids.insert(h.id) {
             return Err(format!("hosts: host id {} is listed twice", h.id));
         }
-        let last_seen = match (&h.last_seen, &h.last_seen_ago) {
-            (Some(_), Some(_)) => {
-                return Err(format!(
-                    "{}: give last_seen or last_seen_ago, not both",
-                    at("last_seen")
-                ));
-            }
-            (Some(t), None) => Some(
-                humantime::parse_rfc3339_weak(t)
-                    .map_err(|e| format!("{}: not an RFC 3339 time: {e}", at("last_seen")))?,
-            ),
-            (None, Some(ago)) => {
-                let d = parse_duration(ago).map_err(|e| format!("{}: {e}", at("last_seen_ago")))?;
-                Some(now.checked_sub(d).unwrap_or(now - Duration::ZERO))
-            }
-            (None, None) => None,
-        };
+        let last_seen = last_seen(h.last_seen.as_deref(), h.last_seen_ago.as_deref(), now)
+            .map_err(|(key, problem)| format!("{}: {problem}", at(key)))?;
         let mut policies = Vec::with_capacity(h.policies.len());
         for (id, response) in h.policies {
             let meta = catalogue.get(&id).cloned().ok_or_else(|| {

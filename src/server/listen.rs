@@ -44,7 +44,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming, UdsConnec
 use crate::telemetry::metrics::{LimitLabels, Metrics};
 
 /// gRPC connections served at once.
-pub const MAX_GRPC_CONNECTIONS: usize = 1024;
+pub const MAX_GRPC_CONNECTIONS: usize = 512;
 /// First and longest wait after an accept error.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
 /// At most one warning per this long for the same bound.

@@ -38,7 +38,7 @@ use crate::{
 };
 
 /// HTTP/2 streams one gRPC connection may have open.
-pub const GRPC_MAX_STREAMS: u32 = 256;
+pub const GRPC_MAX_STREAMS: u32 = 1024;
 /// Largest header block of a gRPC request.
 pub const GRPC_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
@@ -359,8 +359,14 @@ fn spawn_http(tasks: &mut Tasks, listener: TcpListener, parts: &Parts, stop: &St
     let http_state = HttpState {
         store: Arc::clone(&parts.store),
         metrics: Arc::clone(&parts.metrics),
-        source_status: source_status(parts.fleet.as_ref()),
-        degraded: degraded(parts.fleet.as_ref()),
+        source_status: match &parts.fleet {
+            Some(fleet) => fleet.readiness_problem(),
+            None => Arc::new(|| None),
+        },
+        degraded: match &parts.fleet {
+            Some(fleet) => fleet.degraded_lines(),
+            None => Arc::new(Vec::new),
+        },
         before_scrape: {
             let admin = parts.admin.clone();
             Arc::new(move || admin.update_grant_gauge(SystemTime::now()))
@@ -374,28 +380,6 @@ fn spawn_http(tasks: &mut Tasks, listener: TcpListener, parts: &Parts, stop: &St
             .await
             .context("http server failed")
     });
-}
-
-/// What `/readyz` adds about the posture source: the last Fleet error.
-fn source_status(fleet: Option<&FleetSource>) -> Arc<dyn Fn() -> Option<String> + Send + Sync> {
-    let Some(handle) = fleet.map(|f| f.handle.clone()) else {
-        return Arc::new(|| None);
-    };
-    Arc::new(move || {
-        handle
-            .status()
-            .last_error
-            .map(|e| format!("fleet sync failed: {e}"))
-    })
-}
-
-/// The `degraded:` lines `/readyz` adds (still ready): a clipped report,
-/// a held-back shrink.
-fn degraded(fleet: Option<&FleetSource>) -> Arc<dyn Fn() -> Vec<String> + Send + Sync> {
-    let Some(handle) = fleet.map(|f| f.handle.clone()) else {
-        return Arc::new(Vec::new);
-    };
-    Arc::new(move || handle.status().degraded())
 }
 
 /// Watches the policy and posture files.

@@ -136,85 +136,104 @@ impl Metrics {
             otel: crate::telemetry::OtelInstruments::default(),
             registry: Registry::default(),
         };
+        m.register_check(&mut registry);
+        m.register_posture(&mut registry);
+        m.register_fleet(&mut registry);
+        Self { registry, ..m }
+    }
+
+    /// Decisions, their latency, grants and bounds.
+    fn register_check(&self, registry: &mut Registry) {
         registry.register(
             "decisions",
             "Check decisions by decision, first reason kind and route",
-            m.decisions.clone(),
+            self.decisions.clone(),
         );
         registry.register(
             "decision_reasons",
             "Reason kinds given, by route",
-            m.reasons.clone(),
+            self.reasons.clone(),
         );
         registry.register(
             "check_duration_seconds",
             "Time to answer a Check",
-            m.check_duration.clone(),
+            self.check_duration.clone(),
         );
-        registry.register("hosts", "Hosts held in memory", m.hosts.clone());
-        registry.register(
-            "fingerprints",
-            "Certificate fingerprints held in memory",
-            m.fingerprints.clone(),
-        );
-        registry.register(
-            "posture_age_seconds",
-            "Seconds since the last good posture sync",
-            m.posture_age_seconds.clone(),
-        );
-        registry.register(
-            "fleet_requests",
-            "Fleet API requests by endpoint and status",
-            m.fleet_requests.clone(),
-        );
-        registry.register(
-            "fleet_received_bytes",
-            "Fleet API response body bytes, counted after gzip is inflated",
-            m.fleet_bytes.clone(),
-        );
-        registry.register(
-            "sync_duration_seconds",
-            "Duration of Fleet sync cycles",
-            m.sync_duration.clone(),
-        );
-        registry.register("syncs", "Fleet sync cycles by result", m.syncs.clone());
-        registry.register(
-            "report_clipped",
-            "Published sync cycles whose certificate query report was clipped",
-            m.report_clipped.clone(),
-        );
-        registry.register(
-            "fleet_report_clipped",
-            "1 while the published posture came from a clipped certificate query report",
-            m.fleet_report_clipped.clone(),
-        );
-        registry.register(
-            "hosts_without_fingerprint",
-            "Hosts in the published posture with no certificate fingerprint",
-            m.hosts_without_fingerprint.clone(),
-        );
-        registry.register(
-            "policy_reloads",
-            "Policy file reloads by result",
-            m.policy_reloads.clone(),
-        );
-        registry.register(
-            "posture_file_reloads",
-            "Posture file reloads by result",
-            m.posture_reloads.clone(),
-        );
-        registry.register("rechecks", "Live rechecks by outcome", m.rechecks.clone());
         registry.register(
             "break_glass_grants_active",
             "Break-glass grants in force",
-            m.break_glass_active.clone(),
+            self.break_glass_active.clone(),
         );
         registry.register(
             "limits_hit",
             "Inputs refused or slowed by a bound, by bound",
-            m.limits_hit.clone(),
+            self.limits_hit.clone(),
         );
-        Self { registry, ..m }
+    }
+
+    /// The posture held, its age, reloads and rechecks.
+    fn register_posture(&self, registry: &mut Registry) {
+        registry.register("hosts", "Hosts held in memory", self.hosts.clone());
+        registry.register(
+            "fingerprints",
+            "Certificate fingerprints held in memory",
+            self.fingerprints.clone(),
+        );
+        registry.register(
+            "posture_age_seconds",
+            "Seconds since the last good posture sync",
+            self.posture_age_seconds.clone(),
+        );
+        registry.register(
+            "policy_reloads",
+            "Policy file reloads by result",
+            self.policy_reloads.clone(),
+        );
+        registry.register(
+            "posture_file_reloads",
+            "Posture file reloads by result",
+            self.posture_reloads.clone(),
+        );
+        registry.register(
+            "rechecks",
+            "Live rechecks by outcome",
+            self.rechecks.clone(),
+        );
+    }
+
+    /// The Fleet sync: requests, bytes, cycles, the certificate report.
+    fn register_fleet(&self, registry: &mut Registry) {
+        registry.register(
+            "fleet_requests",
+            "Fleet API requests by endpoint and status",
+            self.fleet_requests.clone(),
+        );
+        registry.register(
+            "fleet_received_bytes",
+            "Fleet API response body bytes, counted after gzip is inflated",
+            self.fleet_bytes.clone(),
+        );
+        registry.register(
+            "sync_duration_seconds",
+            "Duration of Fleet sync cycles",
+            self.sync_duration.clone(),
+        );
+        registry.register("syncs", "Fleet sync cycles by result", self.syncs.clone());
+        registry.register(
+            "report_clipped",
+            "Published sync cycles whose certificate query report was clipped",
+            self.report_clipped.clone(),
+        );
+        registry.register(
+            "fleet_report_clipped",
+            "1 while the published posture came from a clipped certificate query report",
+            self.fleet_report_clipped.clone(),
+        );
+        registry.register(
+            "hosts_without_fingerprint",
+            "Hosts in the published posture with no certificate fingerprint",
+            self.hosts_without_fingerprint.clone(),
+        );
     }
 
     /// Prometheus text exposition.
