@@ -101,8 +101,8 @@ impl<'a> CheckFacts<'a> {
             attrs
                 .and_then(|a| a.source.as_ref())
                 .map_or(&[], |s| s.certificate.as_bytes()),
-            http.map_or([&[][..], &[], &[]], |h| {
-                [h.host.as_bytes(), h.path.as_bytes(), h.id.as_bytes()]
+            http.map_or([const { Cow::Borrowed("") }; 3], |h| {
+                [h.host.as_str(), h.path.as_str(), h.id.as_str()].map(Cow::Borrowed)
             }),
         )
     }
@@ -119,7 +119,9 @@ impl<'a> CheckFacts<'a> {
             attrs
                 .and_then(|a| a.source.as_ref())
                 .map_or(&[], |s| &s.certificate[..]),
-            http.map_or([&[][..], &[], &[]], |h| [&h.host, &h.path, &h.id]),
+            http.map_or([const { Cow::Borrowed("") }; 3], |h| {
+                [&h.host, &h.path, &h.id].map(|b| wire::text(b))
+            }),
         )
     }
 
@@ -129,22 +131,21 @@ impl<'a> CheckFacts<'a> {
         headers: HeaderView<'a>,
         context: &'a HashMap<String, String>,
         peer_certificate: &'a [u8],
-        [host, path, id]: [&'a [u8]; 3],
+        [host, path, id]: [Cow<'a, str>; 3],
     ) -> Self {
-        let or_header = |value: &'a [u8], name: &str| {
-            let value = if value.is_empty() {
-                headers.get_bytes(name).unwrap_or_default()
+        let or_header = |value: Cow<'a, str>, name: &str| {
+            if value.is_empty() {
+                wire::text(headers.get_bytes(name).unwrap_or_default())
             } else {
                 value
-            };
-            wire::text(value)
+            }
         };
         Self {
             headers,
             context,
             peer_certificate,
             authority: or_header(host, ":authority"),
-            path: wire::text(path),
+            path,
             request_id: or_header(id, "x-request-id"),
         }
     }

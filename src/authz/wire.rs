@@ -82,7 +82,11 @@ pub struct Header {
 
 /// `bytes` as text, invalid UTF-8 replaced by U+FFFD (no copy when valid).
 pub fn text(bytes: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(bytes)
+    // `from_utf8` is the fast check; the lossy walk only for the rare rest.
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// The header list of a lean request. Later entries win, as in a map.
