@@ -165,6 +165,13 @@ pub const MAX_IDENTITY_HEADER_BYTES: usize = 256;
 /// whitespace trimmed, cut to [`MAX_IDENTITY_HEADER_BYTES`] on a character
 /// boundary.
 pub fn header_safe(value: &str) -> String {
+    // Nearly every name is fine as it is: one scan, one copy.
+    let clean = value.len() <= MAX_IDENTITY_HEADER_BYTES
+        && !value.chars().any(char::is_control)
+        && value.trim().len() == value.len();
+    if clean {
+        return value.to_owned();
+    }
     let mut out: String = value.chars().filter(|c| !c.is_control()).collect();
     let trimmed = out.trim();
     if trimmed.len() != out.len() {
