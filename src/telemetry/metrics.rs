@@ -80,6 +80,10 @@ pub struct Metrics {
     pub posture_reloads: Family<ResultLabels, Counter>,
     pub rechecks: Family<ResultLabels, Counter>,
     pub break_glass_active: Gauge,
+    /// Self-service bypass requests by result (`granted`, or why refused).
+    pub bypass_requests: Family<ResultLabels, Counter>,
+    /// Self-service bypasses in force.
+    pub bypass_active: Gauge,
     /// The decision counter and latency mirrored over OTLP (no-ops unless
     /// telemetry installed a meter provider before this was created).
     pub otel: crate::telemetry::OtelInstruments,
@@ -117,6 +121,8 @@ impl Metrics {
             posture_reloads: Family::default(),
             rechecks: Family::default(),
             break_glass_active: Gauge::default(),
+            bypass_requests: Family::default(),
+            bypass_active: Gauge::default(),
             otel: crate::telemetry::OtelInstruments::default(),
             registry: Registry::default(),
         };
@@ -182,6 +188,16 @@ impl Metrics {
             "break_glass_grants_active",
             "Break-glass grants in force",
             m.break_glass_active.clone(),
+        );
+        registry.register(
+            "bypass_requests",
+            "Self-service bypass requests by result",
+            m.bypass_requests.clone(),
+        );
+        registry.register(
+            "bypass_grants_active",
+            "Self-service bypasses in force",
+            m.bypass_active.clone(),
         );
         Self { registry, ..m }
     }

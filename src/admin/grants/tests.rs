@@ -14,6 +14,7 @@ fn request(subject: GrantSubject, secs: u64) -> GrantRequest {
         reason: "incident 42".to_owned(),
         granted_by: "admin".to_owned(),
         duration: Duration::from_secs(secs),
+        bypass_route: None,
     }
 }
 
