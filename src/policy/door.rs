@@ -157,3 +157,79 @@ pub(super) fn deny_page(raw: Option<&RawDenyPage>) -> Result<DenyPage, (String, 
         support_url,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{PolicyFailure, parse_policy};
+    use super::*;
+
+    fn policy(text: &str) -> crate::policy::Policy {
+        parse_policy(text, "p.yaml".as_ref()).unwrap()
+    }
+
+    #[test]
+    fn bypass_inherits_key_by_key_and_max_per_day_zero_turns_it_off() {
+        let p = policy(
+            "version: 1\ndefaults: {bypass: {duration: 1h, max_per_day: 3}}\nroutes:\n\
+  - {name: short, match: {path_prefix: /s}, bypass: {duration: 10m}}\n\
+  - {name: off, match: {path_prefix: /o}, bypass: {max_per_day: 0}}\n\
+  - {name: same, match: {path_prefix: /x}}\n",
+        );
+        let rule = |name: &str| p.route_named(name).unwrap().bypass;
+        let hour = Duration::from_secs(3600);
+        assert_eq!(rule("default"), Some(BypassRule { duration: hour, max_per_day: 3 }));
+        assert_eq!(
+            rule("short"),
+            Some(BypassRule { duration: Duration::from_secs(600), max_per_day: 3 })
+        );
+        assert_eq!(rule("off"), None);
+        assert_eq!(rule("same"), rule("default"));
+    }
+
+    #[test]
+    fn only_failing_non_critical_policies_are_bypassable() {
+        let failure = |critical| PolicyFailure {
+            policy_id: 1,
+            name: "p".into(),
+            critical,
+            resolution: None,
+        };
+        let decision = |reasons: Vec<Reason>| Decision {
+            route: "r".into(),
+            mode: crate::policy::Mode::Enforce,
+            allowed: false,
+            reasons,
+            deny_status: 403,
+            warnings: Vec::new(),
+        };
+        assert!(decision(vec![Reason::FailingAnyPolicy(failure(false))]).only_minor_failures());
+        assert!(decision(vec![Reason::FailingPolicy(failure(false))]).only_minor_failures());
+        for never in [
+            vec![Reason::FailingPolicy(failure(true))],
+            vec![Reason::FailingCriticalPolicy(failure(true))],
+            vec![
+                Reason::FailingAnyPolicy(failure(false)),
+                Reason::Vulnerability { cve: "CVE-2024-3094".into() },
+            ],
+            vec![Reason::UnknownDevice],
+            vec![Reason::StalePosture { age: Duration::ZERO, limit: Duration::ZERO }],
+            vec![],
+        ] {
+            assert!(!decision(never.clone()).only_minor_failures(), "{never:?}");
+        }
+    }
+
+    #[test]
+    fn warnings_read_as_the_header_says() {
+        let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let warnings = [
+            Warning { policy_id: 34, deadline: at(1_800_000_000) },
+            Warning { policy_id: 7, deadline: at(1_800_003_600) },
+        ];
+        assert_eq!(
+            warning_header(&warnings).as_deref(),
+            Some("34;deadline=2027-01-15T08:00:00Z,7;deadline=2027-01-15T09:00:00Z")
+        );
+        assert_eq!(warning_header(&[]), None);
+    }
+}

@@ -47,6 +47,9 @@ pub struct EnvoyOptions {
     /// `include_peer_certificate` of the ext_authz filter. `false` mimics
     /// Istio, which sends the certificate only in `x-forwarded-client-cert`.
     pub include_peer_certificate: bool,
+    /// fleet-authz's HTTP listener (the `fleet_authz_http` cluster, which
+    /// serves `/.fleet-authz/`); left as shipped when `None`.
+    pub http: Option<SocketAddr>,
 }
 
 impl EnvoyOptions {
@@ -56,6 +59,7 @@ impl EnvoyOptions {
             authz: GrpcListen::Tcp(authz),
             app,
             include_peer_certificate: true,
+            http: None,
         }
     }
 }
@@ -282,6 +286,9 @@ pub fn derive_config(root: &Value, certs: &Path, options: &EnvoyOptions) -> Valu
     );
     set_cluster_endpoint(&mut config, "fleet_authz", &options.authz);
     set_cluster_endpoint(&mut config, "app", &GrpcListen::Tcp(options.app));
+    if let Some(http) = options.http {
+        set_cluster_endpoint(&mut config, "fleet_authz_http", &GrpcListen::Tcp(http));
+    }
     if !options.include_peer_certificate {
         ext_authz_filter(&mut config)["typed_config"]["include_peer_certificate"] = json!(false);
     }
@@ -362,7 +369,8 @@ pub fn envoy_bin() -> &'static Path {
     })
 }
 
-fn target_dir() -> PathBuf {
+/// `CARGO_TARGET_DIR`, else `target/` in the repository.
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))

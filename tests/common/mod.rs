@@ -7,6 +7,7 @@
     clippy::result_large_err
 )]
 
+pub mod browser;
 pub mod certs;
 pub mod echo;
 pub mod envoy;
