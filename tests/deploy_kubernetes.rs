@@ -343,7 +343,10 @@ fn istio_resources_match_istio_api_and_each_other() {
     let [route] = bypass.spec.http.as_slice() else {
         panic!("virtualservice.yaml: expected one route");
     };
-    let prefix = route.matches[0].uri.as_ref().and_then(|u| u.prefix.as_deref());
+    let prefix = route.matches[0]
+        .uri
+        .as_ref()
+        .and_then(|u| u.prefix.as_deref());
     assert_eq!(prefix, Some("/.fleet-authz/"));
     let destination = &route.route[0].destination;
     assert_eq!(destination.host, service_host);
@@ -351,7 +354,10 @@ fn istio_resources_match_istio_api_and_each_other() {
         .and_then(Value::as_sequence)
         .and_then(|ports| ports.iter().find(|p| p["name"].as_str() == Some("http")))
         .and_then(|p| p["port"].as_u64());
-    assert_eq!(destination.port.as_ref().map(|p| u64::from(p.number)), http_port);
+    assert_eq!(
+        destination.port.as_ref().map(|p| u64::from(p.number)),
+        http_port
+    );
     let not_paths: Vec<String> = policy
         .spec
         .rules
@@ -359,7 +365,11 @@ fn istio_resources_match_istio_api_and_each_other() {
         .flat_map(|r| r.to.iter().flatten())
         .flat_map(|t| t.operation.not_paths.clone().unwrap_or_default())
         .collect();
-    assert_eq!(not_paths, ["/.fleet-authz/*"], "ext_authz must skip the bypass form");
+    assert_eq!(
+        not_paths,
+        ["/.fleet-authz/*"],
+        "ext_authz must skip the bypass form"
+    );
 
     let rendered: Vec<String> = kube::render_objects(&dir).iter().map(kube::id).collect();
     assert_eq!(

@@ -46,7 +46,8 @@ use tempfile::TempDir;
 const SCREEN_LOCK: &str = "Screen lock after 5 minutes";
 const SCREEN_LOCK_FIX: &str = "Lock the screen when idle:\n1. Open System Settings > Lock Screen.\n2. Set \"Require password after screen saver begins\" to 5 minutes or less.\n3. Close System Settings.";
 const UPDATES: &str = "macOS updates installed";
-const UPDATES_FIX: &str = "Install pending updates from System Settings > General > Software Update, then restart.";
+const UPDATES_FIX: &str =
+    "Install pending updates from System Settings > General > Software Update, then restart.";
 const DEVICE: &str = "Cleo's MacBook <Pro>";
 
 /// fleet-authz and the server that shows its deny page to the browser.
@@ -94,15 +95,30 @@ impl Page {
 /// Sends the Check Envoy would send for this request (route `payroll`, as
 /// Envoy's context_extensions say) and answers what fleet-authz said.
 async fn relay_page(State(relay): State<Relay>, uri: Uri) -> Response {
+    // The browser asks for a favicon on its own: not a page load.
+    if uri.path() == "/favicon.ico" {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     let n = relay.loads.fetch_add(1, Ordering::SeqCst) + 1;
     let context = [("app".to_owned(), "payroll".to_owned())];
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let mut request = build_check_request(&relay.pem, &context, "payroll.example.com", path, false);
     let headers = request_headers(&mut request);
-    headers.insert("accept".into(), "text/html,application/xhtml+xml,*/*;q=0.8".into());
-    let http = request.attributes.as_mut().unwrap().request.as_mut().unwrap();
+    headers.insert(
+        "accept".into(),
+        "text/html,application/xhtml+xml,*/*;q=0.8".into(),
+    );
+    let http = request
+        .attributes
+        .as_mut()
+        .unwrap()
+        .request
+        .as_mut()
+        .unwrap();
     http.http.as_mut().unwrap().id = format!("page-load-{n}");
-    let mut client = AuthorizationClient::connect(relay.grpc.clone()).await.unwrap();
+    let mut client = AuthorizationClient::connect(relay.grpc.clone())
+        .await
+        .unwrap();
     let answer = client.check(request).await.unwrap().into_inner();
     let Some(HttpResponse::DeniedResponse(denied)) = answer.http_response else {
         return (StatusCode::OK, "allowed").into_response();
@@ -126,16 +142,18 @@ async fn start_fleet_authz(dir: &TempDir, sha1: &str) -> RunningServer {
 hosts:\n\
   - {{id: 3, display_name: {DEVICE:?}, last_seen_ago: 7m, policies: {{34: fail, 56: fail}}, fingerprints: [{sha1}]}}\n"
     );
-    let policy = "version: 1\n\
-defaults:\n\
-  deny: {failing_critical_policy: true}\n\
-  deny_page: {support_text: \"IT help desk, ext. 4242\", support_url: \"https://help.example.com/device\"}\n\
-routes:\n\
-  - name: payroll\n\
-    title: Payroll\n\
-    match: {context: {app: payroll}}\n\
-    deny: {failing_any_policy: true}\n\
-    bypass: {duration: 1h, max_per_day: 2}\n";
+    let policy = r#"
+version: 1
+defaults:
+  deny: {failing_critical_policy: true}
+  deny_page: {support_text: "IT help desk, ext. 4242", support_url: "https://help.example.com/device"}
+routes:
+  - name: payroll
+    title: Payroll
+    match: {context: {app: payroll}}
+    deny: {failing_any_policy: true}
+    bypass: {duration: 1h, max_per_day: 2}
+"#;
     std::fs::write(dir.path().join("posture.yaml"), posture).unwrap();
     std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
     let config = format!(
@@ -154,7 +172,13 @@ fn screenshot_path(name: &str) -> std::path::PathBuf {
 }
 
 async fn text(client: &Client, css: &str) -> String {
-    client.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// Texts of every element matching `css` that the browser displays.
@@ -181,12 +205,18 @@ async fn every_failing_check_and_its_fix_are_shown_and_try_again_reloads() {
     let page = Page::start().await;
     let driver = Chromedriver::start();
     let client = driver.session(&[], None).await;
-    client.goto(&format!("{}/payroll/q3", page.url)).await.unwrap();
+    client
+        .goto(&format!("{}/payroll/q3", page.url))
+        .await
+        .unwrap();
 
     assert_eq!(client.title().await.unwrap(), "Access to Payroll blocked");
     assert_eq!(text(&client, "#device").await, DEVICE);
     assert_eq!(text(&client, "#last-seen").await, "7 minutes ago");
-    assert_eq!(visible_texts(&client, ".check h3").await, [SCREEN_LOCK, UPDATES]);
+    assert_eq!(
+        visible_texts(&client, ".check h3").await,
+        [SCREEN_LOCK, UPDATES]
+    );
     // Fleet's numbered steps are a list, its other lines paragraphs.
     assert_eq!(
         visible_texts(&client, ".check:nth-child(1) .fix ol li").await,
@@ -196,22 +226,48 @@ async fn every_failing_check_and_its_fix_are_shown_and_try_again_reloads() {
             "Close System Settings.",
         ]
     );
-    assert_eq!(visible_texts(&client, ".check:nth-child(1) .fix p").await, ["Lock the screen when idle:"]);
-    assert_eq!(visible_texts(&client, ".check:nth-child(2) .fix p").await, [UPDATES_FIX]);
+    assert_eq!(
+        visible_texts(&client, ".check:nth-child(1) .fix p").await,
+        ["Lock the screen when idle:"]
+    );
+    assert_eq!(
+        visible_texts(&client, ".check:nth-child(2) .fix p").await,
+        [UPDATES_FIX]
+    );
     let steps = visible_texts(&client, ".steps li").await;
-    assert!(steps[0].contains("Fleet Desktop") && steps[0].contains("My device"), "{steps:?}");
+    assert!(
+        steps[0].contains("Fleet Desktop") && steps[0].contains("My device"),
+        "{steps:?}"
+    );
     assert!(steps[2].contains("Refetch"), "{steps:?}");
-    assert!(text(&client, "form button").await.starts_with("Continue for 1 hour"));
-    assert!(text(&client, "#support").await.contains("IT help desk, ext. 4242"));
+    assert!(
+        text(&client, "form button")
+            .await
+            .starts_with("Continue for 1 hour")
+    );
+    assert!(
+        text(&client, "#support")
+            .await
+            .contains("IT help desk, ext. 4242")
+    );
     assert_eq!(text(&client, "#request-id").await, "page-load-1");
     let png = client.screenshot().await.unwrap();
     std::fs::write(screenshot_path("deny-page-1280.png"), png).unwrap();
 
     // "Try again" loads the page again: a new Check, a new request id.
-    client.find(Locator::Id("try-again")).await.unwrap().click().await.unwrap();
+    client
+        .find(Locator::Id("try-again"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while text(&client, "#request-id").await != "page-load-2" {
-        assert!(Instant::now() < deadline, "Try again did not reload the page");
+        assert!(
+            Instant::now() < deadline,
+            "Try again did not reload the page"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(page.loads.load(Ordering::SeqCst), 2);
@@ -234,8 +290,14 @@ async fn the_page_fits_320_px_and_axe_finds_no_serious_fault_light_or_dark() {
         .await
         .unwrap();
     assert_eq!(widths[0], 320, "{widths}");
-    assert!(widths[1].as_u64() <= Some(320) && widths[2].as_u64() <= Some(320), "horizontal scroll at 320 px: {widths}");
-    assert_eq!(visible_texts(&narrow, ".check h3").await, [SCREEN_LOCK, UPDATES]);
+    assert!(
+        widths[1].as_u64() <= Some(320) && widths[2].as_u64() <= Some(320),
+        "horizontal scroll at 320 px: {widths}"
+    );
+    assert_eq!(
+        visible_texts(&narrow, ".check h3").await,
+        [SCREEN_LOCK, UPDATES]
+    );
     let png = narrow.screenshot().await.unwrap();
     std::fs::write(screenshot_path("deny-page-320.png"), png).unwrap();
     assert_eq!(serious_violations(&narrow).await, Vec::<Value>::new());
@@ -245,11 +307,18 @@ async fn the_page_fits_320_px_and_axe_finds_no_serious_fault_light_or_dark() {
         let client = driver.session(args, None).await;
         client.goto(&url).await.unwrap();
         let dark = client
-            .execute("return matchMedia('(prefers-color-scheme: dark)').matches;", vec![])
+            .execute(
+                "return matchMedia('(prefers-color-scheme: dark)').matches;",
+                vec![],
+            )
             .await
             .unwrap();
         assert_eq!(dark, Value::Bool(scheme == "dark"));
-        assert_eq!(serious_violations(&client).await, Vec::<Value>::new(), "{scheme}");
+        assert_eq!(
+            serious_violations(&client).await,
+            Vec::<Value>::new(),
+            "{scheme}"
+        );
         if scheme == "dark" {
             let png = client.screenshot().await.unwrap();
             std::fs::write(screenshot_path("deny-page-1280-dark.png"), png).unwrap();

@@ -230,7 +230,13 @@ fn demo_policy_and_routes_load() {
     let payroll = policy.route_named("payroll").unwrap();
     assert_eq!(payroll.title.as_deref(), Some("Payroll"));
     let bypass = payroll.bypass.unwrap();
-    assert_eq!((bypass.duration, bypass.max_per_day), (Duration::from_secs(3600), 2));
+    assert_eq!(
+        (bypass.duration, bypass.max_per_day),
+        (Duration::from_secs(3600), 2)
+    );
     assert_eq!(policy.default.bypass, None, "only payroll offers one");
-    assert_eq!(policy.deny_page.support_text.as_deref(), Some("IT help desk"));
+    assert_eq!(
+        policy.deny_page.support_text.as_deref(),
+        Some("IT help desk")
+    );
 }

@@ -64,6 +64,7 @@ main{max-width:42rem;margin:0 auto;padding:1.5rem 1rem 2rem;overflow-wrap:anywhe
 h1{font-size:1.6rem;line-height:1.25;margin:0 0 .5rem}h2{font-size:1.15rem;margin:1.75rem 0 .5rem}\
 h3{font-size:1rem;margin:0 0 .25rem}a{color:var(--accent)}\
 .facts{display:grid;grid-template-columns:auto 1fr;gap:.25rem 1rem;margin:1rem 0}.facts dt{color:var(--muted)}.facts dd{margin:0}\
+@media (max-width:30rem){.facts{grid-template-columns:1fr;gap:0}.facts dd{margin-bottom:.5rem}}\
 .checks{list-style:none;padding:0;margin:0}\
 .check{background:var(--card);border:1px solid var(--line);border-radius:.5rem;padding:.75rem 1rem;margin:.5rem 0}\
 .check p,.check ol,.check ul{margin:.25rem 0}.badge{display:inline-block;font-size:.8rem;font-weight:600;\

@@ -177,10 +177,19 @@ mod tests {
         );
         let rule = |name: &str| p.route_named(name).unwrap().bypass;
         let hour = Duration::from_secs(3600);
-        assert_eq!(rule("default"), Some(BypassRule { duration: hour, max_per_day: 3 }));
+        assert_eq!(
+            rule("default"),
+            Some(BypassRule {
+                duration: hour,
+                max_per_day: 3
+            })
+        );
         assert_eq!(
             rule("short"),
-            Some(BypassRule { duration: Duration::from_secs(600), max_per_day: 3 })
+            Some(BypassRule {
+                duration: Duration::from_secs(600),
+                max_per_day: 3
+            })
         );
         assert_eq!(rule("off"), None);
         assert_eq!(rule("same"), rule("default"));
@@ -209,10 +218,15 @@ mod tests {
             vec![Reason::FailingCriticalPolicy(failure(true))],
             vec![
                 Reason::FailingAnyPolicy(failure(false)),
-                Reason::Vulnerability { cve: "CVE-2024-3094".into() },
+                Reason::Vulnerability {
+                    cve: "CVE-2024-3094".into(),
+                },
             ],
             vec![Reason::UnknownDevice],
-            vec![Reason::StalePosture { age: Duration::ZERO, limit: Duration::ZERO }],
+            vec![Reason::StalePosture {
+                age: Duration::ZERO,
+                limit: Duration::ZERO,
+            }],
             vec![],
         ] {
             assert!(!decision(never.clone()).only_minor_failures(), "{never:?}");
@@ -223,8 +237,14 @@ mod tests {
     fn warnings_read_as_the_header_says() {
         let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
         let warnings = [
-            Warning { policy_id: 34, deadline: at(1_800_000_000) },
-            Warning { policy_id: 7, deadline: at(1_800_003_600) },
+            Warning {
+                policy_id: 34,
+                deadline: at(1_800_000_000),
+            },
+            Warning {
+                policy_id: 7,
+                deadline: at(1_800_003_600),
+            },
         ];
         assert_eq!(
             warning_header(&warnings).as_deref(),

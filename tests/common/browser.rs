@@ -116,11 +116,14 @@ pub async fn axe_violations(client: &Client) -> Vec<Value> {
 pub fn chromium_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        find("CHROMIUM_BIN", &["chromium", "chromium-browser", "google-chrome"])
-            .unwrap_or_else(|| {
-                apt_install();
-                find("CHROMIUM_BIN", &["chromium"]).expect("chromium missing after apt-get install")
-            })
+        find(
+            "CHROMIUM_BIN",
+            &["chromium", "chromium-browser", "google-chrome"],
+        )
+        .unwrap_or_else(|| {
+            apt_install();
+            find("CHROMIUM_BIN", &["chromium"]).expect("chromium missing after apt-get install")
+        })
     })
 }
 
@@ -164,7 +167,10 @@ fn apt_install() {
          `chromium-driver` (apt-get install chromium chromium-driver), or set \
          CHROMIUM_BIN and CHROMEDRIVER_BIN"
     );
-    for args in [&["update"][..], &["install", "-y", "chromium", "chromium-driver"][..]] {
+    for args in [
+        &["update"][..],
+        &["install", "-y", "chromium", "chromium-driver"][..],
+    ] {
         let out = Command::new("apt-get")
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
@@ -198,7 +204,9 @@ pub fn axe_core_js() -> &'static Path {
             .arg(&staging)
             .arg(AXE_CORE)
             .output()
-            .unwrap_or_else(|e| panic!("axe-core missing and npm cannot run ({e}): install Node.js and npm"));
+            .unwrap_or_else(|e| {
+                panic!("axe-core missing and npm cannot run ({e}): install Node.js and npm")
+            });
         assert!(
             out.status.success(),
             "npm install {AXE_CORE} failed:\n{}",
