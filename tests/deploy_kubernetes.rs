@@ -376,8 +376,8 @@ fn istio_resources_match_istio_api_and_each_other() {
         rendered,
         [
             "Gateway/fleet-authz-mtls",
-            "AuthorizationPolicy/fleet-authz",
-            "VirtualService/fleet-authz-bypass"
+            "VirtualService/fleet-authz-bypass",
+            "AuthorizationPolicy/fleet-authz"
         ]
     );
 }

@@ -282,9 +282,9 @@ fn list_item(line: &str) -> Option<(&'static str, &str)> {
 /// "1 hour", "30 minutes", "90 seconds".
 pub fn human_duration(d: Duration) -> String {
     let secs = d.as_secs();
-    let (n, unit) = if secs >= 3600 && secs % 3600 == 0 {
+    let (n, unit) = if secs >= 3600 && secs.is_multiple_of(3600) {
         (secs / 3600, "hour")
-    } else if secs >= 60 && secs % 60 == 0 {
+    } else if secs >= 60 && secs.is_multiple_of(60) {
         (secs / 60, "minute")
     } else {
         (secs, "second")
