@@ -25,7 +25,12 @@ pub fn describe_response(response: &CheckResponse, verbose: bool) -> (bool, Stri
             let status = denied.status.as_ref().map_or(403, |s| s.code);
             out.push_str(&format!("DENY (HTTP {status})\n"));
             match serde_json::from_str::<serde_json::Value>(&denied.body) {
-                Ok(body) => out.push_str(&describe_decision(&body)),
+                Ok(body) => {
+                    out.push_str(&describe_decision(&body));
+                    if let Some(id) = body["request_id"].as_str() {
+                        out.push_str(&format!("  request id: {id}\n"));
+                    }
+                }
                 Err(_) => out.push_str("  (body is not JSON)\n"),
             }
             if verbose {
@@ -42,8 +47,8 @@ pub fn describe_response(response: &CheckResponse, verbose: bool) -> (bool, Stri
 
 /// Renders a decision JSON document (deny body or explain answer) for
 /// people: what was blocked, the device and when Fleet last heard from it,
-/// every reason with its fix, what to do, the bypass offer, grace warnings,
-/// who to ask and the request id: the facts of the deny page.
+/// every reason with its fix, what to do, the bypass offer, grace warnings
+/// and who to ask: the facts of the deny page.
 pub fn describe_decision(body: &serde_json::Value) -> String {
     let mut out = String::new();
     if let Some(title) = body["title"].as_str() {
@@ -68,9 +73,6 @@ pub fn describe_decision(body: &serde_json::Value) -> String {
     out.push_str(&describe_page(body));
     if let Some(url) = body["remediation_url"].as_str() {
         out.push_str(&format!("  remediation: {url}\n"));
-    }
-    if let Some(id) = body["request_id"].as_str() {
-        out.push_str(&format!("  request id: {id}\n"));
     }
     out
 }
