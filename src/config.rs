@@ -78,6 +78,9 @@ pub struct Config {
     pub remediation_url: Option<String>,
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// The self-service bypass's page-token key.
+    #[serde(default)]
+    pub bypass: BypassConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
     #[serde(default)]
@@ -186,6 +189,17 @@ pub struct AdminConfig {
     /// written atomically). Without it grants live in memory only.
     #[serde(default)]
     pub grants_file: Option<PathBuf>,
+}
+
+/// `bypass:`: how deny pages sign their bypass offers (DESIGN.md §9).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BypassConfig {
+    /// HMAC key of the page tokens (at least 32 bytes). Without it each
+    /// process draws a random key at start: set it when several replicas
+    /// serve one host, so an offer made by one is accepted by another.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 /// Graceful shutdown.

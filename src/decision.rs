@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use crate::{
     fingerprint::Fingerprint,
     identity::{FingerprintCache, IdentityConfig, IdentityError},
-    policy::{self, Decision, Policy, Reason, RequestFacts, Subject},
+    policy::{self, Decision, Policy, Reason, RequestFacts, RoutePolicy, Subject},
     posture::{HostId, HostPosture, PostureStore},
     telemetry::metrics::Metrics,
 };
@@ -37,15 +37,24 @@ pub trait Refresh: Send + Sync {
     fn refresh(&self, id: HostId) -> BoxFuture<'_, Option<Arc<HostPosture>>>;
 }
 
-/// Emergency grants (break-glass): an allow for one device, time-limited.
+/// Grants: emergency break-glass allows for one device, time-limited, and
+/// the self-service bypasses a device took for one route (DESIGN.md §9).
 pub trait Grants: Send + Sync {
-    /// The grant covering this host or fingerprint at `now`, if any.
+    /// The break-glass grant covering this host or fingerprint at `now`, if
+    /// any: its id and reason. Never a bypass.
     fn find(
         &self,
         host: Option<HostId>,
         fingerprint: &Fingerprint,
         now: SystemTime,
     ) -> Option<(u64, String)>;
+
+    /// The bypass in force for `host` on `route` at `now`: its id and expiry.
+    /// A store that keeps no bypasses has none (fail closed).
+    fn find_bypass(&self, host: HostId, route: &str, now: SystemTime) -> Option<(u64, SystemTime)> {
+        let _ = (host, route, now);
+        None
+    }
 }
 
 /// Everything a decision reads. Shared by the gRPC service and the admin API.
@@ -100,7 +109,33 @@ impl Authorizer {
             max_staleness: self.max_staleness,
         };
         let policy = self.policy.load();
-        let route = policy.route(&facts);
+        self.decide_on(identity, policy.route(&facts), &facts, now)
+    }
+
+    /// Decides for a certificate on the route named `route` (a bypass names
+    /// its route; the request that asks for one is not on it). `None` when
+    /// the policy has no such route.
+    pub fn decide_named(&self, fp: Fingerprint, route: &str, now: SystemTime) -> Option<Outcome> {
+        let context = std::collections::HashMap::new();
+        let facts = RequestFacts {
+            context: &context,
+            authority: "",
+            path: "/",
+            posture_age: self.store.age(now),
+            max_staleness: self.max_staleness,
+        };
+        let policy = self.policy.load();
+        let route = policy.route_named(route)?;
+        Some(self.decide_on(Ok(fp), route, &facts, now))
+    }
+
+    fn decide_on(
+        &self,
+        identity: Result<Fingerprint, IdentityError>,
+        route: &RoutePolicy,
+        facts: &RequestFacts<'_>,
+        now: SystemTime,
+    ) -> Outcome {
         let (fingerprint, host) = match &identity {
             Ok(fp) => (Some(*fp), self.store.lookup(fp)),
             Err(_) => (None, None),
@@ -112,7 +147,7 @@ impl Authorizer {
             (Ok(_), None, _) => Subject::Unknown,
             (Ok(_), Some(h), _) => Subject::Host(h),
         };
-        let mut decision = policy::evaluate(route, &facts, subject, now);
+        let mut decision = policy::evaluate(route, facts, subject, now);
         let mut host = host;
         // A certificate that several Fleet hosts report cannot say which
         // device is asking: every holder must pass.
@@ -120,7 +155,7 @@ impl Authorizer {
             && let (Some(fp), Some(h)) = (&fingerprint, &host)
         {
             for other in self.store.other_holders(fp, h.id) {
-                let d = policy::evaluate(route, &facts, Subject::Host(&other), now);
+                let d = policy::evaluate(route, facts, Subject::Host(&other), now);
                 if !d.allowed {
                     decision = d;
                     host = Some(other);
@@ -130,12 +165,22 @@ impl Authorizer {
         }
         if !decision.allowed
             && let (Some(grants), Some(fp)) = (&self.grants, &fingerprint)
-            && let Some((grant_id, reason)) = grants.find(host.as_ref().map(|h| h.id), fp, now)
         {
-            decision.allowed = true;
-            decision
-                .reasons
-                .push(Reason::BreakGlass { grant_id, reason });
+            let host_id = host.as_ref().map(|h| h.id);
+            let granted = match grants.find(host_id, fp, now) {
+                Some((grant_id, reason)) => Some(Reason::BreakGlass { grant_id, reason }),
+                None => host_id
+                    .filter(|_| bypassable(&decision, route, facts))
+                    .and_then(|id| grants.find_bypass(id, &route.name, now))
+                    .map(|(grant_id, expires_at)| Reason::Bypass {
+                        grant_id,
+                        expires_at,
+                    }),
+            };
+            if let Some(reason) = granted {
+                decision.allowed = true;
+                decision.reasons.push(reason);
+            }
         }
         Outcome {
             decision,
@@ -165,6 +210,18 @@ impl Authorizer {
             None => outcome,
         }
     }
+}
+
+/// True when a self-service bypass may lift this deny now: the route offers
+/// one, every reason is a failing non-critical policy, and the posture is not
+/// stale (whatever the route's `stale_posture` says). Checked on every
+/// Check, so a bypass stops helping the moment anything else fails.
+pub fn bypassable(decision: &Decision, route: &RoutePolicy, facts: &RequestFacts<'_>) -> bool {
+    let stale = matches!(
+        (facts.posture_age, facts.max_staleness),
+        (Some(age), Some(limit)) if age > limit
+    );
+    route.bypass.is_some() && !stale && decision.only_minor_failures()
 }
 
 /// Forces a posture sync now (Fleet poller, or a posture file reload) and

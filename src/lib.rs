@@ -15,12 +15,14 @@
 //!   ports ([`Refresh`](decision::Refresh), [`Grants`](decision::Grants),
 //!   [`SyncTrigger`](decision::SyncTrigger)) that adapters implement;
 //! - adapters: [`authz`] (Envoy), [`fleet`] (Fleet, the snapshot), [`admin`]
-//!   (admin API, grants, probes), with [`telemetry`] for logs and metrics;
+//!   (admin API, grants, probes), [`bypass`] (the self-service bypass a deny
+//!   page offers), with [`telemetry`] for logs and metrics;
 //! - wiring: [`server`] starts everything; [`cli`] is the command line.
 
 pub mod admin;
 pub mod atomic_file;
 pub mod authz;
+pub mod bypass;
 pub mod cli;
 pub mod config;
 pub mod decision;

@@ -359,8 +359,10 @@ async fn html_page_when_the_browser_prefers_it_and_custom_status() {
     let html = body.as_str().unwrap();
     assert!(html.starts_with("<!doctype html>"));
     assert!(html.contains(
-        "<strong>Disk encryption</strong> (critical) is failing. How to fix: Turn on FileVault"
+        "<h3>Disk encryption <span class=\"badge\">critical</span></h3><div class=\"fix\"><p>Turn on FileVault"
     ));
+    // What was blocked: no route title here, so the request's host.
+    assert!(html.contains("Access to <strong>api.example.com</strong> was blocked"));
     assert!(html.contains("href=\"https://fleet.example.com/device/2\""));
 }
 

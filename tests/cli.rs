@@ -215,6 +215,24 @@ async fn check_prints_the_decision_and_reasons() {
         out.contains("route: payroll") && out.contains("failing_any_policy"),
         "{out}"
     );
+    // The deny page's facts: what was blocked, when Fleet last heard from
+    // the device, what to do (never a per-host Fleet link), the bypass
+    // offered for a non-critical failure, who to ask.
+    for fact in [
+        "  blocked: Payroll\n",
+        "  fleet last heard from it: ",
+        "  what to do:\n    1. Open Fleet Desktop",
+        "\"My device\"",
+        "    3. Click \"Refetch\"",
+        "    4. Try again.\n",
+        "  bypass: may continue for 1h with a reason, from the deny page in a browser (2 of 2 left in 24h)\n",
+        "  support: IT help desk https://help.example.com/device\n",
+        "  request id: fleet-authz-cli\n",
+    ] {
+        assert!(out.contains(fact), "{fact:?} missing from\n{out}");
+    }
+    assert!(!out.contains("remediation:"), "{out}");
+    assert!(!critical.1.contains("bypass:"), "{}", critical.1);
     let (code, out, _) = check("deploy/demo/certs/device-unknown.pem", &["--xfcc"])
         .await
         .unwrap();

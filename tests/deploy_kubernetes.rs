@@ -211,7 +211,7 @@ fn generated_configmaps_and_secrets_hold_the_files() {
 fn istio_resources_match_istio_api_and_each_other() {
     use common::deploy::istio::{
         self, Action, AuthorizationPolicySpec, ForwardClientCertDetails, GatewaySpec, OperatorSpec,
-        TlsMode,
+        TlsMode, VirtualServiceSpec,
     };
     let dir = deploy_dir().join("istio");
     let text = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
@@ -331,11 +331,47 @@ fn istio_resources_match_istio_api_and_each_other() {
             .contains("MUTAL")
     );
 
+    // The bypass form's path goes to fleet-authz's HTTP port, unchecked.
+    let bypass = istio::parse::<VirtualServiceSpec>(&text("virtualservice.yaml")).unwrap();
+    assert_eq!(bypass.spec.hosts, server.hosts);
+    assert_eq!(bypass.spec.gateways, [gateway.metadata.name.as_str()]);
+    let [route] = bypass.spec.http.as_slice() else {
+        panic!("virtualservice.yaml: expected one route");
+    };
+    let prefix = route.matches[0]
+        .uri
+        .as_ref()
+        .and_then(|u| u.prefix.as_deref());
+    assert_eq!(prefix, Some("/.fleet-authz/"));
+    let destination = &route.route[0].destination;
+    assert_eq!(destination.host, service_host);
+    let http_port = at(service, "spec.ports")
+        .and_then(Value::as_sequence)
+        .and_then(|ports| ports.iter().find(|p| p["name"].as_str() == Some("http")))
+        .and_then(|p| p["port"].as_u64());
+    assert_eq!(
+        destination.port.as_ref().map(|p| u64::from(p.number)),
+        http_port
+    );
+    let not_paths: Vec<String> = policy
+        .spec
+        .rules
+        .iter()
+        .flat_map(|r| r.to.iter().flatten())
+        .flat_map(|t| t.operation.not_paths.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        not_paths,
+        ["/.fleet-authz/*"],
+        "ext_authz must skip the bypass form"
+    );
+
     let rendered: Vec<String> = kube::render_objects(&dir).iter().map(kube::id).collect();
     assert_eq!(
         rendered,
         [
             "Gateway/fleet-authz-mtls",
+            "VirtualService/fleet-authz-bypass",
             "AuthorizationPolicy/fleet-authz"
         ]
     );

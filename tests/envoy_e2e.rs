@@ -94,6 +94,7 @@ impl Stack {
             include_peer_certificate,
             authz: server.grpc_listen().clone(),
             app: echo.addr,
+            http: Some(server.http_addr()),
         };
         let envoy = Envoy::start(&pki, options).await;
         Self {

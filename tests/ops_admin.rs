@@ -246,9 +246,14 @@ async fn explain_gives_every_reason_without_counting_a_decision() {
     .await
     .unwrap();
     assert!(!allowed);
+    // When Fleet last heard from the host, then the rest word for word.
+    let (seen, rest): (Vec<&str>, Vec<&str>) = text
+        .lines()
+        .partition(|l| l.starts_with("  fleet last heard from it: "));
+    assert_eq!(seen.len(), 1, "{text}");
     assert_eq!(
-        text,
-        "DENY\n  route: default\n  host: Bad Laptop (102)\n  - failing_critical_policy name=Gatekeeper enabled\n      fix: Turn Gatekeeper on.\n"
+        rest.join("\n"),
+        "DENY\n  route: default\n  host: Bad Laptop (102)\n  - failing_critical_policy name=Gatekeeper enabled\n      fix: Turn Gatekeeper on."
     );
     let refused = cli::explain(&base, None, &env.bad.sha1.to_hex(), &[], "h", "/")
         .await

@@ -220,7 +220,7 @@ fn invalid_policy_files_name_the_key_and_problem() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 10);
+    assert_eq!(checked, 15);
 }
 
 #[test]
@@ -230,4 +230,16 @@ fn demo_policy_and_routes_load() {
     let names: Vec<&str> = policy.routes.iter().map(|(_, r)| &*r.name).collect();
     assert_eq!(names, ["payroll", "wiki"]);
     assert_eq!(policy.cves().len(), 1);
+    let payroll = policy.route_named("payroll").unwrap();
+    assert_eq!(payroll.title.as_deref(), Some("Payroll"));
+    let bypass = payroll.bypass.unwrap();
+    assert_eq!(
+        (bypass.duration, bypass.max_per_day),
+        (Duration::from_secs(3600), 2)
+    );
+    assert_eq!(policy.default.bypass, None, "only payroll offers one");
+    assert_eq!(
+        policy.deny_page.support_text.as_deref(),
+        Some("IT help desk")
+    );
 }

@@ -236,6 +236,7 @@ async fn grant(
         reason,
         granted_by: body.granted_by.unwrap_or_else(|| "admin".to_owned()),
         duration,
+        bypass_route: None,
     };
     let grants = Arc::clone(&state.grants);
     let now = SystemTime::now();

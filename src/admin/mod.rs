@@ -79,12 +79,15 @@ impl AdminState {
                 &query.path
             },
         };
-        let outcome = self.authorizer.decide(Ok(fp), target, SystemTime::now());
+        let now = SystemTime::now();
+        let outcome = self.authorizer.decide(Ok(fp), target, now);
         let ctx = body::BodyContext {
             host: outcome.host.as_deref(),
             fingerprint: outcome.fingerprint.as_ref(),
             remediation_url: self.authorizer.remediation_url.as_deref(),
             request_id: "explain",
+            now,
+            page: None,
         };
         let mut doc = body::decision_json(&outcome.decision, &ctx);
         doc["answer"] = json!(if outcome.decision.answer_allows() {
@@ -95,14 +98,16 @@ impl AdminState {
         Ok((outcome, doc))
     }
 
-    /// Keeps `fleet_authz_break_glass_grants_active` equal to the grants in
-    /// force at `now`.
+    /// Keeps `fleet_authz_break_glass_grants_active` and
+    /// `fleet_authz_bypass_grants_active` equal to the grants in force at `now`.
     pub fn update_grant_gauge(&self, now: SystemTime) {
-        let active = self.grants.active(now).len();
-        self.authorizer
-            .metrics
+        let active = self.grants.active(now);
+        let bypasses = active.iter().filter(|g| g.bypass_route.is_some()).count();
+        let metrics = &self.authorizer.metrics;
+        metrics
             .break_glass_active
-            .set(active as i64);
+            .set((active.len() - bypasses) as i64);
+        metrics.bypass_active.set(bypasses as i64);
     }
 }
 
@@ -152,6 +157,8 @@ pub fn grant_json(g: &Grant) -> Value {
     };
     json!({
         "id": g.id,
+        "kind": if g.bypass_route.is_some() { "bypass" } else { "break_glass" },
+        "route": g.bypass_route,
         "host_id": host_id,
         "sha1": sha1,
         "reason": g.reason,

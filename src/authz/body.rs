@@ -1,10 +1,15 @@
-//! The deny body a person sees: JSON by default, an HTML page when the
-//! request's `accept` prefers `text/html` (DESIGN.md §1.6). Pure functions.
+//! The deny body a person sees: JSON by default, an HTML page
+//! ([`super::page`]) when the request's `accept` prefers `text/html`
+//! (DESIGN.md §1.6, §9). Both carry the same facts. Pure functions.
 
 use serde::{Serialize, Serializer, ser::SerializeMap};
 use serde_json::{Value, json};
 
+use std::time::SystemTime;
+
+use super::page::{PageFacts, next_steps};
 use crate::{
+    bypass::BYPASS_PATH,
     duration::format_duration,
     fingerprint::Fingerprint,
     policy::{Decision, Reason},
@@ -19,6 +24,10 @@ pub struct BodyContext<'a> {
     /// Configured remediation URL, its placeholders not yet filled.
     pub remediation_url: Option<&'a str>,
     pub request_id: &'a str,
+    /// The time the answer speaks of (last heard, warnings).
+    pub now: SystemTime,
+    /// What a deny page adds: title, support, bypass offer. `None` on allows.
+    pub page: Option<&'a PageFacts>,
 }
 
 /// The decision as the JSON document of DESIGN.md §1.6.
@@ -47,10 +56,15 @@ impl Serialize for DecisionBody<'_> {
             map.serialize_entry("mode", "dry_run")?;
         }
         map.serialize_entry("route", &*d.route)?;
+        if let Some(page) = ctx.page {
+            map.serialize_entry("title", &page.title)?;
+        }
         if let Some(h) = ctx.host {
+            let seen = h.last_seen.map(rfc3339);
             map.serialize_entry(
                 "host",
-                &json!({"id": h.id.0, "display_name": h.display_name, "team": h.team_name()}),
+                &json!({"id": h.id.0, "display_name": h.display_name, "team": h.team_name(),
+                        "last_seen": seen}),
             )?;
         }
         if let Some(fp) = ctx.fingerprint {
@@ -58,12 +72,59 @@ impl Serialize for DecisionBody<'_> {
         }
         let reasons: Vec<ReasonBody<'_>> = d.reasons.iter().map(ReasonBody).collect();
         map.serialize_entry("reasons", &reasons)?;
+        if !d.warnings.is_empty() {
+            let warnings: Vec<Value> = d
+                .warnings
+                .iter()
+                .map(|w| json!({"policy_id": w.policy_id, "deadline": rfc3339(w.deadline)}))
+                .collect();
+            map.serialize_entry("warnings", &warnings)?;
+        }
+        if let Some(page) = ctx.page {
+            serialize_page(&mut map, d, page)?;
+        }
         if let Some(url) = remediation_url(ctx) {
             map.serialize_entry("remediation_url", &url)?;
         }
         map.serialize_entry("request_id", ctx.request_id)?;
         map.end()
     }
+}
+
+/// A deny page's own facts: what to do, the bypass offer, who to ask.
+fn serialize_page<M: SerializeMap>(
+    map: &mut M,
+    d: &Decision,
+    page: &PageFacts,
+) -> Result<(), M::Error> {
+    let steps = next_steps(d);
+    if !steps.is_empty() {
+        map.serialize_entry("next_steps", steps)?;
+    }
+    if let Some(offer) = &page.offer {
+        map.serialize_entry(
+            "bypass",
+            &json!({
+                "duration": format_duration(offer.duration),
+                "max_per_day": offer.max_per_day,
+                "remaining": offer.remaining,
+                "url": BYPASS_PATH,
+                "token": offer.token,
+            }),
+        )?;
+    }
+    let support = &page.support;
+    if support.support_text.is_some() || support.support_url.is_some() {
+        map.serialize_entry(
+            "support",
+            &json!({"text": support.support_text.as_deref(), "url": support.support_url.as_deref()}),
+        )?;
+    }
+    Ok(())
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// The remediation URL with `{host_id}`, `{host_uuid}` and
@@ -141,6 +202,13 @@ impl Serialize for ReasonBody<'_> {
                 map.serialize_entry("grant_id", grant_id)?;
                 map.serialize_entry("reason", reason)?;
             }
+            Reason::Bypass {
+                grant_id,
+                expires_at,
+            } => {
+                map.serialize_entry("grant_id", grant_id)?;
+                map.serialize_entry("expires_at", &rfc3339(*expires_at))?;
+            }
         }
         map.end()
     }
@@ -165,62 +233,6 @@ pub fn prefers_html(accept: &str) -> bool {
         }
     }
     html > 0.0 && html > json
-}
-
-/// A self-contained HTML page telling the person what to fix.
-pub fn decision_html(decision: &Decision, ctx: &BodyContext<'_>) -> String {
-    let mut items = String::new();
-    for r in &decision.reasons {
-        items.push_str("<li>");
-        items.push_str(&reason_html(r));
-        items.push_str("</li>\n");
-    }
-    let device = ctx
-        .host
-        .map(|h| {
-            format!(
-                "<p>Device: <strong>{}</strong></p>",
-                escape(&h.display_name)
-            )
-        })
-        .unwrap_or_default();
-    let link = remediation_url(ctx)
-        .map(|u| format!("<p><a href=\"{0}\">Open your device page in Fleet</a> to see every check and how to fix it.</p>", escape(&u)))
-        .unwrap_or_default();
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Access blocked: your device needs attention</title>\
-<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;line-height:1.5}}li{{margin:.5rem 0}}small{{color:#666}}</style></head>\n\
-<body><h1>Your device needs attention</h1>\n<p>Access to <strong>{route}</strong> was blocked because of your device's security posture.</p>\n{device}\n<ul>\n{items}</ul>\n{link}\n<p><small>Request {rid}</small></p></body></html>\n",
-        route = escape(&decision.route),
-        rid = escape(ctx.request_id),
-    )
-}
-
-fn reason_html(r: &Reason) -> String {
-    match r {
-        Reason::NoClientCertificate { .. } => "No device certificate was presented. Use a managed device with its certificate installed.".to_owned(),
-        Reason::InvalidClientCertificate { detail } => format!("The device certificate could not be read ({}).", escape(detail)),
-        Reason::UnknownDevice => "This device is not enrolled in Fleet. Enroll it, or ask IT for help.".to_owned(),
-        Reason::FailingPolicy(p) | Reason::FailingCriticalPolicy(p) | Reason::FailingAnyPolicy(p) => {
-            let mut s = format!("<strong>{}</strong>{} is failing.", escape(&p.name), if p.critical { " (critical)" } else { "" });
-            if let Some(fix) = &p.resolution {
-                s.push_str(&format!(" How to fix: {}", escape(fix)));
-            }
-            s
-        }
-        Reason::Vulnerability { cve } => format!("Software on this device is affected by {}. Update it.", escape(cve)),
-        Reason::LastSeenOver { limit, .. } => format!(
-            "This device has not checked in with Fleet in the last {}. Connect it to the network and make sure Fleet Desktop is running.",
-            format_duration(*limit)
-        ),
-        Reason::StalePosture { .. } => "Device posture could not be refreshed recently. Try again in a few minutes.".to_owned(),
-        Reason::Requirement { requirement, expected, .. } => format!(
-            "This service requires a device whose {} is one of: {}.",
-            requirement.as_str(),
-            escape(&expected.join(", "))
-        ),
-        Reason::BreakGlass { reason, .. } => format!("Emergency access granted: {}", escape(reason)),
-    }
 }
 
 /// Minimal HTML escaping for text and attribute values.

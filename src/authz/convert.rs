@@ -22,9 +22,14 @@ use envoy_types::pb::{
 
 use super::{
     body::{self, BodyContext},
+    page::{self, PageFacts},
     wire,
 };
-use crate::{identity::Headers, policy::Decision, posture::HostPosture};
+use crate::{
+    identity::Headers,
+    policy::{Decision, Reason, warning_header},
+    posture::HostPosture,
+};
 
 /// Identity headers set on allowed requests; client-sent copies never pass.
 pub const IDENTITY_HEADERS: [&str; 4] = [
@@ -37,6 +42,11 @@ pub const IDENTITY_HEADERS: [&str; 4] = [
 pub const REASON_HEADER: &str = "x-fleet-authz-reason";
 /// Set to `deny` when a dry-run route would have denied.
 pub const DRY_RUN_HEADER: &str = "x-fleet-authz-dry-run";
+/// On allows while failing policies are inside `grace`:
+/// `<policy id>;deadline=<RFC 3339>`, comma-separated (DESIGN.md §9).
+pub const WARNING_HEADER: &str = "x-fleet-authz-warning";
+/// On allows by a self-service bypass: its RFC 3339 expiry.
+pub const BYPASS_HEADER: &str = "x-fleet-authz-bypass";
 
 static EMPTY: LazyLock<HashMap<String, String>> = LazyLock::new(HashMap::new);
 
@@ -223,10 +233,21 @@ pub fn to_response(decision: &Decision, ctx: &BodyContext<'_>, accept: &str) -> 
             .fields
             .insert("host_id".to_owned(), string_value(h.id.0.to_string()));
     }
+    let notes = AllowNotes::of(decision);
+    if let Some(w) = &notes.warning {
+        metadata
+            .fields
+            .insert("warnings".to_owned(), string_value(w.clone()));
+    }
+    if let Some(b) = &notes.bypass {
+        metadata
+            .fields
+            .insert("bypass".to_owned(), string_value(b.clone()));
+    }
     let (code, http_response) = if decision.answer_allows() {
         (
             rpc::Code::Ok,
-            HttpResponse::OkResponse(ok_response(decision, ctx.host, &kinds)),
+            HttpResponse::OkResponse(ok_response(decision, ctx.host, &kinds, notes)),
         )
     } else {
         (
@@ -244,7 +265,34 @@ pub fn to_response(decision: &Decision, ctx: &BodyContext<'_>, accept: &str) -> 
     }
 }
 
-fn ok_response(decision: &Decision, host: Option<&HostPosture>, kinds: &str) -> OkHttpResponse {
+/// What an allow tells the app besides identity: the grace warnings and the
+/// bypass expiry, as header values.
+struct AllowNotes {
+    warning: Option<String>,
+    bypass: Option<String>,
+}
+
+impl AllowNotes {
+    fn of(decision: &Decision) -> Self {
+        let bypass = decision.reasons.iter().find_map(|r| match r {
+            Reason::Bypass { expires_at, .. } => {
+                Some(humantime::format_rfc3339_seconds(*expires_at).to_string())
+            }
+            _ => None,
+        });
+        Self {
+            warning: warning_header(&decision.warnings),
+            bypass,
+        }
+    }
+}
+
+fn ok_response(
+    decision: &Decision,
+    host: Option<&HostPosture>,
+    kinds: &str,
+    notes: AllowNotes,
+) -> OkHttpResponse {
     let mut headers = Vec::with_capacity(5);
     let mut remove = Vec::new();
     let values: [Option<String>; 4] = match host {
@@ -273,6 +321,16 @@ fn ok_response(decision: &Decision, host: Option<&HostPosture>, kinds: &str) -> 
         remove.push(DRY_RUN_HEADER.to_owned());
         remove.push(REASON_HEADER.to_owned());
     }
+    // Set, or removed so a client cannot send its own.
+    for (name, value) in [
+        (WARNING_HEADER, notes.warning),
+        (BYPASS_HEADER, notes.bypass),
+    ] {
+        match value {
+            Some(v) => headers.push(header(name, v)),
+            None => remove.push(name.to_owned()),
+        }
+    }
     OkHttpResponse {
         headers,
         headers_to_remove: remove,
@@ -289,9 +347,10 @@ fn denied_response(
 ) -> DeniedHttpResponse {
     let html = body::prefers_html(accept);
     let (content_type, body) = if html {
+        let fallback = PageFacts::default();
         (
             "text/html; charset=utf-8",
-            body::decision_html(decision, ctx),
+            page::decision_html(decision, ctx, ctx.page.unwrap_or(&fallback)),
         )
     } else {
         (

@@ -7,6 +7,7 @@
 
 pub mod answer;
 pub mod body;
+pub mod page;
 
 pub mod convert;
 pub mod request;
@@ -25,9 +26,10 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use prost::Message as _;
 use tracing::Instrument;
 
-use self::{body::BodyContext, convert::CheckFacts};
+use self::{body::BodyContext, convert::CheckFacts, page::PageFacts};
 use crate::decision::{Authorizer, Outcome, Target};
 use crate::{
+    bypass::Door,
     policy,
     telemetry::metrics::{DecisionLabels, ReasonLabels, RouteLabel},
 };
@@ -37,21 +39,32 @@ impl Authorizer {
     /// caller's trace (W3C `traceparent` among the forwarded headers) and
     /// carries the decision, route, reasons and host id.
     pub async fn check(&self, request: &CheckRequest) -> CheckResponse {
-        let answer = self.check_facts(CheckFacts::from_request(request), None);
+        let answer = self.check_facts(CheckFacts::from_request(request), None, None);
         // Not kept, so never encoded: this cannot fail.
         answer.await.into_response().unwrap_or_default()
     }
 
     /// [`Self::check`] for the lean request the gRPC service decodes; a
-    /// plain allow comes back as the host's answer kept in `memo`.
-    pub async fn check_lean(&self, request: &wire::CheckRequest, memo: &AllowMemo) -> Answer {
-        self.check_facts(CheckFacts::from_lean(request), Some(memo))
+    /// plain allow comes back as the host's answer kept in `memo`. With a
+    /// `door`, deny pages offer the self-service bypass where one applies.
+    pub async fn check_lean(
+        &self,
+        request: &wire::CheckRequest,
+        memo: &AllowMemo,
+        door: Option<&Door>,
+    ) -> Answer {
+        self.check_facts(CheckFacts::from_lean(request), Some(memo), door)
             .await
     }
 
-    async fn check_facts(&self, facts: CheckFacts<'_>, keep: Option<&AllowMemo>) -> Answer {
+    async fn check_facts(
+        &self,
+        facts: CheckFacts<'_>,
+        keep: Option<&AllowMemo>,
+        door: Option<&Door>,
+    ) -> Answer {
         if !crate::telemetry::spans_enabled() {
-            return self.check_in_span(facts, keep).await;
+            return self.check_in_span(facts, keep, door).await;
         }
         let span = tracing::info_span!(
             "check",
@@ -63,10 +76,15 @@ impl Authorizer {
             host.id = tracing::field::Empty,
         );
         crate::telemetry::set_parent_from_headers(&span, &facts.headers);
-        self.check_in_span(facts, keep).instrument(span).await
+        self.check_in_span(facts, keep, door).instrument(span).await
     }
 
-    async fn check_in_span(&self, facts: CheckFacts<'_>, keep: Option<&AllowMemo>) -> Answer {
+    async fn check_in_span(
+        &self,
+        facts: CheckFacts<'_>,
+        keep: Option<&AllowMemo>,
+        door: Option<&Door>,
+    ) -> Answer {
         let started = tokio::time::Instant::now();
         let identity =
             self.fingerprints
@@ -79,16 +97,45 @@ impl Authorizer {
         let outcome = self
             .decide_with_recheck(identity, target, SystemTime::now())
             .await;
+        let now = SystemTime::now();
+        let page = (!outcome.decision.answer_allows())
+            .then(|| self.page_facts(&outcome, &facts, door, now));
         let ctx = BodyContext {
             host: outcome.host.as_deref(),
             fingerprint: outcome.fingerprint.as_ref(),
             remediation_url: self.remediation_url.as_deref(),
             request_id: &facts.request_id,
+            now,
+            page: page.as_ref(),
         };
         let answer = answer(&outcome, &ctx, facts.header("accept"), keep);
         let elapsed = started.elapsed();
         self.record(&outcome, &facts.request_id, elapsed);
         answer
+    }
+
+    /// What a deny page adds to the decision: the route's title (else the
+    /// request's host), the support contact, the bypass offer.
+    fn page_facts(
+        &self,
+        outcome: &Outcome,
+        facts: &CheckFacts<'_>,
+        door: Option<&Door>,
+        now: SystemTime,
+    ) -> PageFacts {
+        let policy = self.policy.load();
+        let route = &outcome.decision.route;
+        let title = policy
+            .route_named(route)
+            .and_then(|r| r.title.as_deref())
+            .unwrap_or_else(|| policy::strip_port(&facts.authority));
+        PageFacts {
+            title: title.to_owned(),
+            return_to: facts.path.to_string(),
+            support: policy.deny_page.clone(),
+            offer: door.and_then(|d| d.offer(outcome, now)),
+            route: route.to_string(),
+        }
     }
 
     fn record(&self, outcome: &Outcome, request_id: &str, elapsed: Duration) {
@@ -99,13 +146,12 @@ impl Authorizer {
             (false, true) => "dry_run_deny",
             (false, false) => "deny",
         };
-        // An allow by break-glass is labelled as such, not by the deny
-        // reason it overrode, so emergency use stands out.
-        let label = if kinds.contains(&"break_glass") {
-            "break_glass"
-        } else {
-            kinds.first().copied().unwrap_or("none")
-        };
+        // An allow by break-glass or a bypass is labelled as such, not by
+        // the deny reason it overrode, so that use stands out.
+        let label = ["break_glass", "bypass"]
+            .into_iter()
+            .find(|k| kinds.contains(k))
+            .unwrap_or_else(|| kinds.first().copied().unwrap_or("none"));
         self.metrics
             .decisions
             .get_or_create(&DecisionLabels {
@@ -161,7 +207,11 @@ fn answer(
 ) -> Answer {
     let d = &outcome.decision;
     let kept = match (memo, &outcome.host) {
-        (Some(memo), Some(host)) if d.allowed && d.reasons.is_empty() => Some((memo, host)),
+        // Warnings carry deadlines from the route's grace, which a policy
+        // reload may change: never kept.
+        (Some(memo), Some(host)) if d.allowed && d.reasons.is_empty() && d.warnings.is_empty() => {
+            Some((memo, host))
+        }
         _ => None,
     };
     let Some((memo, host)) = kept else {

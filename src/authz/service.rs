@@ -16,7 +16,10 @@ use tonic::{
 };
 
 use super::{AllowMemo, Answer, wire};
-use crate::decision::{Authorizer, BoxFuture};
+use crate::{
+    bypass::Door,
+    decision::{Authorizer, BoxFuture},
+};
 
 /// The gRPC path of the one method.
 const CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
@@ -31,6 +34,8 @@ pub struct AuthzService {
     authorizer: Arc<Authorizer>,
     /// Plain allows, encoded once per host posture.
     memo: Arc<AllowMemo>,
+    /// Offers the self-service bypass on deny pages, when set.
+    door: Option<Arc<Door>>,
 }
 
 impl AuthzService {
@@ -39,7 +44,14 @@ impl AuthzService {
         Self {
             authorizer,
             memo: Arc::default(),
+            door: None,
         }
+    }
+
+    /// Deny pages offer the bypass of `door` where one applies.
+    pub fn with_door(mut self, door: Arc<Door>) -> Self {
+        self.door = Some(door);
+        self
     }
 }
 
@@ -49,16 +61,18 @@ impl NamedService for AuthzService {
 
 /// One Check call. A deny is a successful RPC: the handler never returns an
 /// error status.
-struct Check(Arc<Authorizer>, Arc<AllowMemo>);
+struct Check(Arc<Authorizer>, Arc<AllowMemo>, Option<Arc<Door>>);
 
 impl UnaryService<wire::CheckRequest> for Check {
     type Response = Answer;
     type Future = BoxFuture<'static, Result<tonic::Response<Answer>, Status>>;
 
     fn call(&mut self, request: tonic::Request<wire::CheckRequest>) -> Self::Future {
-        let (authorizer, memo) = (Arc::clone(&self.0), Arc::clone(&self.1));
+        let (authorizer, memo, door) = (Arc::clone(&self.0), Arc::clone(&self.1), self.2.clone());
         Box::pin(async move {
-            let response = authorizer.check_lean(request.get_ref(), &memo).await;
+            let response = authorizer
+                .check_lean(request.get_ref(), &memo, door.as_deref())
+                .await;
             Ok(tonic::Response::new(response))
         })
     }
@@ -84,7 +98,11 @@ where
                 Ok(Status::unimplemented(format!("no method {path}")).into_http())
             });
         }
-        let check = Check(Arc::clone(&self.authorizer), Arc::clone(&self.memo));
+        let check = Check(
+            Arc::clone(&self.authorizer),
+            Arc::clone(&self.memo),
+            self.door.clone(),
+        );
         Box::pin(async move {
             let codec = tonic_prost::ProstCodec::<Answer, wire::CheckRequest>::default();
             let mut grpc = Grpc::new(codec).max_decoding_message_size(MAX_CHECK_REQUEST_BYTES);

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use super::{
     Decision, PolicyFailure, Reason, RequestFacts, RequirementKind, RoutePolicy, StalePosture,
-    Subject, UnknownDevice,
+    Subject, UnknownDevice, Warning,
 };
 use crate::posture::{HostPosture, PolicyResult};
 
@@ -21,6 +21,7 @@ pub fn evaluate(
     now: SystemTime,
 ) -> Decision {
     let mut reasons = Vec::new();
+    let mut warnings = Vec::new();
     let allowed = match subject {
         Subject::NoCertificate(detail) => {
             reasons.push(Reason::NoClientCertificate {
@@ -38,7 +39,11 @@ pub fn evaluate(
             reasons.push(Reason::UnknownDevice);
             route.unknown_device == UnknownDevice::Allow
         }
-        Subject::Host(host) => evaluate_host(route, facts, host, now, &mut reasons),
+        Subject::Host(host) => {
+            let allowed = evaluate_host(route, facts, host, now, &mut reasons);
+            warnings = grace_warnings(route, host, now);
+            allowed
+        }
     };
     Decision {
         route: route.name.clone(),
@@ -46,6 +51,7 @@ pub fn evaluate(
         allowed,
         reasons,
         deny_status: route.deny_status,
+        warnings,
     }
 }
 
@@ -125,37 +131,64 @@ fn check_policies(
     now: SystemTime,
     reasons: &mut Vec<Reason>,
 ) {
-    let deny = &route.deny;
-    if !deny.failing_any_policy && !deny.failing_critical_policy && deny.failing_policies.is_empty()
-    {
-        return;
-    }
     for policy in host.failing_policies() {
-        if within_grace(policy, route.grace, now) {
+        if grace_deadline(policy, route.grace, now).is_some() {
             continue;
         }
+        let Some(kind) = denying_kind(route, policy) else {
+            continue;
+        };
         let meta = &policy.meta;
-        let failure = || PolicyFailure {
+        reasons.push(kind(PolicyFailure {
             policy_id: meta.id,
             name: meta.name.clone(),
             critical: meta.critical,
             resolution: meta.resolution.clone(),
-        };
-        if deny.failing_policies.contains(&meta.id) {
-            reasons.push(Reason::FailingPolicy(failure()));
-        } else if deny.failing_critical_policy && meta.critical {
-            reasons.push(Reason::FailingCriticalPolicy(failure()));
-        } else if deny.failing_any_policy {
-            reasons.push(Reason::FailingAnyPolicy(failure()));
-        }
+        }));
     }
 }
 
-/// True while a failing policy is still inside the route's grace period.
-/// Without a known start the failure counts at once (fail closed).
-fn within_grace(policy: &PolicyResult, grace: Option<Duration>, now: SystemTime) -> bool {
-    match (grace, policy.failing_since()) {
-        (Some(grace), Some(since)) => now.duration_since(since).unwrap_or(Duration::ZERO) < grace,
-        _ => false,
+/// The reason a failing policy denies with on this route, past any grace:
+/// `failing_policy` when listed by id, else `failing_critical_policy`, else
+/// `failing_any_policy`; `None` when the route's rules ignore it.
+fn denying_kind(route: &RoutePolicy, policy: &PolicyResult) -> Option<fn(PolicyFailure) -> Reason> {
+    let deny = &route.deny;
+    let meta = &policy.meta;
+    if deny.failing_policies.contains(&meta.id) {
+        Some(Reason::FailingPolicy)
+    } else if deny.failing_critical_policy && meta.critical {
+        Some(Reason::FailingCriticalPolicy)
+    } else if deny.failing_any_policy {
+        Some(Reason::FailingAnyPolicy)
+    } else {
+        None
     }
+}
+
+/// Failing policies that would deny on this route but are still inside its
+/// grace, with the instant they start to deny (DESIGN.md §9, warn before
+/// block).
+fn grace_warnings(route: &RoutePolicy, host: &HostPosture, now: SystemTime) -> Vec<Warning> {
+    host.failing_policies()
+        .filter(|p| denying_kind(route, p).is_some())
+        .filter_map(|p| {
+            grace_deadline(p, route.grace, now).map(|deadline| Warning {
+                policy_id: p.meta.id,
+                deadline,
+            })
+        })
+        .collect()
+}
+
+/// While a failing policy is still inside the route's grace period, the
+/// instant the grace ends. Without a known start the failure counts at once
+/// (fail closed).
+fn grace_deadline(
+    policy: &PolicyResult,
+    grace: Option<Duration>,
+    now: SystemTime,
+) -> Option<SystemTime> {
+    let (grace, since) = (grace?, policy.failing_since()?);
+    let deadline = since + grace;
+    (now < deadline).then_some(deadline)
 }

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use super::{
     DenyRules, HostMatch, Mode, Policy, Requirements, RouteMatch, RoutePolicy, StalePosture,
     UnknownDevice,
+    door::{RawBypass, RawDenyPage, bypass, deny_page},
 };
 use crate::duration::parse_duration;
 
@@ -59,6 +60,12 @@ struct RawRules {
     require: RawRequire,
     grace: Option<String>,
     deny_status: Option<u16>,
+    title: Option<String>,
+    #[serde(default)]
+    bypass: RawBypass,
+    /// Only in `defaults`: routes have no such key.
+    #[serde(default)]
+    deny_page: Option<RawDenyPage>,
 }
 
 /// A route: its name and matcher plus the same keys as `defaults`. Spelled
@@ -79,6 +86,9 @@ struct RawRoute {
     require: RawRequire,
     grace: Option<String>,
     deny_status: Option<u16>,
+    title: Option<String>,
+    #[serde(default)]
+    bypass: RawBypass,
 }
 
 impl RawRoute {
@@ -91,6 +101,9 @@ impl RawRoute {
             require: self.require.clone(),
             grace: self.grace.clone(),
             deny_status: self.deny_status,
+            title: self.title.clone(),
+            bypass: self.bypass.clone(),
+            deny_page: None,
         }
     }
 }
@@ -164,6 +177,8 @@ pub fn parse_policy(text: &str, file: &Path) -> Result<Policy, PolicyError> {
         require: Requirements::default(),
         grace: None,
         deny_status: 403,
+        title: None,
+        bypass: None,
     };
     let default =
         merge(&base, "default", &raw.defaults, "defaults").map_err(|(k, m)| err(&k, m))?;
@@ -206,10 +221,12 @@ pub fn parse_policy(text: &str, file: &Path) -> Result<Policy, PolicyError> {
         Some(d) => d,
         None => Duration::from_secs(4 * 3600),
     };
+    let deny_page = deny_page(raw.defaults.deny_page.as_ref()).map_err(|(k, m)| err(&k, m))?;
     Ok(Policy {
         default,
         routes,
         break_glass_max,
+        deny_page,
     })
 }
 
@@ -257,6 +274,12 @@ fn merge(
     }
     let pick =
         |raw: &Option<Vec<String>>, base: &Vec<String>| raw.clone().unwrap_or_else(|| base.clone());
+    let title = match raw.title.as_deref().map(str::trim) {
+        Some("") => return Err((format!("{at}.title"), "must not be empty".to_owned())),
+        Some(t) => Some(Arc::from(t)),
+        None => base.title.clone(),
+    };
+    let bypass = bypass(base.bypass, &raw.bypass, at)?;
     Ok(RoutePolicy {
         name: Arc::from(name),
         mode: raw.mode.unwrap_or(base.mode),
@@ -286,6 +309,8 @@ fn merge(
         },
         grace: positive(&raw.grace, "grace")?.or(base.grace),
         deny_status,
+        title,
+        bypass,
     })
 }
 

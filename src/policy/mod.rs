@@ -5,9 +5,11 @@
 //! reason, not only the first. It does no I/O, reads no clock and knows no
 //! Envoy or Fleet types, so it is tested table-driven from fixture files.
 
+mod door;
 mod eval;
 mod load;
 
+pub use door::{BypassRule, DenyPage, MAX_BYPASS_DURATION, Warning, warning_header};
 pub use eval::evaluate;
 pub use load::{PolicyError, load_policy, parse_policy};
 
@@ -79,6 +81,10 @@ pub struct RoutePolicy {
     pub grace: Option<Duration>,
     /// HTTP status of a deny (403 unless configured).
     pub deny_status: u16,
+    /// What deny pages call this route; the request's host when unset.
+    pub title: Option<Arc<str>>,
+    /// The self-service bypass this route offers, if any.
+    pub bypass: Option<BypassRule>,
 }
 
 /// How a request selects a route. All given conditions must hold.
@@ -107,6 +113,8 @@ pub struct Policy {
     pub routes: Vec<(RouteMatch, RoutePolicy)>,
     /// Longest emergency grant an admin may give.
     pub break_glass_max: Duration,
+    /// Support contact shown on deny pages.
+    pub deny_page: DenyPage,
 }
 
 /// The facts of one request that routing and evaluation need.
@@ -175,6 +183,11 @@ pub enum Reason {
         grant_id: u64,
         reason: String,
     },
+    /// Allowed by the device's own self-service bypass on this route.
+    Bypass {
+        grant_id: u64,
+        expires_at: SystemTime,
+    },
 }
 
 /// Which `require` clause was unmet.
@@ -209,6 +222,7 @@ impl Reason {
             Self::StalePosture { .. } => "stale_posture",
             Self::Requirement { .. } => "requirement",
             Self::BreakGlass { .. } => "break_glass",
+            Self::Bypass { .. } => "bypass",
         }
     }
 
@@ -235,6 +249,8 @@ pub struct Decision {
     pub reasons: Vec<Reason>,
     /// HTTP status to deny with.
     pub deny_status: u16,
+    /// Failing policies still inside the route's `grace`.
+    pub warnings: Vec<Warning>,
 }
 
 impl Decision {
@@ -339,7 +355,8 @@ impl HostMatch {
     }
 }
 
-fn strip_port(authority: &str) -> &str {
+/// The host of an `:authority`, without its port.
+pub fn strip_port(authority: &str) -> &str {
     if authority.starts_with('[') {
         // IPv6 literal: keep up to and including the closing bracket.
         return authority.find(']').map_or(authority, |i| &authority[..=i]);

@@ -29,6 +29,7 @@ use crate::{
         probes::{self, HttpState},
     },
     authz::AuthzService,
+    bypass::{self, Door, TokenKey},
     config::{Config, GrpcListen},
     decision::{Authorizer, Grants},
     fleet::adapter::{FleetSource, FleetSync},
@@ -60,6 +61,8 @@ struct Parts {
     reloader: Arc<Reloader>,
     admin: AdminState,
     fleet: Option<FleetSource>,
+    /// The self-service bypass: offers on deny pages, the endpoint.
+    door: Arc<Door>,
 }
 
 /// Both listeners, bound.
@@ -165,6 +168,16 @@ fn build_parts(config: &Config, ext: Extensions) -> anyhow::Result<Parts> {
         (None, Some(_)) => Some(Arc::new(FileSync(Arc::clone(&reloader))) as Arc<dyn SyncTrigger>),
         (None, None) => None,
     });
+    let key = match &config.bypass.key_file {
+        Some(path) => TokenKey::from_file(path)?,
+        None => TokenKey::random(),
+    };
+    let door = Arc::new(Door::new(
+        Arc::clone(&authorizer),
+        Arc::clone(&grants),
+        key,
+        config.identity.xfcc_element,
+    ));
     let admin = AdminState {
         authorizer: Arc::clone(&authorizer),
         sync,
@@ -179,6 +192,7 @@ fn build_parts(config: &Config, ext: Extensions) -> anyhow::Result<Parts> {
         reloader,
         admin,
         fleet,
+        door,
     })
 }
 
@@ -321,7 +335,9 @@ fn spawn_grpc(
         .http2_max_pending_accept_reset_streams(Some(GRPC_MAX_STREAMS as usize))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(AuthzService::new(Arc::clone(&parts.authorizer)))
+        .add_service(
+            AuthzService::new(Arc::clone(&parts.authorizer)).with_door(Arc::clone(&parts.door)),
+        )
         .add_service(admin::grpc::server(parts.admin.clone()));
     // Coalescing: answers under 1 KiB share a write (see `listen`).
     match listener {
@@ -372,7 +388,9 @@ fn spawn_http(tasks: &mut Tasks, listener: TcpListener, parts: &Parts, stop: &St
             Arc::new(move || admin.update_grant_gauge(SystemTime::now()))
         },
     };
-    let app = probes::router(http_state).merge(admin::http::router(parts.admin.clone()));
+    let app = probes::router(http_state)
+        .merge(admin::http::router(parts.admin.clone()))
+        .merge(bypass::http::router(Arc::clone(&parts.door)));
     let stop = stop.signalled();
     tasks.spawn(async move {
         axum::serve(listener, app)

@@ -93,6 +93,10 @@ pub struct Metrics {
     pub break_glass_active: Gauge,
     /// Inputs refused or slowed by a bound (README, "Limits").
     pub limits_hit: Family<LimitLabels, Counter>,
+    /// Self-service bypass requests by result (`granted`, or why refused).
+    pub bypass_requests: Family<ResultLabels, Counter>,
+    /// Self-service bypasses in force.
+    pub bypass_active: Gauge,
     /// The decision counter and latency mirrored over OTLP (no-ops unless
     /// telemetry installed a meter provider before this was created).
     pub otel: crate::telemetry::OtelInstruments,
@@ -133,12 +137,15 @@ impl Metrics {
             rechecks: Family::default(),
             break_glass_active: Gauge::default(),
             limits_hit: Family::default(),
+            bypass_requests: Family::default(),
+            bypass_active: Gauge::default(),
             otel: crate::telemetry::OtelInstruments::default(),
             registry: Registry::default(),
         };
         m.register_check(&mut registry);
         m.register_posture(&mut registry);
         m.register_fleet(&mut registry);
+        m.register_bypass(&mut registry);
         Self { registry, ..m }
     }
 
@@ -168,6 +175,20 @@ impl Metrics {
             "limits_hit",
             "Inputs refused or slowed by a bound, by bound",
             self.limits_hit.clone(),
+        );
+    }
+
+    /// Self-service bypasses.
+    fn register_bypass(&self, registry: &mut Registry) {
+        registry.register(
+            "bypass_requests",
+            "Self-service bypass requests by result",
+            self.bypass_requests.clone(),
+        );
+        registry.register(
+            "bypass_grants_active",
+            "Self-service bypasses in force",
+            self.bypass_active.clone(),
         );
     }
 

@@ -44,6 +44,9 @@ pub struct EnvoyOptions {
     /// `include_peer_certificate` of the ext_authz filter. `false` mimics
     /// Istio, which sends the certificate only in `x-forwarded-client-cert`.
     pub include_peer_certificate: bool,
+    /// fleet-authz's HTTP listener (the `fleet_authz_http` cluster, which
+    /// serves `/.fleet-authz/`); left as shipped when `None`.
+    pub http: Option<SocketAddr>,
 }
 
 impl EnvoyOptions {
@@ -53,6 +56,7 @@ impl EnvoyOptions {
             authz: GrpcListen::Tcp(authz),
             app,
             include_peer_certificate: true,
+            http: None,
         }
     }
 }
@@ -236,6 +240,9 @@ pub fn derive_config(root: &Value, certs: &Path, options: &EnvoyOptions) -> Valu
     );
     set_cluster_endpoint(&mut config, "fleet_authz", &options.authz);
     set_cluster_endpoint(&mut config, "app", &GrpcListen::Tcp(options.app));
+    if let Some(http) = options.http {
+        set_cluster_endpoint(&mut config, "fleet_authz_http", &GrpcListen::Tcp(http));
+    }
     if !options.include_peer_certificate {
         ext_authz_filter(&mut config)["typed_config"]["include_peer_certificate"] = json!(false);
     }

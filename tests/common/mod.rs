@@ -17,6 +17,7 @@
     clippy::result_large_err
 )]
 
+pub mod browser;
 pub mod certs;
 pub mod deploy;
 pub mod echo;

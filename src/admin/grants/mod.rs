@@ -8,6 +8,10 @@
 //! written atomically (temp file, fsync, rename, fsync of the directory) as a
 //! small JSON document, and the file is read at start. Expired grants are
 //! dropped when the file is next written; they never match a Check.
+//! Self-service bypasses (DESIGN.md §9) are grants too, scoped to one route
+//! ([`bypass`]); they stay on file for a day after they were given, expired
+//! or revoked, because the daily limit and the page token's replay check
+//! count them.
 
 use std::{
     path::{Path, PathBuf},
@@ -16,6 +20,10 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+
+mod bypass;
+
+pub use bypass::{BypassLimits, BypassRefusal};
 
 use crate::{
     atomic_file::write_atomically,
@@ -66,6 +74,9 @@ pub struct Grant {
     pub granted_at: SystemTime,
     /// First instant it no longer applies.
     pub expires_at: SystemTime,
+    /// `Some(route)`: a self-service bypass, for that route only
+    /// ([`bypass`]); `None`: a break-glass grant, for every route.
+    pub bypass_route: Option<String>,
 }
 
 impl Grant {
@@ -93,6 +104,8 @@ pub struct GrantRequest {
     pub granted_by: String,
     /// How long, already capped.
     pub duration: Duration,
+    /// `Some(route)` for a self-service bypass of that route.
+    pub bypass_route: Option<String>,
 }
 
 /// The grants in force, optionally persisted to a file.
@@ -146,7 +159,16 @@ impl GrantStore {
 
     /// Gives a grant starting at `now`; persisted before it is returned.
     pub fn grant(&self, request: GrantRequest, now: SystemTime) -> Result<Grant, GrantsError> {
-        let mut state = self.lock();
+        self.grant_locked(&mut self.lock(), request, now)
+    }
+
+    /// [`Self::grant`] with the lock already held by the caller.
+    fn grant_locked(
+        &self,
+        state: &mut State,
+        request: GrantRequest,
+        now: SystemTime,
+    ) -> Result<Grant, GrantsError> {
         let grant = Grant {
             id: state.next_id,
             subject: request.subject,
@@ -154,12 +176,13 @@ impl GrantStore {
             granted_by: request.granted_by,
             granted_at: now,
             expires_at: now + request.duration,
+            bypass_route: request.bypass_route,
         };
         let mut next = State {
             next_id: state.next_id + 1,
             grants: state.grants.clone(),
         };
-        next.grants.retain(|g| g.is_active(now));
+        next.grants.retain(|g| g.is_kept(now));
         next.grants.push(grant.clone());
         self.persist(&next)?;
         *state = next;
@@ -177,8 +200,8 @@ impl GrantStore {
             grants: state
                 .grants
                 .iter()
-                .filter(|g| g.id != id && g.is_active(now))
-                .cloned()
+                .filter(|g| g.is_kept(now))
+                .filter_map(|g| g.revoked(id, now))
                 .collect(),
         };
         self.persist(&next)?;
@@ -221,8 +244,12 @@ impl Grants for GrantStore {
         self.lock()
             .grants
             .iter()
-            .find(|g| g.is_active(now) && g.covers(host, fingerprint))
+            .find(|g| g.bypass_route.is_none() && g.is_active(now) && g.covers(host, fingerprint))
             .map(|g| (g.id, g.reason.clone()))
+    }
+
+    fn find_bypass(&self, host: HostId, route: &str, now: SystemTime) -> Option<(u64, SystemTime)> {
+        self.find_bypass_grant(host, route, now)
     }
 }
 
@@ -244,6 +271,8 @@ struct FileGrant {
     host_id: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sha1: Option<Fingerprint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bypass_route: Option<String>,
     reason: String,
     granted_by: String,
     granted_at_unix_ms: i64,
@@ -266,6 +295,7 @@ fn encode(state: &State) -> Vec<u8> {
                     id: g.id,
                     host_id,
                     sha1,
+                    bypass_route: g.bypass_route.clone(),
                     reason: g.reason.clone(),
                     granted_by: g.granted_by.clone(),
                     granted_at_unix_ms: unix_ms(g.granted_at),
@@ -300,6 +330,7 @@ fn decode(bytes: &[u8]) -> Result<State, String> {
             granted_by: g.granted_by,
             granted_at: from_unix_ms(g.granted_at_unix_ms),
             expires_at: from_unix_ms(g.expires_at_unix_ms),
+            bypass_route: g.bypass_route,
         });
     }
     let max_id = grants.iter().map(|g| g.id).max().unwrap_or(0);
@@ -309,7 +340,5 @@ fn decode(bytes: &[u8]) -> Result<State, String> {
     })
 }
 
-/// Writes `bytes` to `path` so a reader sees the old or the new file, never a
-/// torn one, even across a crash.
 #[cfg(test)]
 mod tests;

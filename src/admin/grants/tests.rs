@@ -14,6 +14,7 @@ fn request(subject: GrantSubject, secs: u64) -> GrantRequest {
         reason: "incident 42".to_owned(),
         granted_by: "admin".to_owned(),
         duration: Duration::from_secs(secs),
+        bypass_route: None,
     }
 }
 
@@ -83,4 +84,70 @@ fn a_corrupt_file_is_an_error_naming_it() {
     let err = GrantStore::open(&path).unwrap_err().to_string();
     assert!(err.contains("grants.json"), "{err}");
     assert!(err.contains("invalid break-glass grants file"), "{err}");
+}
+
+fn bypass(host: u64, secs: u64) -> GrantRequest {
+    GrantRequest {
+        subject: GrantSubject::Host(HostId(host)),
+        reason: "demo".to_owned(),
+        granted_by: "self-service".to_owned(),
+        duration: Duration::from_secs(secs),
+        bypass_route: Some("default".to_owned()),
+    }
+}
+
+#[test]
+fn bypasses_hold_their_route_their_daily_limit_and_spend_their_token() {
+    let store = GrantStore::in_memory();
+    let t0 = UNIX_EPOCH + Duration::from_secs(10_000_000);
+    let limits = |issued| BypassLimits {
+        max_per_day: 2,
+        token_issued_at: issued,
+    };
+    let first = store
+        .grant_bypass(HostId(3), bypass(3, 60), limits(t0), t0)
+        .unwrap()
+        .unwrap();
+    // Only its route, and never as break-glass.
+    assert_eq!(
+        store.find_bypass_grant(HostId(3), "default", t0),
+        Some((first.id, t0 + Duration::from_secs(60)))
+    );
+    assert_eq!(store.find_bypass_grant(HostId(3), "payroll", t0), None);
+    assert_eq!(store.find(Some(HostId(3)), &fp(1), t0), None);
+    // The same page's token again: spent.
+    let again = store.grant_bypass(
+        HostId(3),
+        bypass(3, 60),
+        limits(t0),
+        t0 + Duration::from_secs(1),
+    );
+    assert_eq!(again.unwrap(), Err(BypassRefusal::TokenSpent));
+    // Revoked, it stops at once but still counts.
+    let t1 = t0 + Duration::from_secs(10);
+    assert!(store.revoke(first.id, t1).unwrap());
+    assert_eq!(store.find_bypass_grant(HostId(3), "default", t1), None);
+    assert_eq!(store.bypasses_in_day(HostId(3), "default", t1), 1);
+    store
+        .grant_bypass(HostId(3), bypass(3, 60), limits(t1), t1)
+        .unwrap()
+        .unwrap();
+    let t2 = t1 + Duration::from_secs(120);
+    let third = store.grant_bypass(HostId(3), bypass(3, 60), limits(t2), t2);
+    assert_eq!(third.unwrap(), Err(BypassRefusal::LimitReached(2)));
+    // Another device has its own budget; a day later the first has too.
+    assert!(
+        store
+            .grant_bypass(HostId(4), bypass(4, 60), limits(t2), t2)
+            .unwrap()
+            .is_ok()
+    );
+    let t3 = t0 + Duration::from_secs(24 * 3600 + 11);
+    assert_eq!(store.bypasses_in_day(HostId(3), "default", t3), 0);
+    assert!(
+        store
+            .grant_bypass(HostId(3), bypass(3, 60), limits(t3), t3)
+            .unwrap()
+            .is_ok()
+    );
 }

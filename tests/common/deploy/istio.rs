@@ -239,6 +239,58 @@ pub enum TlsVersion {
     V1_3,
 }
 
+// === VirtualService (networking.istio.io/v1), the fields used here ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualServiceSpec {
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    pub http: Vec<HttpRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRoute {
+    pub name: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matches: Vec<HttpMatch>,
+    pub route: Vec<RouteDestination>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpMatch {
+    pub uri: Option<StringMatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StringMatch {
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteDestination {
+    pub destination: Destination,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    pub host: String,
+    pub port: Option<PortSelector>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSelector {
+    pub number: u16,
+}
+
 /// Parses `text` as an object with the given spec type, or says why not.
 pub fn parse<S: serde::de::DeserializeOwned>(text: &str) -> Result<Object<S>, String> {
     yaml_serde::from_str(text).map_err(|e| e.to_string())
