@@ -211,5 +211,29 @@ bypass: {{key_file: {d}/bypass.key}}\n",
         d = dir.path().display()
     );
     let config = Config::from_yaml(&config, "door.yaml".as_ref()).unwrap();
-    fleet_authz::server::start(config).await.unwrap()
+    let server = fleet_authz::server::start(config).await.unwrap();
+    seen_failing_from_now(&server);
+    server
+}
+
+/// Grace counts from when fleet-authz saw a failure start; failures already
+/// there at its first publish get none. Publish every host passing, then as
+/// the file has it, so the failures start now, as a running service sees them.
+fn seen_failing_from_now(server: &RunningServer) {
+    use fleet_authz::posture::{HostPosture, PolicyResponse};
+    let store = &server.authorizer.store;
+    let hosts: Vec<HostPosture> = store.all_hosts().iter().map(|h| (**h).clone()).collect();
+    let passing = hosts
+        .iter()
+        .cloned()
+        .map(|mut h| {
+            h.policies
+                .iter_mut()
+                .for_each(|p| p.response = PolicyResponse::Pass);
+            h
+        })
+        .collect();
+    let now = std::time::SystemTime::now();
+    store.replace_all(passing, now);
+    store.replace_all(hosts, now);
 }
