@@ -29,6 +29,8 @@ pub mod decision;
 pub mod duration;
 pub mod fingerprint;
 pub mod fleet;
+pub mod grants;
+pub mod html;
 pub mod identity;
 pub mod input;
 

@@ -8,7 +8,6 @@
 //! Explain reuses `Authorizer::decide` without the live recheck, so asking
 //! never causes Fleet traffic and never moves the decision metrics.
 
-pub mod grants;
 pub mod grpc;
 pub mod http;
 pub mod probes;
@@ -18,9 +17,9 @@ use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
 use serde_json::{Value, json};
 
-pub use self::grants::{Grant, GrantRequest, GrantStore, GrantSubject, GrantsError};
 pub use self::token::{AdminToken, TokenError};
 pub use crate::decision::SyncTrigger;
+pub use crate::grants::{Grant, GrantRequest, GrantStore, GrantSubject, GrantsError};
 use crate::{
     authz::body,
     decision::{Authorizer, Outcome, Target},

@@ -235,22 +235,6 @@ pub fn prefers_html(accept: &str) -> bool {
     html > 0.0 && html > json
 }
 
-/// Minimal HTML escaping for text and attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,7 +254,7 @@ mod tests {
     #[test]
     fn escape_neutralises_markup() {
         assert_eq!(
-            escape("<a href=\"x\">&'"),
+            crate::html::escape("<a href=\"x\">&'"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
     }

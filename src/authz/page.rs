@@ -10,7 +10,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::body::{BodyContext, escape, remediation_url};
+use super::body::{BodyContext, remediation_url};
+use crate::html::escape;
 use crate::{
     bypass::{BYPASS_PATH, Offer},
     duration::format_duration,

@@ -22,12 +22,9 @@ use serde::Deserialize;
 
 use super::{BYPASS_PATH, Door};
 use crate::{
-    admin::{
-        GrantRequest, GrantSubject,
-        grants::{BypassLimits, BypassRefusal},
-    },
-    authz::body::escape,
     fingerprint::Fingerprint,
+    grants::{BypassLimits, BypassRefusal, GrantRequest, GrantSubject},
+    html::escape,
     identity::{XFCC_HEADER, xfcc_certificate},
     telemetry::metrics::ResultLabels,
 };

@@ -17,8 +17,8 @@ pub mod token;
 use std::{sync::Arc, time::Duration, time::SystemTime};
 
 use crate::{
-    admin::GrantStore,
     decision::{Authorizer, Outcome, bypassable},
+    grants::GrantStore,
     identity::XfccElement,
     policy::RequestFacts,
 };
