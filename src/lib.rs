@@ -22,6 +22,7 @@ pub mod admin;
 pub mod atomic_file;
 pub mod authz;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod decision;
 pub mod duration;

@@ -61,6 +61,13 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels of `fleet_authz_cluster_rejected_total`: what was refused
+/// (`lease`, `grant`, `snapshot`, `audit`, `recheck`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
 /// Every metric the service exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -80,6 +87,12 @@ pub struct Metrics {
     pub posture_reloads: Family<ResultLabels, Counter>,
     pub rechecks: Family<ResultLabels, Counter>,
     pub break_glass_active: Gauge,
+    /// Cluster mode: values read from NATS that failed the signature check.
+    pub cluster_rejected: Family<KindLabels, Counter>,
+    /// Cluster mode: 1 while this replica holds the leader lease.
+    pub cluster_leader: Gauge,
+    /// Cluster mode: 1 while NATS is out of reach and this replica syncs alone.
+    pub cluster_degraded: Gauge,
     /// The decision counter and latency mirrored over OTLP (no-ops unless
     /// telemetry installed a meter provider before this was created).
     pub otel: crate::telemetry::OtelInstruments,
@@ -117,6 +130,9 @@ impl Metrics {
             posture_reloads: Family::default(),
             rechecks: Family::default(),
             break_glass_active: Gauge::default(),
+            cluster_rejected: Family::default(),
+            cluster_leader: Gauge::default(),
+            cluster_degraded: Gauge::default(),
             otel: crate::telemetry::OtelInstruments::default(),
             registry: Registry::default(),
         };
@@ -182,6 +198,21 @@ impl Metrics {
             "break_glass_grants_active",
             "Break-glass grants in force",
             m.break_glass_active.clone(),
+        );
+        registry.register(
+            "cluster_rejected",
+            "Cluster values read from NATS and refused for a missing or wrong signature, by kind",
+            m.cluster_rejected.clone(),
+        );
+        registry.register(
+            "cluster_leader",
+            "1 while this replica holds the cluster leader lease",
+            m.cluster_leader.clone(),
+        );
+        registry.register(
+            "cluster_degraded",
+            "1 while NATS is out of reach and this replica syncs Fleet alone",
+            m.cluster_degraded.clone(),
         );
         Self { registry, ..m }
     }
