@@ -543,3 +543,25 @@ fn a_bad_cluster_block_exits_64_naming_the_file_and_key() {
         );
     }
 }
+
+#[test]
+fn the_cluster_components_config_is_the_bases_plus_a_valid_cluster_block() {
+    let read = |p: &str| -> yaml_serde::Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p);
+        yaml_serde::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let base = read("deploy/kubernetes/base/config/config.yaml");
+    let mut cluster = read("deploy/kubernetes/components/cluster/config/config.yaml");
+    let block = cluster.as_mapping_mut().unwrap().remove("cluster").unwrap();
+    assert_eq!(
+        cluster, base,
+        "components/cluster/config/config.yaml drifted from the base's"
+    );
+    let parsed: fleet_authz::cluster::ClusterConfig = yaml_serde::from_value(block).unwrap();
+    assert_eq!(parsed.nats_url, "nats://nats.fleet-authz:4222");
+    assert_eq!(parsed.name, "fleet-authz");
+    assert_eq!(
+        parsed.key_file.unwrap(),
+        std::path::Path::new("/var/run/secrets/fleet-authz-cluster/key")
+    );
+}
