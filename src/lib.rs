@@ -15,7 +15,9 @@
 //!   ports ([`Refresh`](decision::Refresh), [`Grants`](decision::Grants),
 //!   [`SyncTrigger`](decision::SyncTrigger)) that adapters implement;
 //! - adapters: [`authz`] (Envoy), [`fleet`] (Fleet, the snapshot), [`admin`]
-//!   (admin API, grants, probes), with [`telemetry`] for logs and metrics;
+//!   (admin API, grants, probes), [`cluster`] (NATS JetStream: one Fleet sync,
+//!   shared grants and audit for many replicas), with [`telemetry`] for logs
+//!   and metrics;
 //! - wiring: [`server`] starts everything; [`cli`] is the command line.
 
 pub mod admin;

@@ -25,27 +25,28 @@ mod lease;
 mod nats;
 mod posture;
 mod recheck;
+mod run;
 pub mod sign;
 mod term;
 
 use std::{
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
-use tokio::{sync::watch, task::JoinSet};
-use tracing::Instrument;
+use tokio::sync::watch;
 
 pub use self::config::ClusterConfig;
+pub use self::run::spawn;
+use self::run::{ready, stopped};
 use self::{
     nats::{Names, Nats},
     sign::{Kind, Rejection, Signer},
 };
 use crate::{
-    admin::GrantStore,
     fleet::{FleetConfig, PollerHandle, Recheck},
     posture::{HostId, PostureStore},
     telemetry::metrics::{KindLabels, Metrics},
@@ -312,83 +313,4 @@ fn replica_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "fleet-authz".to_owned());
     format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
-}
-
-/// Resolves once `stop` turns true.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-/// Connects (in the background) and starts every cluster task in `tasks`.
-pub async fn spawn(
-    node: &Arc<Node>,
-    grant_store: &Arc<GrantStore>,
-    tasks: &mut JoinSet<anyhow::Result<()>>,
-    stop: &watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let client = nats::connect(&node.config, &node.id).await?;
-    let step = node.config.lease_ttl / 3;
-    macro_rules! task {
-        ($name:literal, $fut:expr) => {
-            tasks.spawn(
-                async move {
-                    $fut.await;
-                    Ok(())
-                }
-                .instrument(tracing::info_span!($name)),
-            );
-        };
-    }
-    let (n, s) = (Arc::clone(node), stop.clone());
-    task!("cluster_connect", connect_loop(n, client, step, s));
-    let (n, s) = (Arc::clone(node), stop.clone());
-    task!("cluster_lease", lease::run(n, s));
-    let (n, s) = (Arc::clone(node), stop.clone());
-    task!("cluster_term", term::run(n, s));
-    let (n, s) = (Arc::clone(node), stop.clone());
-    task!("cluster_publish", posture::publish_loop(n, s));
-    let (n, s) = (Arc::clone(node), stop.clone());
-    task!("cluster_follow", posture::follow_loop(n, s));
-    let (n, s) = (Arc::clone(node), stop.clone());
-    task!("cluster_recheck", recheck::serve_loop(n, s));
-    let (n, s) = (Arc::clone(node), stop.clone());
-    task!("cluster_fresh", recheck::fresh_loop(n, s));
-    let (n, g, s) = (Arc::clone(node), Arc::clone(grant_store), stop.clone());
-    task!("cluster_grants", grants::watch_loop(n, g, s));
-    let (n, s) = (Arc::clone(node), stop.clone());
-    task!("cluster_grant_writer", grants::write_loop(n, s));
-    Ok(())
-}
-
-/// Finds or creates the JetStream resources once NATS answers, then hands
-/// them to every task.
-async fn connect_loop(
-    node: Arc<Node>,
-    client: async_nats::Client,
-    step: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        match nats::resources(&client, &node.names).await {
-            Ok(nats) => {
-                tracing::info!(replica = %node.id, "connected to NATS JetStream");
-                node.nats.send_replace(Some(nats));
-                return;
-            }
-            Err(error) => tracing::debug!(%error, "NATS JetStream not reachable yet"),
-        }
-        tokio::select! {
-            () = stopped(&mut stop) => return,
-            () = tokio::time::sleep(step) => {}
-        }
-    }
-}
-
-/// Waits until NATS answered once; `None` on shutdown.
-async fn ready(node: &Node, stop: &mut watch::Receiver<bool>) -> Option<Nats> {
-    let mut rx = node.nats.subscribe();
-    tokio::select! {
-        ready = rx.wait_for(Option::is_some) => ready.ok().and_then(|n| n.clone()),
-        () = stopped(stop) => None,
-    }
 }

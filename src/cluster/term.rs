@@ -57,7 +57,10 @@ pub(super) async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             Ok(done) => {
                 let _ = done.await;
             }
-            Err(error) => tracing::error!(%error, "cannot start the Fleet sync thread"),
+            Err(error) => {
+                tracing::error!(%error, "cannot start the Fleet sync thread");
+                tokio::time::sleep(node.config.lease_ttl / 3).await;
+            }
         }
         node.term.store(None);
         tracing::info!(role = node.role().role.as_str(), "Fleet sync stopped");
