@@ -253,3 +253,88 @@ fn on_entry(node: &Node, store: &GrantStore, entry: &async_nats::jetstream::kv::
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::admin::GrantRequest;
+
+    /// Records what the store sends, and gives ids from 1000.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl GrantReplica for Recorder {
+        fn next_id(&self, local_next: u64) -> u64 {
+            local_next.max(1000)
+        }
+        fn granted(&self, grant: &Grant) {
+            lock(&self.0).push(format!("granted {}", grant.id));
+        }
+        fn revoked(&self, grant: &Grant, _at: SystemTime) {
+            lock(&self.0).push(format!("revoked {}", grant.id));
+        }
+    }
+
+    fn request() -> GrantRequest {
+        GrantRequest {
+            subject: GrantSubject::Host(HostId(7)),
+            reason: "incident".into(),
+            granted_by: "admin".into(),
+            duration: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn local_changes_go_to_the_replica_and_remote_ones_are_applied_once_without_echo() {
+        let store = GrantStore::in_memory();
+        let recorder = Arc::new(Recorder::default());
+        store.set_replica(Arc::clone(&recorder) as Arc<dyn GrantReplica>);
+        let now = SystemTime::now();
+        let mine = store.grant(request(), now).unwrap();
+        assert_eq!(mine.id, 1000, "the id comes from the replica");
+        // A grant made through another replica, as read back from KV.
+        let entry = Entry::new(
+            &Grant {
+                id: 5000,
+                ..mine.clone()
+            },
+            None,
+            "other",
+        );
+        let remote = entry.to_grant().unwrap();
+        assert!(
+            store
+                .apply_remote(RemoteChange::Granted(remote.clone()), now)
+                .unwrap()
+        );
+        assert!(
+            !store
+                .apply_remote(RemoteChange::Granted(remote), now)
+                .unwrap(),
+            "applied twice"
+        );
+        assert_eq!(store.active(now).len(), 2);
+        assert!(store.revoke(5000, now).unwrap());
+        assert!(
+            store
+                .apply_remote(RemoteChange::Revoked(1000), now)
+                .unwrap()
+        );
+        assert!(
+            !store
+                .apply_remote(RemoteChange::Revoked(1000), now)
+                .unwrap()
+        );
+        assert!(store.active(now).is_empty());
+        // A new local grant still gets a fresh id, past every id seen.
+        assert_eq!(store.grant(request(), now).unwrap().id, 5001);
+        let sent = lock(&recorder.0).clone();
+        assert_eq!(sent, ["granted 1000", "revoked 5000", "granted 5001"]);
+        // An expired grant from the cluster changes nothing.
+        let mut old = mine;
+        (old.id, old.expires_at) = (9000, now - Duration::from_secs(1));
+        assert!(!store.apply_remote(RemoteChange::Granted(old), now).unwrap());
+    }
+}
