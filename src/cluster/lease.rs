@@ -103,8 +103,9 @@ impl Lease {
             .map(|e| (e.revision, open_claim(node, &e.value)));
         match (claim, entry.as_ref().map(|e| e.revision)) {
             (None, revision) => self.take(node, nats, revision).await,
-            // Its own claim (also when a writer replayed an older one of it).
-            (Some((revision, Some(holder))), _) if holder == node.id && self.mine.is_some() => {
+            // Its own claim, also one it held before NATS went away (or an
+            // older one a writer replayed): renewing it is taking it back.
+            (Some((revision, Some(holder))), _) if holder == node.id => {
                 self.renew(node, nats, revision).await
             }
             (Some((revision, Some(holder))), _) => {
