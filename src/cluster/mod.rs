@@ -82,6 +82,7 @@ impl Role {
 /// The role with what goes with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleState {
+    /// What it does.
     pub role: Role,
     /// The lease holder last seen (this replica's id when it leads).
     pub leader: Option<String>,
@@ -138,10 +139,15 @@ impl std::fmt::Debug for Node {
 
 /// What `build` needs from the rest of the service.
 pub struct Parts {
+    /// `cluster:`.
     pub config: ClusterConfig,
+    /// `fleet:`, for the poller of each term and the recheck.
     pub fleet: FleetConfig,
+    /// `snapshot.path`: written after each posture applied from NATS too.
     pub snapshot: Option<PathBuf>,
+    /// The store every decision reads.
     pub store: Arc<PostureStore>,
+    /// The service's metrics.
     pub metrics: Arc<Metrics>,
     /// The handle whose CVE list the policy reloader keeps.
     pub cves: PollerHandle,

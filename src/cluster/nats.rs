@@ -26,11 +26,17 @@ pub const CHUNK_SIZE: usize = 512 * 1024;
 /// The names §8 derives from `cluster.name`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
+    /// KV `<name>-leader`: the lease.
     pub leader_bucket: String,
+    /// KV `<name>-grants`: break-glass grants (and bypasses).
     pub grants_bucket: String,
+    /// Object Store `<name>-snapshots`: the leader's posture.
     pub snapshots_bucket: String,
+    /// Stream `<name>-audit`.
     pub audit_stream: String,
+    /// The audit stream's subject, `<name>.audit`.
     pub audit_subject: String,
+    /// Request/reply to the leader, `<name>.recheck`.
     pub recheck_subject: String,
     /// Where the leader sends every fresh host, for every replica to apply.
     pub fresh_subject: String,
@@ -54,11 +60,17 @@ impl Names {
 /// The connection and the resources on it. Cheap to clone.
 #[derive(Clone)]
 pub struct Nats {
+    /// Core NATS (request/reply, subscriptions).
     pub client: async_nats::Client,
+    /// JetStream on it (publishing audit entries).
     pub js: jetstream::Context,
+    /// The lease bucket.
     pub leader: kv::Store,
+    /// The grants bucket.
     pub grants: kv::Store,
+    /// The posture object store.
     pub snapshots: object_store::ObjectStore,
+    /// The audit stream.
     pub audit: stream::Stream,
 }
 
