@@ -14,14 +14,17 @@
 //!    Leader and two followers, 10 s interval, `CLUSTER_BENCH_CYCLES`
 //!    publishes after two of warm-up.
 //! 3. **Follower RSS** at 100,000 hosts against a standalone instance
-//!    syncing the same fake at the same interval, `VmRSS` read 7 s after the
-//!    last publish.
+//!    syncing the same fake at the same interval (started after part 2, so
+//!    its syncs do not share the CPUs with the publishes timed there):
+//!    `VmRSS` of each, every 500 ms over two intervals once the standalone
+//!    has synced three times; median and maximum.
 //!
 //! Every replica is its own `fleet-authz serve` process (JSON logs to a file),
 //! so each RSS is its own; the fake Fleet runs in this process and serves
 //! bodies from memory after building them once (a remote Fleet's CPU is not
 //! on this machine). Run: `cargo bench --bench cluster`
-//! (`CLUSTER_BENCH_HOSTS=N` for the 100k part, `CLUSTER_BENCH_CYCLES=N`).
+//! (`CLUSTER_BENCH_HOSTS=N` for the 100k part, `CLUSTER_BENCH_CYCLES=N`,
+//! `CLUSTER_BENCH_SKIP_LOAD=1` for parts 2 and 3 alone).
 //! Results: docs/bench-log/2026-11-30-cluster.md.
 
 #![allow(
@@ -86,8 +89,20 @@ async fn run() {
         nats: nats.url(),
     };
 
+    let hosts = env_u64("CLUSTER_BENCH_HOSTS", 100_000);
+    if std::env::var_os("CLUSTER_BENCH_SKIP_LOAD").is_none() {
+        fleet_load(&bench).await;
+    }
+    println!("## Publish → followers, and RSS ({hosts} hosts)");
+    let fake = start_fake(hosts).await;
+    bench
+        .propagation_and_rss(&fake, env_u64("CLUSTER_BENCH_CYCLES", 8) as usize)
+        .await;
+}
+
+async fn fleet_load(bench: &Bench) {
     println!("## Fleet load per sync interval ({LOAD_HOSTS} hosts, interval {LOAD_INTERVAL:?})");
-    let fake = fake(LOAD_HOSTS).await;
+    let fake = start_fake(LOAD_HOSTS).await;
     let mut baseline = None;
     for replicas in [1usize, 3, 8] {
         let (requests, bytes, cycles) = bench.fleet_load(&fake, replicas).await;
@@ -100,16 +115,9 @@ async fn run() {
         );
     }
     drop(fake);
-
-    let hosts = env_u64("CLUSTER_BENCH_HOSTS", 100_000);
-    println!("## Publish → followers, and RSS ({hosts} hosts)");
-    let fake = fake(hosts).await;
-    bench
-        .propagation_and_rss(&fake, env_u64("CLUSTER_BENCH_CYCLES", 8) as usize)
-        .await;
 }
 
-async fn fake(hosts: u64) -> FakeFleet {
+async fn start_fake(hosts: u64) -> FakeFleet {
     let started = Instant::now();
     let fake = FakeFleet::start(FakeSpec {
         hosts,
@@ -245,78 +253,104 @@ telemetry: {{log_format: json}}
             self.replica(fake, "follower-1", Some("prop"), interval),
             self.replica(fake, "follower-2", Some("prop"), interval),
         ];
-        let standalone = self.replica(fake, "standalone", None, interval);
         let target = 2 + cycles as u64;
         wait(interval * (target as u32 + 6), || async {
             let v = cluster_json(leader.http).await?["posture_version"].as_u64()?;
             (v >= target).then_some(())
         })
         .await;
-        tokio::time::sleep(Duration::from_secs(7)).await;
-        let rss = |r: &Replica| proc_kib(r.child.id(), "VmRSS:") as f64 / 1024.0;
-        let hwm = |r: &Replica| proc_kib(r.child.id(), "VmHWM:") as f64 / 1024.0;
-        let publishes = log_lines(&leader.log, "posture published to the cluster");
-        let mut delays = Vec::new();
-        for f in &followers {
-            for applied in log_lines(&f.log, "posture applied from the cluster") {
-                let version = applied["version"].as_u64().unwrap();
-                if version <= 2 {
-                    continue;
-                }
-                let Some(publish) = publishes
-                    .iter()
-                    .find(|p| p["version"].as_u64() == Some(version))
-                else {
-                    continue;
-                };
-                let started =
-                    time_of(publish) - parse_debug_duration(publish["took"].as_str().unwrap());
-                delays.push(
-                    time_of(&applied)
-                        .duration_since(started)
-                        .unwrap()
-                        .as_secs_f64(),
-                );
+        // Let the last publish reach the followers before reading the logs.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        report_propagation(&leader, &followers);
+
+        // RSS: a standalone instance syncing the same fake at the same
+        // interval, sampled with the followers every 500 ms over two
+        // intervals once it has synced three times.
+        let standalone = self.replica(fake, "standalone", None, interval);
+        wait(interval * 8, || async {
+            let (_, text) = get_text(standalone.http, "/metrics").await?;
+            let synced = text
+                .lines()
+                .find(|l| l.starts_with("fleet_authz_syncs_total{result=\"success\"}"))?;
+            (synced.rsplit(' ').next()?.parse::<f64>().ok()? >= 3.0).then_some(())
+        })
+        .await;
+        let procs: Vec<(&str, &Replica)> = vec![
+            ("standalone", &standalone),
+            ("follower 1", &followers[0]),
+            ("follower 2", &followers[1]),
+            ("leader", &leader),
+        ];
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); procs.len()];
+        for _ in 0..40 {
+            for (i, (_, r)) in procs.iter().enumerate() {
+                samples[i].push(proc_kib(r.child.id(), "VmRSS:") as f64 / 1024.0);
             }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        delays.sort_by(f64::total_cmp);
-        let pct = |p: f64| delays[((delays.len() - 1) as f64 * p).round() as usize];
-        println!(
-            "publish → follower decides: {} samples, p50 {:.3} s, p99 {:.3} s, max {:.3} s",
-            delays.len(),
-            pct(0.5),
-            pct(0.99),
-            pct(1.0)
-        );
-        let sizes: Vec<_> = publishes
-            .iter()
-            .filter_map(|p| p["bytes"].as_u64())
-            .collect();
-        println!(
-            "posture object: {:.1} MB; publish took {}",
-            sizes.last().copied().unwrap_or(0) as f64 / 1e6,
-            publishes
-                .last()
-                .map_or("?", |p| p["took"].as_str().unwrap_or("?"))
-        );
-        let s = rss(&standalone);
-        for (i, f) in followers.iter().enumerate() {
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            (v[v.len() / 2], v[v.len() - 1])
+        };
+        let (s_median, s_max) = median(&mut samples[0].clone());
+        for (i, (name, r)) in procs.iter().enumerate() {
+            let (m, max) = median(&mut samples[i]);
+            let hwm = proc_kib(r.child.id(), "VmHWM:") as f64 / 1024.0;
             println!(
-                "follower {} RSS {:.1} MiB (peak {:.1}) vs standalone {:.1} MiB (peak {:.1}): {:+.1}%",
-                i + 1,
-                rss(f),
-                hwm(f),
-                s,
-                hwm(&standalone),
-                (rss(f) / s - 1.0) * 100.0
+                "{name}: RSS median {m:.1} MiB, max {max:.1} MiB over 20 s (peak ever {hwm:.1}); vs standalone median {:+.1}%, max {:+.1}%",
+                (m / s_median - 1.0) * 100.0,
+                (max / s_max - 1.0) * 100.0
             );
         }
+    }
+}
+
+fn report_propagation(leader: &Replica, followers: &[Replica]) {
+    let publishes = log_lines(&leader.log, "posture published to the cluster");
+    let mut delays = Vec::new();
+    for f in followers {
+        for applied in log_lines(&f.log, "posture applied from the cluster") {
+            let version = applied["version"].as_u64().unwrap();
+            if version <= 2 {
+                continue;
+            }
+            let Some(publish) = publishes
+                .iter()
+                .find(|p| p["version"].as_u64() == Some(version))
+            else {
+                continue;
+            };
+            let started =
+                time_of(publish) - parse_debug_duration(publish["took"].as_str().unwrap());
+            delays.push(
+                time_of(&applied)
+                    .duration_since(started)
+                    .unwrap()
+                    .as_secs_f64(),
+            );
+        }
+    }
+    delays.sort_by(f64::total_cmp);
+    let pct = |p: f64| delays[((delays.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "publish → follower decides: {} samples, p50 {:.3} s, p99 {:.3} s, max {:.3} s",
+        delays.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    if let Some(last) = publishes.last() {
         println!(
-            "leader RSS {:.1} MiB (peak {:.1})",
-            rss(&leader),
-            hwm(&leader)
+            "posture object: {:.1} MB; its publish took {}",
+            last["bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
+            last["took"].as_str().unwrap_or("?")
         );
     }
+}
+
+async fn get_text(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(format!("http://{addr}{path}")).await.ok()?;
+    Some((r.status().as_u16(), r.text().await.ok()?))
 }
 
 async fn wait<T, F, Fut>(limit: Duration, mut probe: F) -> T

@@ -43,7 +43,12 @@ pub async fn spawn(
     let (n, s) = (Arc::clone(node), stop.clone());
     task!("cluster_publish", posture::publish_loop(n, s));
     let (n, s) = (Arc::clone(node), stop.clone());
-    task!("cluster_follow", posture::follow_loop(n, s));
+    let follow = posture::follow_loop(n, s).instrument(tracing::info_span!("cluster_follow"));
+    let followed = crate::fleet::spawn_low_priority("cluster-follow", follow)?;
+    tasks.spawn(async move {
+        let _ = followed.await;
+        Ok(())
+    });
     let (n, s) = (Arc::clone(node), stop.clone());
     task!("cluster_recheck", recheck::serve_loop(n, s));
     let (n, s) = (Arc::clone(node), stop.clone());
