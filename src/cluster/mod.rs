@@ -28,6 +28,7 @@ mod recheck;
 mod run;
 pub mod sign;
 mod term;
+mod wire;
 
 use std::{
     path::PathBuf,

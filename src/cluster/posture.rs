@@ -16,10 +16,9 @@
 //! Following runs on a thread of its own at the lowest CPU priority, as the
 //! Fleet sync does (`fleet::spawn_low_priority`): decoding and swapping in
 //! 100,000 hosts is the same work as the sync's publish, and the Checks keep
-//! the CPUs meanwhile. A thread that lives as long as the service also lets
-//! the allocator reuse one posture's memory for the next: decoded on the
-//! runtime's short-lived blocking threads, a follower held 17-26% more than a
-//! standalone instance at 100,000 hosts (docs/bench-log/2026-11-30-cluster.md).
+//! the CPUs meanwhile. Postures are encoded and decoded a batch of hosts at
+//! a time (`wire.rs`), which keeps a follower's memory near a standalone
+//! instance's.
 
 use std::{sync::Arc, time::Duration};
 
@@ -35,7 +34,7 @@ use super::{
     sign::Kind,
     stopped,
 };
-use crate::{duration::unix_ms, fleet::snapshot};
+use crate::duration::unix_ms;
 
 /// The line before the snapshot bytes.
 #[derive(Debug, Serialize, Deserialize)]
@@ -112,7 +111,7 @@ async fn publish(node: &Arc<Node>, nats: &Nats) -> anyhow::Result<(u64, usize, D
         };
         let mut payload = serde_json::to_vec(&head).ok()?;
         payload.push(b'\n');
-        payload.extend_from_slice(&snapshot::encode(hosts.iter().map(|h| &**h), synced_at));
+        payload.extend_from_slice(&super::wire::encode(&hosts, synced_at));
         let header = n.signer.header(Kind::Snapshot, POSTURE_OBJECT, &payload);
         Some((header, payload))
     })
@@ -210,12 +209,11 @@ fn apply(node: &Node, bytes: Vec<u8>, nuid: String) {
             return;
         }
     }
-    let loaded = match snapshot::decode(&payload[split + 1..]) {
+    let snapshot_bytes = &payload[split + 1..];
+    let loaded = match super::wire::decode(snapshot_bytes) {
         Ok(loaded) => loaded,
-        Err(error) => return node.rejected(Kind::Snapshot, POSTURE_OBJECT, format!("{error:?}")),
+        Err(error) => return node.rejected(Kind::Snapshot, POSTURE_OBJECT, error),
     };
-    // Not held through the swap: at 100,000 hosts it is 20 MB.
-    drop(bytes);
     if let Some(held_at) = node.store.synced_at()
         && loaded.synced_at + node.config.lease_ttl < held_at
     {
@@ -235,9 +233,10 @@ fn apply(node: &Node, bytes: Vec<u8>, nuid: String) {
     held.applied_generation = node.store.generation();
     drop(held);
     tracing::info!(version = head.version, hosts, publisher = %head.publisher, "posture applied from the cluster");
+    // The bytes are a snapshot file already: no second encoding.
     if let Some(path) = &node.snapshot
-        && let Err(error) = snapshot::save(path, &node.store)
+        && let Err(error) = crate::atomic_file::write_atomically(path, snapshot_bytes)
     {
-        tracing::error!(%error, "snapshot not written");
+        tracing::error!(path = %path.display(), error = %error.source, "snapshot not written");
     }
 }
