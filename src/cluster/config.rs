@@ -152,7 +152,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let good = with_key(&dir, &format!("{}\n", "k".repeat(32)));
         assert_eq!(good.validate(), Ok(()));
-        let cases: [(&dyn Fn(&mut ClusterConfig), &str, &str); 5] = [
+        type Change = dyn Fn(&mut ClusterConfig);
+        let cases: [(&Change, &str, &str); 5] = [
             (
                 &|c| c.nats_url = "http://x".into(),
                 "cluster.nats_url",

@@ -152,7 +152,7 @@ mod tests {
         h.fingerprints = vec![Fingerprint::from_bytes([(id % 251) as u8; 20])];
         h.policies = vec![PolicyResult::new(
             PolicyMeta::new(1, "disk encryption", true, Some("Turn it on.".into())),
-            if id % 3 == 0 {
+            if id.is_multiple_of(3) {
                 PolicyResponse::Fail
             } else {
                 PolicyResponse::Pass
