@@ -85,6 +85,9 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Cluster mode over NATS JetStream (DESIGN.md §8); absent = standalone.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Listen addresses. Port 0 picks a free port (tests).
@@ -268,6 +271,17 @@ impl Config {
                 Some((key, rest)) => err(key, rest.to_owned()),
                 None => err("fleet", m),
             })?;
+        }
+        if let Some(cluster) = &config.cluster {
+            if config.fleet.is_none() {
+                return Err(err(
+                    "cluster",
+                    "needs fleet: as the posture source (replicas share its sync)".to_owned(),
+                ));
+            }
+            cluster
+                .validate()
+                .map_err(|(key, problem)| err(&key, problem))?;
         }
         if let Some(url) = &config.remediation_url {
             check_remediation_url(url).map_err(|m| err("remediation_url", m))?;

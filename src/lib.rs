@@ -15,8 +15,11 @@
 //!   ports ([`Refresh`](decision::Refresh), [`Grants`](decision::Grants),
 //!   [`SyncTrigger`](decision::SyncTrigger)) that adapters implement;
 //! - adapters: [`authz`] (Envoy), [`fleet`] (Fleet, the snapshot), [`admin`]
-//!   (admin API, grants, probes), [`bypass`] (the self-service bypass a deny
-//!   page offers), with [`telemetry`] for logs and metrics;
+//!   (admin API, probes), [`bypass`] (the self-service bypass a deny page
+//!   offers), [`cluster`] (NATS JetStream: one Fleet sync, shared grants and
+//!   audit for many replicas), over [`grants`] (break-glass and bypass
+//!   grants, behind the `Grants` port), with [`telemetry`] for logs and
+//!   metrics;
 //! - wiring: [`server`] starts everything; [`cli`] is the command line.
 
 pub mod admin;
@@ -24,6 +27,7 @@ pub mod atomic_file;
 pub mod authz;
 pub mod bypass;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod decision;
 pub mod duration;

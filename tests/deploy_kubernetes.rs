@@ -35,6 +35,8 @@ fn sidecar_overlay_renders_envoy_and_fleet_authz_in_one_pod() {
             "Deployment/fleet-authz",
             "Namespace/fleet-authz",
             "Secret/fleet-authz-admin-token",
+            // Cluster mode (components/cluster): the shared HMAC key.
+            "Secret/fleet-authz-cluster-key",
             "Secret/fleet-authz-fleet-token",
             "Service/fleet-authz-envoy",
             "ServiceAccount/fleet-authz",
@@ -75,7 +77,7 @@ fn shared_overlay_renders_service_pdb_and_hpa() {
 #[test]
 fn rendered_manifests_pass_kubernetes_schemas() {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["sidecar", "shared"] {
+    for name in ["sidecar", "shared", "cluster"] {
         let rendered = kube::render(&overlay(name));
         let count = common::deploy::parse_docs(&rendered, name).len();
         let file = dir.path().join(format!("{name}.yaml"));

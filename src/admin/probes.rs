@@ -22,6 +22,9 @@ pub struct HttpState {
     /// Run before each scrape, to set gauges that mirror state kept elsewhere
     /// (e.g. break-glass grants, whose expiry is a matter of time).
     pub before_scrape: Arc<dyn Fn() + Send + Sync>,
+    /// Cluster mode: the line naming this replica's role (and saying when
+    /// it is degraded), shown in every `/readyz` body.
+    pub cluster_status: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -41,12 +44,17 @@ pub fn router(state: HttpState) -> Router {
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     let detail = (state.source_status)();
+    let cluster = state
+        .cluster_status
+        .as_ref()
+        .map(|line| format!("{}\n", line()));
     if state.store.is_loaded() {
         let mut body = format!(
             "ready: {} hosts, {} fingerprints\n",
             state.store.host_count(),
             state.store.fingerprint_count()
         );
+        body.push_str(cluster.as_deref().unwrap_or_default());
         if let Some(d) = detail {
             body.push_str(&format!("warning: {d}\n"));
         }
@@ -56,6 +64,7 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
         (StatusCode::OK, body)
     } else {
         let mut body = "not ready: no posture in memory yet (waiting for the first Fleet sync, the posture file or a snapshot)\n".to_owned();
+        body.push_str(cluster.as_deref().unwrap_or_default());
         if let Some(d) = detail {
             body.push_str(&format!("last error: {d}\n"));
         }

@@ -108,11 +108,37 @@ pub struct GrantRequest {
     pub bypass_route: Option<String>,
 }
 
+/// Where a store sends what is granted and revoked through it, so other
+/// replicas hold it too (cluster mode). Called with the store's lock held:
+/// an implementation only queues, never blocks.
+pub trait GrantReplica: Send + Sync {
+    /// The id of a new grant: unique across replicas, at least `local_next`.
+    fn next_id(&self, local_next: u64) -> u64;
+    /// A grant given through this replica, now in force here.
+    fn granted(&self, grant: &Grant);
+    /// A grant revoked through this replica at `at`.
+    fn revoked(&self, grant: &Grant, at: SystemTime);
+}
+
+impl std::fmt::Debug for dyn GrantReplica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GrantReplica")
+    }
+}
+
+/// A grant or revocation made through another replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteChange {
+    Granted(Grant),
+    Revoked(u64),
+}
+
 /// The grants in force, optionally persisted to a file.
 #[derive(Debug)]
 pub struct GrantStore {
     path: Option<PathBuf>,
     state: Mutex<State>,
+    replica: std::sync::OnceLock<std::sync::Arc<dyn GrantReplica>>,
 }
 
 #[derive(Debug, Default)]
@@ -130,6 +156,7 @@ impl GrantStore {
                 next_id: 1,
                 grants: Vec::new(),
             }),
+            replica: std::sync::OnceLock::new(),
         }
     }
 
@@ -154,7 +181,50 @@ impl GrantStore {
         Ok(Self {
             path: Some(path.to_owned()),
             state: Mutex::new(state),
+            replica: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sends every later grant and revocation made here to `replica`
+    /// (cluster mode). Set once; a second call is ignored.
+    pub fn set_replica(&self, replica: std::sync::Arc<dyn GrantReplica>) {
+        let _ = self.replica.set(replica);
+    }
+
+    /// Applies a grant or revocation made through another replica: kept
+    /// (and persisted) like a local one, not sent back. `Ok(false)` when it
+    /// changes nothing (already held, expired, or not held).
+    pub fn apply_remote(&self, change: RemoteChange, now: SystemTime) -> Result<bool, GrantsError> {
+        let mut state = self.lock();
+        let mut next = State {
+            next_id: state.next_id,
+            grants: state
+                .grants
+                .iter()
+                .filter(|g| g.is_active(now))
+                .cloned()
+                .collect(),
+        };
+        match change {
+            RemoteChange::Granted(grant) => {
+                if !grant.is_active(now) || next.grants.iter().any(|g| g.id == grant.id) {
+                    return Ok(false);
+                }
+                next.next_id = next.next_id.max(grant.id + 1);
+                next.grants.push(grant);
+                next.grants.sort_by_key(|g| (g.granted_at, g.id));
+            }
+            RemoteChange::Revoked(id) => {
+                let before = next.grants.len();
+                next.grants.retain(|g| g.id != id);
+                if next.grants.len() == before {
+                    return Ok(false);
+                }
+            }
+        }
+        self.persist(&next)?;
+        *state = next;
+        Ok(true)
     }
 
     /// Gives a grant starting at `now`; persisted before it is returned.
@@ -169,8 +239,12 @@ impl GrantStore {
         request: GrantRequest,
         now: SystemTime,
     ) -> Result<Grant, GrantsError> {
+        let id = match self.replica.get() {
+            Some(replica) => replica.next_id(state.next_id),
+            None => state.next_id,
+        };
         let grant = Grant {
-            id: state.next_id,
+            id,
             subject: request.subject,
             reason: request.reason,
             granted_by: request.granted_by,
@@ -179,22 +253,30 @@ impl GrantStore {
             bypass_route: request.bypass_route,
         };
         let mut next = State {
-            next_id: state.next_id + 1,
+            next_id: id + 1,
             grants: state.grants.clone(),
         };
         next.grants.retain(|g| g.is_kept(now));
         next.grants.push(grant.clone());
         self.persist(&next)?;
         *state = next;
+        if let Some(replica) = self.replica.get() {
+            replica.granted(&grant);
+        }
         Ok(grant)
     }
 
     /// Revokes grant `id`; `Ok(false)` when there is no such grant.
     pub fn revoke(&self, id: u64, now: SystemTime) -> Result<bool, GrantsError> {
         let mut state = self.lock();
-        if !state.grants.iter().any(|g| g.id == id && g.is_active(now)) {
+        let Some(revoked) = state
+            .grants
+            .iter()
+            .find(|g| g.id == id && g.is_active(now))
+            .cloned()
+        else {
             return Ok(false);
-        }
+        };
         let next = State {
             next_id: state.next_id,
             grants: state
@@ -206,6 +288,9 @@ impl GrantStore {
         };
         self.persist(&next)?;
         *state = next;
+        if let Some(replica) = self.replica.get() {
+            replica.revoked(&revoked, now);
+        }
         Ok(true)
     }
 

@@ -125,6 +125,13 @@ impl PostureStore {
         let _ = rx.wait_for(|loaded| *loaded).await;
     }
 
+    /// A receiver marked changed by every full publish (and by
+    /// `set_synced_at`); compare [`generation`](Self::generation) to tell
+    /// which. Cluster mode forwards the leader's publishes with it.
+    pub fn subscribe_publishes(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.loaded.subscribe()
+    }
+
     /// Every host, in id order (for snapshots and admin listings).
     pub fn all_hosts(&self) -> Vec<Arc<HostPosture>> {
         let mut all: Vec<_> = self.hosts.iter().map(|e| Arc::clone(e.value())).collect();

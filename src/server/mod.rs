@@ -79,6 +79,8 @@ pub struct RunningServer {
     /// The admin API's state (grants, sync trigger, token).
     pub admin: AdminState,
     health: tonic_health::server::HealthReporter,
+    /// Cluster mode's node (role, posture version), when `cluster:` is set.
+    pub cluster: Option<Arc<crate::cluster::Node>>,
 }
 
 impl RunningServer {

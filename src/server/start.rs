@@ -30,6 +30,10 @@ use crate::{
     },
     authz::AuthzService,
     bypass::{self, Door, TokenKey},
+    cluster::{
+        Node,
+        http::{ClusterRefresh, ClusterSync},
+    },
     config::{Config, GrpcListen},
     decision::{Authorizer, Grants},
     fleet::adapter::{FleetSource, FleetSync},
@@ -63,6 +67,8 @@ struct Parts {
     fleet: Option<FleetSource>,
     /// The self-service bypass: offers on deny pages, the endpoint.
     door: Arc<Door>,
+    /// Cluster mode: the node that replaces the poller's own schedule.
+    cluster: Option<Arc<Node>>,
 }
 
 /// Both listeners, bound.
@@ -103,9 +109,15 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
     spawn_http(&mut tasks, bound.http, &parts, &stop);
     spawn_watcher(&mut tasks, &parts.reloader, &stop);
     let fleet = parts.fleet.as_ref().map(|f| f.handle.clone());
-    if let Some(source) = parts.fleet {
-        spawn_poller(&mut tasks, source, &stop)?;
+    match (&parts.cluster, parts.fleet) {
+        // The cluster starts a poller while this replica leads (or is alone).
+        (Some(node), _) => {
+            crate::cluster::spawn(node, &parts.admin.grants, &mut tasks, &stop.0).await?
+        }
+        (None, Some(source)) => spawn_poller(&mut tasks, source, &stop)?,
+        (None, None) => {}
     }
+    let fleet = fleet.filter(|_| parts.cluster.is_none());
     tracing::info!(
         grpc = %bound.grpc_at,
         http_addr = %bound.http_addr,
@@ -123,6 +135,7 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
         fleet,
         admin: parts.admin,
         health,
+        cluster: parts.cluster,
     })
 }
 
@@ -149,6 +162,16 @@ fn build_parts(config: &Config, ext: Extensions) -> anyhow::Result<Parts> {
         None => GrantStore::in_memory(),
     });
     let fleet = fleet_source(config, &store, &metrics, &policy)?;
+    let cluster = cluster_node(config, &store, &metrics, fleet.as_ref())?;
+    let cluster_refresh = cluster
+        .as_ref()
+        .filter(|_| config.fleet.as_ref().is_some_and(|f| f.recheck.enabled))
+        .map(|node| {
+            Arc::new(ClusterRefresh(Arc::clone(node))) as Arc<dyn crate::decision::Refresh>
+        });
+    if let Some(node) = &cluster {
+        grants.set_replica(node.grant_replica());
+    }
     let authorizer = Arc::new(Authorizer {
         store: Arc::clone(&store),
         policy: Arc::clone(&policy),
@@ -156,14 +179,26 @@ fn build_parts(config: &Config, ext: Extensions) -> anyhow::Result<Parts> {
         remediation_url: config.remediation_url.clone(),
         max_staleness: config.max_staleness(),
         metrics: Arc::clone(&metrics),
-        refresh: ext
-            .refresh
-            .or_else(|| fleet.as_ref().and_then(|f| f.refresh.clone())),
+        refresh: ext.refresh.or(cluster_refresh).or_else(|| {
+            (cluster.is_none())
+                .then(|| fleet.as_ref().and_then(|f| f.refresh.clone()))
+                .flatten()
+        }),
         grants: Some(Arc::clone(&grants) as Arc<dyn Grants>),
         fingerprints: Default::default(),
     });
-    let reloader = Arc::new(reloader(config, &policy, &store, &metrics, fleet.as_ref()));
+    let reloader = Arc::new(reloader(
+        config,
+        &policy,
+        &store,
+        &metrics,
+        fleet.as_ref(),
+        cluster.as_ref(),
+    ));
     let sync = ext.sync.or_else(|| match (&fleet, &config.posture_file) {
+        _ if cluster.is_some() => cluster
+            .as_ref()
+            .map(|node| Arc::new(ClusterSync(Arc::clone(node))) as Arc<dyn SyncTrigger>),
         (Some(f), _) => Some(Arc::new(FleetSync(f.handle.clone())) as Arc<dyn SyncTrigger>),
         (None, Some(_)) => Some(Arc::new(FileSync(Arc::clone(&reloader))) as Arc<dyn SyncTrigger>),
         (None, None) => None,
@@ -193,7 +228,31 @@ fn build_parts(config: &Config, ext: Extensions) -> anyhow::Result<Parts> {
         admin,
         fleet,
         door,
+        cluster,
     })
+}
+
+/// Cluster mode's node, when `cluster:` is set (config.rs makes sure
+/// `fleet:` is too).
+fn cluster_node(
+    config: &Config,
+    store: &Arc<PostureStore>,
+    metrics: &Arc<Metrics>,
+    fleet: Option<&FleetSource>,
+) -> anyhow::Result<Option<Arc<Node>>> {
+    let (Some(cluster), Some(fleet_config), Some(source)) = (&config.cluster, &config.fleet, fleet)
+    else {
+        return Ok(None);
+    };
+    Node::build(crate::cluster::Parts {
+        config: cluster.clone(),
+        fleet: fleet_config.clone(),
+        snapshot: config.snapshot.as_ref().map(|s| s.path.clone()),
+        store: Arc::clone(store),
+        metrics: Arc::clone(metrics),
+        cves: source.handle.clone(),
+    })
+    .map(Some)
 }
 
 /// A store holding `posture_file`'s hosts (read now unless preloaded), or
@@ -241,6 +300,7 @@ fn reloader(
     store: &Arc<PostureStore>,
     metrics: &Arc<Metrics>,
     fleet: Option<&FleetSource>,
+    cluster: Option<&Arc<Node>>,
 ) -> Reloader {
     let mut reloader = Reloader::new(
         config.policy_file.clone(),
@@ -249,7 +309,12 @@ fn reloader(
         Arc::clone(store),
         Arc::clone(metrics),
     );
-    if let Some(handle) = fleet.map(|f| f.handle.clone()) {
+    if let Some(node) = cluster.cloned() {
+        // Through the node: it also tells the poller of the current term.
+        reloader.on_policy = Some(Box::new(move |p| {
+            node.set_cves(p.cves().iter().map(|c| c.to_string()).collect())
+        }));
+    } else if let Some(handle) = fleet.map(|f| f.handle.clone()) {
         // The poller asks Fleet about exactly the CVEs the policy names.
         reloader.on_policy = Some(Box::new(move |p| {
             handle.set_cves(p.cves().iter().map(|c| c.to_string()).collect())
@@ -375,22 +440,36 @@ fn spawn_http(tasks: &mut Tasks, listener: TcpListener, parts: &Parts, stop: &St
     let http_state = HttpState {
         store: Arc::clone(&parts.store),
         metrics: Arc::clone(&parts.metrics),
-        source_status: match &parts.fleet {
-            Some(fleet) => fleet.readiness_problem(),
-            None => Arc::new(|| None),
+        source_status: match (&parts.cluster, &parts.fleet) {
+            (Some(node), _) => {
+                let node = Arc::clone(node);
+                Arc::new(move || node.sync_error().map(|e| format!("fleet sync failed: {e}")))
+            }
+            (None, Some(fleet)) => fleet.readiness_problem(),
+            (None, None) => Arc::new(|| None),
         },
         degraded: match &parts.fleet {
             Some(fleet) => fleet.degraded_lines(),
             None => Arc::new(Vec::new),
         },
+        cluster_status: parts.cluster.as_ref().map(|node| {
+            let node = Arc::clone(node);
+            Arc::new(move || node.readiness_line()) as Arc<dyn Fn() -> String + Send + Sync>
+        }),
         before_scrape: {
             let admin = parts.admin.clone();
             Arc::new(move || admin.update_grant_gauge(SystemTime::now()))
         },
     };
-    let app = probes::router(http_state)
+    let mut app = probes::router(http_state)
         .merge(admin::http::router(parts.admin.clone()))
         .merge(bypass::http::router(Arc::clone(&parts.door)));
+    if let Some(node) = &parts.cluster {
+        app = app.merge(crate::cluster::http::router(
+            Arc::clone(node),
+            parts.admin.clone(),
+        ));
+    }
     let stop = stop.signalled();
     tasks.spawn(async move {
         axum::serve(listener, app)

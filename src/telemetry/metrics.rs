@@ -68,6 +68,13 @@ pub struct LimitLabels {
     pub limit: &'static str,
 }
 
+/// Labels of `fleet_authz_cluster_rejected_total`: what was refused
+/// (`lease`, `grant`, `snapshot`, `audit`, `recheck`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
 /// Every metric the service exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -97,6 +104,12 @@ pub struct Metrics {
     pub bypass_requests: Family<ResultLabels, Counter>,
     /// Self-service bypasses in force.
     pub bypass_active: Gauge,
+    /// Cluster mode: values read from NATS that failed the signature check.
+    pub cluster_rejected: Family<KindLabels, Counter>,
+    /// Cluster mode: 1 while this replica holds the leader lease.
+    pub cluster_leader: Gauge,
+    /// Cluster mode: 1 while NATS is out of reach and this replica syncs alone.
+    pub cluster_degraded: Gauge,
     /// The decision counter and latency mirrored over OTLP (no-ops unless
     /// telemetry installed a meter provider before this was created).
     pub otel: crate::telemetry::OtelInstruments,
@@ -139,6 +152,9 @@ impl Metrics {
             limits_hit: Family::default(),
             bypass_requests: Family::default(),
             bypass_active: Gauge::default(),
+            cluster_rejected: Family::default(),
+            cluster_leader: Gauge::default(),
+            cluster_degraded: Gauge::default(),
             otel: crate::telemetry::OtelInstruments::default(),
             registry: Registry::default(),
         };
@@ -146,6 +162,7 @@ impl Metrics {
         m.register_posture(&mut registry);
         m.register_fleet(&mut registry);
         m.register_bypass(&mut registry);
+        m.register_cluster(&mut registry);
         Self { registry, ..m }
     }
 
@@ -175,6 +192,25 @@ impl Metrics {
             "limits_hit",
             "Inputs refused or slowed by a bound, by bound",
             self.limits_hit.clone(),
+        );
+    }
+
+    /// Cluster mode.
+    fn register_cluster(&self, registry: &mut Registry) {
+        registry.register(
+            "cluster_rejected",
+            "Cluster values read from NATS and refused for a missing or wrong signature, by kind",
+            self.cluster_rejected.clone(),
+        );
+        registry.register(
+            "cluster_leader",
+            "1 while this replica holds the cluster leader lease",
+            self.cluster_leader.clone(),
+        );
+        registry.register(
+            "cluster_degraded",
+            "1 while NATS is out of reach and this replica syncs Fleet alone",
+            self.cluster_degraded.clone(),
         );
     }
 

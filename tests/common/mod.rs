@@ -19,10 +19,12 @@
 
 pub mod browser;
 pub mod certs;
+pub mod cluster;
 pub mod deploy;
 pub mod echo;
 pub mod envoy;
 pub mod fake_fleet;
+pub mod nats;
 pub mod ops;
 pub mod server;
 pub mod tools;

@@ -34,10 +34,11 @@ pub fn prepare(source: &Path, edit: &dyn Fn(&mut Value)) -> Prepared {
     let mut policy = None;
     if let Some(Value::String(p)) = config.get_mut("policy_file") {
         let local = if is_missing_absolute(p) {
-            source
-                .parent()
-                .unwrap()
-                .join(Path::new(p.as_str()).file_name().unwrap())
+            let name = Path::new(p.as_str()).file_name().unwrap();
+            let beside = source.parent().unwrap().join(name);
+            // A component's config uses the base's policy ConfigMap.
+            let base = repo_root().join("deploy/kubernetes/base/config").join(name);
+            if beside.exists() { beside } else { base }
         } else {
             repo_root().join(p.as_str())
         };
@@ -62,6 +63,15 @@ pub fn prepare(source: &Path, edit: &dyn Fn(&mut Value)) -> Prepared {
             std::fs::write(&file, "test-token-not-a-secret").unwrap();
             *token = file.display().to_string();
         }
+    }
+    if let Some(Value::String(key)) = config
+        .get_mut("cluster")
+        .and_then(|c| c.get_mut("key_file"))
+        && is_missing_absolute(key)
+    {
+        let file = dir.path().join("cluster-key");
+        std::fs::write(&file, "test-cluster-key-not-a-secret-0123456789").unwrap();
+        *key = file.display().to_string();
     }
     if let Some(Value::String(snapshot)) =
         config.get_mut("snapshot").and_then(|s| s.get_mut("path"))

@@ -131,7 +131,7 @@ pub fn classify(path: &Path) -> FileKind {
     let kind = first.get("kind").and_then(Value::as_str);
     if has("static_resources") {
         FileKind::Envoy
-    } else if kind == Some("Kustomization") {
+    } else if matches!(kind, Some("Kustomization" | "Component")) {
         FileKind::Kustomization
     } else if has("apiVersion") && kind.is_some() {
         FileKind::Manifest

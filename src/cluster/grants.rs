@@ -1,0 +1,343 @@
+//! Grants shared through KV `<name>-grants`: key `grant.<id>`, value the
+//! grant as sealed JSON (a revocation is the same grant with
+//! `revoked_at_unix_ms`, sealed too, so it can't be forged either). The
+//! grant store's hook queues each grant and revocation made here; a writer
+//! puts it in KV and appends it to the audit stream, retrying until NATS
+//! takes it, so one made while NATS is down reaches the others when it
+//! returns. A watcher applies what any replica wrote through
+//! `GrantStore::apply_remote`, within milliseconds of the write.
+//!
+//! Deletes and purges carry no signature and are ignored. Ids come from the
+//! clock (milliseconds × 1000 plus three random digits, at least the store's
+//! next id), so replicas never need to agree on a counter.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use async_nats::jetstream::kv::Operation;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tokio_stream::StreamExt;
+
+use super::{Node, audit, lock, ready, sign::Kind, stopped};
+use crate::{
+    duration::{from_unix_ms, unix_ms},
+    fingerprint::Fingerprint,
+    grants::{Grant, GrantReplica, GrantStore, GrantSubject, RemoteChange},
+    posture::HostId,
+};
+
+/// What is waiting for NATS, and what was revoked.
+#[derive(Default)]
+pub(super) struct Replication {
+    queue: Mutex<VecDeque<(Grant, Option<SystemTime>)>>,
+    wake: Notify,
+    /// Revoked ids until their grant would have expired: a replayed grant
+    /// entry for one of them is not applied again.
+    revoked: Mutex<HashMap<u64, SystemTime>>,
+}
+
+/// A grant as stored in KV.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Entry {
+    pub id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha1: Option<Fingerprint>,
+    pub reason: String,
+    pub granted_by: String,
+    pub granted_at_unix_ms: i64,
+    pub expires_at_unix_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at_unix_ms: Option<i64>,
+    /// For a self-service bypass: the route it lets the device through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bypass_route: Option<String>,
+    /// The replica it was made or revoked through.
+    pub replica: String,
+}
+
+impl Entry {
+    fn new(grant: &Grant, revoked_at: Option<SystemTime>, replica: &str) -> Self {
+        let (host_id, sha1) = match grant.subject {
+            GrantSubject::Host(id) => (Some(id.0), None),
+            GrantSubject::Certificate(fp) => (None, Some(fp)),
+        };
+        Self {
+            id: grant.id,
+            host_id,
+            sha1,
+            reason: grant.reason.clone(),
+            granted_by: grant.granted_by.clone(),
+            granted_at_unix_ms: unix_ms(grant.granted_at),
+            expires_at_unix_ms: unix_ms(grant.expires_at),
+            revoked_at_unix_ms: revoked_at.map(unix_ms),
+            bypass_route: grant.bypass_route.clone(),
+            replica: replica.to_owned(),
+        }
+    }
+
+    fn to_grant(&self) -> Option<Grant> {
+        let subject = match (self.host_id, self.sha1) {
+            (Some(id), None) => GrantSubject::Host(HostId(id)),
+            (None, Some(fp)) => GrantSubject::Certificate(fp),
+            _ => return None,
+        };
+        Some(Grant {
+            id: self.id,
+            subject,
+            reason: self.reason.clone(),
+            granted_by: self.granted_by.clone(),
+            granted_at: from_unix_ms(self.granted_at_unix_ms),
+            expires_at: from_unix_ms(self.expires_at_unix_ms),
+            bypass_route: self.bypass_route.clone(),
+        })
+    }
+}
+
+fn key(id: u64) -> String {
+    format!("grant.{id}")
+}
+
+/// The grant store's hook.
+pub(super) struct Hook(pub Arc<Node>);
+
+impl GrantReplica for Hook {
+    fn next_id(&self, local_next: u64) -> u64 {
+        let ms = u64::try_from(unix_ms(SystemTime::now())).unwrap_or(0);
+        local_next.max(ms * 1000 + rand::random_range(0..1000))
+    }
+
+    fn granted(&self, grant: &Grant) {
+        self.queue(grant, None);
+    }
+
+    fn revoked(&self, grant: &Grant, at: SystemTime) {
+        lock(&self.0.grants.revoked).insert(grant.id, grant.expires_at);
+        self.queue(grant, Some(at));
+    }
+}
+
+impl Hook {
+    fn queue(&self, grant: &Grant, revoked_at: Option<SystemTime>) {
+        lock(&self.0.grants.queue).push_back((grant.clone(), revoked_at));
+        self.0.grants.wake.notify_one();
+    }
+}
+
+/// Writes queued grants and revocations to KV and the audit stream.
+pub(super) async fn write_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let retry = node.config.lease_ttl / 6;
+    loop {
+        let next = lock(&node.grants.queue).front().cloned();
+        let Some((grant, revoked_at)) = next else {
+            tokio::select! {
+                () = stopped(&mut stop) => return,
+                () = node.grants.wake.notified() => continue,
+            }
+        };
+        let written = match node.nats() {
+            Some(nats) => write(&node, &nats, &grant, revoked_at).await,
+            None => Err(anyhow::anyhow!("not connected to NATS")),
+        };
+        match written {
+            Ok(()) => {
+                lock(&node.grants.queue).pop_front();
+            }
+            Err(error) => {
+                tracing::warn!(%error, grant_id = grant.id, "grant not shared yet; retrying");
+                tokio::select! {
+                    () = stopped(&mut stop) => return,
+                    () = tokio::time::sleep(retry) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn write(
+    node: &Node,
+    nats: &super::Nats,
+    grant: &Grant,
+    revoked_at: Option<SystemTime>,
+) -> anyhow::Result<()> {
+    let entry = Entry::new(grant, revoked_at, &node.id);
+    let key = key(grant.id);
+    let sealed = node
+        .signer
+        .seal(Kind::Grant, &key, &serde_json::to_vec(&entry)?);
+    tokio::time::timeout(node.config.lease_ttl, nats.grants.put(&key, sealed.into())).await??;
+    let action = if revoked_at.is_some() {
+        "revoke"
+    } else {
+        "grant"
+    };
+    audit::append(node, nats, action, &entry).await?;
+    Ok(())
+}
+
+/// Applies every grant and revocation written to KV, until shutdown.
+pub(super) async fn watch_loop(
+    node: Arc<Node>,
+    store: Arc<GrantStore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(nats) = ready(&node, &mut stop).await else {
+        return;
+    };
+    let step = node.config.lease_ttl / 3;
+    loop {
+        if let Ok(mut entries) = nats.grants.watch_with_history(">").await {
+            let mut check = tokio::time::interval(step);
+            let mut was_connected = true;
+            loop {
+                tokio::select! {
+                    () = stopped(&mut stop) => return,
+                    entry = entries.next() => match entry {
+                        Some(Ok(entry)) => on_entry(&node, &store, &entry),
+                        _ => break,
+                    },
+                    _ = check.tick() => {
+                        // A watch can outlive a NATS restart without its
+                        // consumer: start a new one once NATS is back.
+                        let connected = nats.client.connection_state() == async_nats::connection::State::Connected;
+                        if connected && !was_connected {
+                            break;
+                        }
+                        was_connected = connected;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            () = tokio::time::sleep(step) => {}
+        }
+    }
+}
+
+fn on_entry(node: &Node, store: &GrantStore, entry: &async_nats::jetstream::kv::Entry) {
+    if entry.operation != Operation::Put {
+        return;
+    }
+    let Some(payload) = node.open(Kind::Grant, &entry.key, &entry.value) else {
+        return;
+    };
+    let parsed = serde_json::from_slice::<Entry>(payload).ok();
+    let Some((e, grant)) = parsed
+        .and_then(|e| e.to_grant().map(|g| (e, g)))
+        .filter(|(e, _)| key(e.id) == entry.key)
+    else {
+        return node.rejected(Kind::Grant, &entry.key, "not a grant");
+    };
+    let now = SystemTime::now();
+    let change = if e.revoked_at_unix_ms.is_some() {
+        let mut revoked = lock(&node.grants.revoked);
+        revoked.retain(|_, until| *until > now);
+        revoked.insert(e.id, grant.expires_at);
+        RemoteChange::Revoked(e.id)
+    } else if lock(&node.grants.revoked).contains_key(&e.id) {
+        return;
+    } else {
+        RemoteChange::Granted(grant)
+    };
+    match store.apply_remote(change, now) {
+        Ok(true) => {
+            tracing::info!(grant_id = e.id, replica = %e.replica, revoked = e.revoked_at_unix_ms.is_some(), "grant change from the cluster applied")
+        }
+        Ok(false) => {}
+        Err(error) => {
+            tracing::error!(%error, grant_id = e.id, "cannot keep a grant from the cluster")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::admin::GrantRequest;
+
+    /// Records what the store sends, and gives ids from 1000.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl GrantReplica for Recorder {
+        fn next_id(&self, local_next: u64) -> u64 {
+            local_next.max(1000)
+        }
+        fn granted(&self, grant: &Grant) {
+            lock(&self.0).push(format!("granted {}", grant.id));
+        }
+        fn revoked(&self, grant: &Grant, _at: SystemTime) {
+            lock(&self.0).push(format!("revoked {}", grant.id));
+        }
+    }
+
+    fn request() -> GrantRequest {
+        GrantRequest {
+            subject: GrantSubject::Host(HostId(7)),
+            reason: "incident".into(),
+            granted_by: "admin".into(),
+            duration: Duration::from_secs(3600),
+            bypass_route: None,
+        }
+    }
+
+    #[test]
+    fn local_changes_go_to_the_replica_and_remote_ones_are_applied_once_without_echo() {
+        let store = GrantStore::in_memory();
+        let recorder = Arc::new(Recorder::default());
+        store.set_replica(Arc::clone(&recorder) as Arc<dyn GrantReplica>);
+        let now = SystemTime::now();
+        let mine = store.grant(request(), now).unwrap();
+        assert_eq!(mine.id, 1000, "the id comes from the replica");
+        // A grant made through another replica, as read back from KV.
+        let entry = Entry::new(
+            &Grant {
+                id: 5000,
+                ..mine.clone()
+            },
+            None,
+            "other",
+        );
+        let remote = entry.to_grant().unwrap();
+        assert!(
+            store
+                .apply_remote(RemoteChange::Granted(remote.clone()), now)
+                .unwrap()
+        );
+        assert!(
+            !store
+                .apply_remote(RemoteChange::Granted(remote), now)
+                .unwrap(),
+            "applied twice"
+        );
+        assert_eq!(store.active(now).len(), 2);
+        assert!(store.revoke(5000, now).unwrap());
+        assert!(
+            store
+                .apply_remote(RemoteChange::Revoked(1000), now)
+                .unwrap()
+        );
+        assert!(
+            !store
+                .apply_remote(RemoteChange::Revoked(1000), now)
+                .unwrap()
+        );
+        assert!(store.active(now).is_empty());
+        // A new local grant still gets a fresh id, past every id seen.
+        assert_eq!(store.grant(request(), now).unwrap().id, 5001);
+        let sent = lock(&recorder.0).clone();
+        assert_eq!(sent, ["granted 1000", "revoked 5000", "granted 5001"]);
+        // An expired grant from the cluster changes nothing.
+        let mut old = mine;
+        (old.id, old.expires_at) = (9000, now - Duration::from_secs(1));
+        assert!(!store.apply_remote(RemoteChange::Granted(old), now).unwrap());
+    }
+}
