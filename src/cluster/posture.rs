@@ -96,9 +96,13 @@ async fn publish(node: &Arc<Node>, nats: &Nats) -> anyhow::Result<(u64, usize, D
             .unwrap_or(0),
         Err(_) => 0,
     };
+    // Held from now: the store holds this posture, and the object's watch
+    // event may come back before `put` returns; it must not be fetched.
     let version = {
-        let held = lock(&node.held);
-        held.latest.max(held.version).max(remote) + 1
+        let mut held = lock(&node.held);
+        let version = held.latest.max(held.version).max(remote) + 1;
+        (held.version, held.latest) = (version, version);
+        version
     };
     let n = Arc::clone(node);
     let (header, payload) = tokio::task::spawn_blocking(move || {
@@ -130,10 +134,7 @@ async fn publish(node: &Arc<Node>, nats: &Nats) -> anyhow::Result<(u64, usize, D
     let size = header.len() + payload.len();
     let mut reader = header.as_slice().chain(payload.as_slice());
     let info = nats.snapshots.put(meta, &mut reader).await?;
-    let mut held = lock(&node.held);
-    held.version = version;
-    held.latest = held.latest.max(version);
-    held.nuid = Some(info.nuid);
+    lock(&node.held).nuid = Some(info.nuid);
     Ok((version, size, started.elapsed()))
 }
 
@@ -147,20 +148,20 @@ pub(super) async fn follow_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>
         let mut watch = nats.snapshots.watch_with_history().await.ok();
         let mut check = tokio::time::interval(step);
         loop {
-            let nuid = tokio::select! {
+            let info = tokio::select! {
                 () = stopped(&mut stop) => return,
                 next = async { watch.as_mut()?.next().await }, if watch.is_some() => match next {
-                    Some(Ok(info)) if info.name == POSTURE_OBJECT && !info.deleted => info.nuid,
+                    Some(Ok(info)) if info.name == POSTURE_OBJECT && !info.deleted => info,
                     Some(Ok(_)) => continue,
                     // Broken (NATS restarted): start a new watch.
                     _ => break,
                 },
                 _ = check.tick() => match nats.snapshots.info(POSTURE_OBJECT).await {
-                    Ok(info) if !info.deleted => info.nuid,
+                    Ok(info) if !info.deleted => info,
                     _ => continue,
                 },
             };
-            if lock(&node.held).nuid.as_deref() == Some(&nuid) {
+            if !worth_fetching(&node, &info) {
                 continue;
             }
             if let Err(error) = follow_one(&node, &nats).await {
@@ -172,6 +173,18 @@ pub(super) async fn follow_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>
             () = tokio::time::sleep(step) => {}
         }
     }
+}
+
+/// False for the object already fetched or put, or one whose version hint
+/// (the object's metadata, unsigned) is not above the posture held. The
+/// hint only ever saves a download: what is applied is checked in full.
+fn worth_fetching(node: &Node, info: &async_nats::jetstream::object_store::ObjectInfo) -> bool {
+    let held = lock(&node.held);
+    let hint = info
+        .metadata
+        .get("version")
+        .and_then(|v| v.parse::<u64>().ok());
+    held.nuid.as_deref() != Some(info.nuid.as_str()) && hint.is_none_or(|v| v > held.version)
 }
 
 /// Fetches the current object and applies it when it passes. Runs on the
