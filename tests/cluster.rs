@@ -428,7 +428,7 @@ async fn nats_stopped_and_restarted_replicas_keep_deciding_sync_alone_then_rejoi
         metric_sum(addrs[1], "fleet_authz_syncs_total").await,
     ];
     for (i, addr) in addrs.iter().enumerate() {
-        wait_for(TTL * 4, "both replicas alone", || async {
+        wait_for(TTL * 6, "both replicas alone", || async {
             (role(*addr).await == "alone").then_some(())
         })
         .await;
@@ -439,7 +439,7 @@ async fn nats_stopped_and_restarted_replicas_keep_deciding_sync_alone_then_rejoi
             "{ready}"
         );
         assert_eq!(metric_sum(*addr, "fleet_authz_cluster_degraded").await, 1.0);
-        wait_for(TTL * 3, "each replica syncing Fleet alone", || async {
+        wait_for(TTL * 5, "each replica syncing Fleet alone", || async {
             (metric_sum(*addr, "fleet_authz_syncs_total").await > syncs[i]).then_some(())
         })
         .await;
@@ -462,7 +462,7 @@ async fn nats_stopped_and_restarted_replicas_keep_deciding_sync_alone_then_rejoi
         assert_eq!(metric_sum(addr, "fleet_authz_cluster_degraded").await, 0.0);
     }
     wait_for(
-        TTL * 3,
+        TTL * 6,
         "the outage's grant on the other replica",
         || async { (verdict(&fx, a.grpc_addr()).await == "allow").then_some(()) },
     )

@@ -117,32 +117,20 @@ pub async fn resources(client: &async_nats::Client, names: &Names) -> anyhow::Re
     let mut js = jetstream::new(client.clone());
     js.set_timeout(client.timeout().unwrap_or(Duration::from_secs(5)));
     let replicas = replicas(client);
-    let leader = match js.get_key_value(&names.leader_bucket).await {
-        Ok(kv) => kv,
-        Err(_) => {
-            js.create_key_value(kv::Config {
-                bucket: names.leader_bucket.clone(),
-                description: "fleet-authz leader lease".into(),
-                history: 1,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await?
-        }
-    };
-    let grants = match js.get_key_value(&names.grants_bucket).await {
-        Ok(kv) => kv,
-        Err(_) => {
-            js.create_key_value(kv::Config {
-                bucket: names.grants_bucket.clone(),
-                description: "fleet-authz break-glass grants and bypasses (signed)".into(),
-                history: 1,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await?
-        }
-    };
+    let leader = kv_bucket(
+        &js,
+        &names.leader_bucket,
+        "fleet-authz leader lease",
+        replicas,
+    )
+    .await?;
+    let grants = kv_bucket(
+        &js,
+        &names.grants_bucket,
+        "fleet-authz break-glass grants and bypasses (signed)",
+        replicas,
+    )
+    .await?;
     let snapshots = match js.get_object_store(&names.snapshots_bucket).await {
         Ok(store) => store,
         Err(_) => {
@@ -173,6 +161,27 @@ pub async fn resources(client: &async_nats::Client, names: &Names) -> anyhow::Re
         snapshots,
         audit,
     })
+}
+
+/// KV bucket `name` (one value per key), found or created.
+async fn kv_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
+    if let Ok(kv) = js.get_key_value(name).await {
+        return Ok(kv);
+    }
+    Ok(js
+        .create_key_value(kv::Config {
+            bucket: name.to_owned(),
+            description: description.to_owned(),
+            history: 1,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await?)
 }
 
 /// Three copies on a JetStream cluster of three or more, else one: the

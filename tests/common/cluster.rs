@@ -197,7 +197,7 @@ where
 /// hold the same posture version ≥ 1; returns the leader's index.
 pub async fn settled(addrs: &[SocketAddr]) -> usize {
     wait_for(
-        TTL * 6,
+        TTL * 8,
         "one leader, the others following its posture",
         || async {
             let mut states = Vec::new();
