@@ -171,10 +171,11 @@ async fn write(
         .signer
         .seal(Kind::Grant, &key, &serde_json::to_vec(&entry)?);
     tokio::time::timeout(node.config.lease_ttl, nats.grants.put(&key, sealed.into())).await??;
-    let action = if revoked_at.is_some() {
-        "revoke"
-    } else {
-        "grant"
+    // DESIGN §8: grant, revoke, or bypass (a self-service grant, §9).
+    let action = match (revoked_at, &grant.bypass_route) {
+        (Some(_), _) => "revoke",
+        (None, Some(_)) => "bypass",
+        (None, None) => "grant",
     };
     audit::append(node, nats, action, &entry).await?;
     Ok(())
