@@ -6,6 +6,7 @@
 //! in [`reload`].
 
 pub mod listen;
+mod parts;
 pub mod reload;
 pub mod signal;
 mod start;

@@ -10,7 +10,6 @@ use std::{
 };
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tonic::transport::server::TcpIncoming;
 use tonic_health::{
@@ -21,25 +20,19 @@ use tracing::Instrument;
 
 use super::{
     Extensions, RunningServer, listen,
-    reload::{FileSync, Reloader},
+    parts::{Parts, build_parts},
+    reload::Reloader,
 };
 use crate::{
     admin::{
-        self, AdminState, AdminToken, GrantStore, SyncTrigger,
+        self,
         probes::{self, HttpState},
     },
     authz::AuthzService,
-    bypass::{self, Door, TokenKey},
-    cluster::{
-        Node,
-        http::{ClusterRefresh, ClusterSync},
-    },
+    bypass::{self},
     config::{Config, GrpcListen},
-    decision::{Authorizer, Grants},
-    fleet::adapter::{FleetSource, FleetSync},
-    policy::{Policy, load_policy},
-    posture::{PostureFile, PostureStore, load_posture_file},
-    telemetry::metrics::Metrics,
+    fleet::adapter::FleetSource,
+    posture::PostureStore,
 };
 
 /// HTTP/2 streams one gRPC connection may have open.
@@ -55,20 +48,6 @@ enum GrpcListener {
     Tcp(TcpListener),
     /// The listener and its socket file, removed once serving stops.
     Unix(tokio::net::UnixListener, std::path::PathBuf),
-}
-
-/// Everything the service decides with, built before anything is bound.
-struct Parts {
-    store: Arc<PostureStore>,
-    metrics: Arc<Metrics>,
-    authorizer: Arc<Authorizer>,
-    reloader: Arc<Reloader>,
-    admin: AdminState,
-    fleet: Option<FleetSource>,
-    /// The self-service bypass: offers on deny pages, the endpoint.
-    door: Arc<Door>,
-    /// Cluster mode: the node that replaces the poller's own schedule.
-    cluster: Option<Arc<Node>>,
 }
 
 /// Both listeners, bound.
@@ -137,190 +116,6 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
         health,
         cluster: parts.cluster,
     })
-}
-
-/// Policy, posture store, grants, Fleet source, authorizer, reloader and
-/// admin state: everything but the listeners and tasks.
-fn build_parts(config: &Config, ext: Extensions) -> anyhow::Result<Parts> {
-    let metrics = Arc::new(Metrics::new());
-    let (policy, posture) = match ext.preloaded {
-        Some(p) => (p.policy, p.posture),
-        None => (load_policy(&config.policy_file)?, None),
-    };
-    let policy = Arc::new(ArcSwap::from_pointee(policy));
-    let store = match ext.store {
-        Some(store) => store,
-        None => file_store(config, posture)?,
-    };
-    let admin_config = config.admin.clone().unwrap_or_default();
-    let token = match &admin_config.token_file {
-        Some(path) => Some(AdminToken::from_file(path)?),
-        None => None,
-    };
-    let grants = Arc::new(match &admin_config.grants_file {
-        Some(path) => GrantStore::open(path)?,
-        None => GrantStore::in_memory(),
-    });
-    let fleet = fleet_source(config, &store, &metrics, &policy)?;
-    let cluster = cluster_node(config, &store, &metrics, fleet.as_ref())?;
-    let cluster_refresh = cluster
-        .as_ref()
-        .filter(|_| config.fleet.as_ref().is_some_and(|f| f.recheck.enabled))
-        .map(|node| {
-            Arc::new(ClusterRefresh(Arc::clone(node))) as Arc<dyn crate::decision::Refresh>
-        });
-    if let Some(node) = &cluster {
-        grants.set_replica(node.grant_replica());
-    }
-    let authorizer = Arc::new(Authorizer {
-        store: Arc::clone(&store),
-        policy: Arc::clone(&policy),
-        identity: config.identity.clone(),
-        remediation_url: config.remediation_url.clone(),
-        max_staleness: config.max_staleness(),
-        metrics: Arc::clone(&metrics),
-        refresh: ext.refresh.or(cluster_refresh).or_else(|| {
-            (cluster.is_none())
-                .then(|| fleet.as_ref().and_then(|f| f.refresh.clone()))
-                .flatten()
-        }),
-        grants: Some(Arc::clone(&grants) as Arc<dyn Grants>),
-        fingerprints: Default::default(),
-    });
-    let reloader = Arc::new(reloader(
-        config,
-        &policy,
-        &store,
-        &metrics,
-        fleet.as_ref(),
-        cluster.as_ref(),
-    ));
-    let sync = ext.sync.or_else(|| match (&fleet, &config.posture_file) {
-        _ if cluster.is_some() => cluster
-            .as_ref()
-            .map(|node| Arc::new(ClusterSync(Arc::clone(node))) as Arc<dyn SyncTrigger>),
-        (Some(f), _) => Some(Arc::new(FleetSync(f.handle.clone())) as Arc<dyn SyncTrigger>),
-        (None, Some(_)) => Some(Arc::new(FileSync(Arc::clone(&reloader))) as Arc<dyn SyncTrigger>),
-        (None, None) => None,
-    });
-    let key = match &config.bypass.key_file {
-        Some(path) => TokenKey::from_file(path)?,
-        None => TokenKey::random(),
-    };
-    let door = Arc::new(Door::new(
-        Arc::clone(&authorizer),
-        Arc::clone(&grants),
-        key,
-        config.identity.xfcc_element,
-    ));
-    let admin = AdminState {
-        authorizer: Arc::clone(&authorizer),
-        sync,
-        token,
-        grants,
-    };
-    admin.update_grant_gauge(SystemTime::now());
-    Ok(Parts {
-        store,
-        metrics,
-        authorizer,
-        reloader,
-        admin,
-        fleet,
-        door,
-        cluster,
-    })
-}
-
-/// Cluster mode's node, when `cluster:` is set (config.rs makes sure
-/// `fleet:` is too).
-fn cluster_node(
-    config: &Config,
-    store: &Arc<PostureStore>,
-    metrics: &Arc<Metrics>,
-    fleet: Option<&FleetSource>,
-) -> anyhow::Result<Option<Arc<Node>>> {
-    let (Some(cluster), Some(fleet_config), Some(source)) = (&config.cluster, &config.fleet, fleet)
-    else {
-        return Ok(None);
-    };
-    Node::build(crate::cluster::Parts {
-        config: cluster.clone(),
-        fleet: fleet_config.clone(),
-        snapshot: config.snapshot.as_ref().map(|s| s.path.clone()),
-        store: Arc::clone(store),
-        metrics: Arc::clone(metrics),
-        cves: source.handle.clone(),
-    })
-    .map(Some)
-}
-
-/// A store holding `posture_file`'s hosts (read now unless preloaded), or
-/// an empty one for a Fleet source to fill.
-fn file_store(config: &Config, posture: Option<PostureFile>) -> anyhow::Result<Arc<PostureStore>> {
-    let store = Arc::new(PostureStore::new());
-    if let Some(path) = &config.posture_file {
-        let now = SystemTime::now();
-        let file = match posture {
-            Some(file) => file,
-            None => load_posture_file(path, now)?,
-        };
-        store.replace_all(file.hosts, now);
-    }
-    Ok(store)
-}
-
-/// The Fleet source, after restoring the snapshot into `store`, asking
-/// Fleet about the CVEs the policy names.
-fn fleet_source(
-    config: &Config,
-    store: &Arc<PostureStore>,
-    metrics: &Arc<Metrics>,
-    policy: &ArcSwap<Policy>,
-) -> anyhow::Result<Option<FleetSource>> {
-    let Some(fleet) = &config.fleet else {
-        return Ok(None);
-    };
-    if let Some(snap) = &config.snapshot {
-        crate::fleet::snapshot::restore(&snap.path, store);
-    }
-    let snapshot = config.snapshot.as_ref().map(|s| s.path.clone());
-    let source = crate::fleet::adapter::build(fleet, store, metrics, snapshot)?;
-    source
-        .handle
-        .set_cves(policy.load().cves().iter().map(|c| c.to_string()).collect());
-    Ok(Some(source))
-}
-
-/// The policy and posture file reloader; with Fleet, a policy reload also
-/// tells the poller which CVEs to ask about.
-fn reloader(
-    config: &Config,
-    policy: &Arc<ArcSwap<Policy>>,
-    store: &Arc<PostureStore>,
-    metrics: &Arc<Metrics>,
-    fleet: Option<&FleetSource>,
-    cluster: Option<&Arc<Node>>,
-) -> Reloader {
-    let mut reloader = Reloader::new(
-        config.policy_file.clone(),
-        Arc::clone(policy),
-        config.posture_file.clone(),
-        Arc::clone(store),
-        Arc::clone(metrics),
-    );
-    if let Some(node) = cluster.cloned() {
-        // Through the node: it also tells the poller of the current term.
-        reloader.on_policy = Some(Box::new(move |p| {
-            node.set_cves(p.cves().iter().map(|c| c.to_string()).collect())
-        }));
-    } else if let Some(handle) = fleet.map(|f| f.handle.clone()) {
-        // The poller asks Fleet about exactly the CVEs the policy names.
-        reloader.on_policy = Some(Box::new(move |p| {
-            handle.set_cves(p.cves().iter().map(|c| c.to_string()).collect())
-        }));
-    }
-    reloader
 }
 
 /// Binds HTTP, then gRPC. The gRPC listener is bound last: dropping a Unix
