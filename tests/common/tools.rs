@@ -98,7 +98,7 @@ fn try_pip_install(dir_name: &str, requirement: &str, marker: &str) -> Result<Pa
 }
 
 /// The first `name` on `PATH` that is a file.
-fn on_path(name: &str) -> Option<PathBuf> {
+pub fn on_path(name: &str) -> Option<PathBuf> {
     let paths = std::env::var_os("PATH")?;
     std::env::split_paths(&paths)
         .map(|dir| dir.join(name))
