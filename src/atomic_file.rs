@@ -1,7 +1,10 @@
 //! Writing a file so that a crash leaves the old version or the new one,
 //! never half of either: a temporary file in the same directory, fsync,
 //! rename over the target, fsync of the directory. The snapshot and the
-//! break-glass grants file both go through here.
+//! break-glass grants file both go through here. A process killed between
+//! creating its temporary file and the rename leaves that file behind; the
+//! next successful write removes the temporaries of processes that are gone,
+//! so repeated crashes do not fill the disk.
 
 use std::{
     io::Write,
@@ -31,7 +34,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), AtomicWriteErro
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let prefix = format!(".{name}.tmp-");
+    let tmp = dir.join(format!("{prefix}{}", std::process::id()));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp).map_err(at("create temporary file"))?;
         file.write_all(bytes).map_err(at("write temporary file"))?;
@@ -42,8 +46,41 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), AtomicWriteErro
     })();
     if result.is_err() {
         let _cleanup = std::fs::remove_file(&tmp);
+    } else {
+        remove_dead_temporaries(&dir, &prefix);
     }
     result
+}
+
+/// Removes `<prefix><pid>` files in `dir` whose process no longer runs.
+/// Best effort: a file that cannot be listed or removed is left alone.
+fn remove_dead_temporaries(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && pid != std::process::id()
+            && !process_runs(pid)
+        {
+            let _gone = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether process `pid` exists. Where that cannot be told, it is assumed
+/// to run, so nothing another process may still be writing is removed.
+fn process_runs(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
 }
 
 #[cfg(unix)]
@@ -72,6 +109,24 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["state.bin"]);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_write_removes_temporaries_left_by_dead_processes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.bin");
+        // No process has a pid this high (Linux caps pids at 2^22).
+        let dead = dir.path().join(".state.bin.tmp-4294967294");
+        let other_file = dir.path().join(".other.bin.tmp-4294967294");
+        let alive = dir.path().join(".state.bin.tmp-1");
+        for p in [&dead, &other_file, &alive] {
+            std::fs::write(p, b"half").unwrap();
+        }
+        write_atomically(&path, b"whole").unwrap();
+        assert!(!dead.exists(), "a dead process's temporary stays");
+        assert!(other_file.exists(), "another file's temporary was removed");
+        assert!(alive.exists(), "pid 1 runs: its temporary must stay");
     }
 
     #[test]
