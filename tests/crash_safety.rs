@@ -5,6 +5,11 @@
 //! decodes with every host, the grants file parses and holds every grant
 //! the service acknowledged, and the next start serves from them. Left-over
 //! temporaries of killed processes do not pile up.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failure panics the test"
+)]
 
 mod common;
 
@@ -268,7 +273,11 @@ async fn kill_moment(lab: &Lab, pid: u32, round: usize, moments: &mut Moments) {
         1 => lab.writing(SNAPSHOT, pid).await,
         _ => lab.writing(GRANTS, pid).await,
     }
-    let within = if round % 3 == 0 { LIFE_MS } else { WRITE_MS };
+    let within = if round.is_multiple_of(3) {
+        LIFE_MS
+    } else {
+        WRITE_MS
+    };
     tokio::time::sleep(Duration::from_millis(moments.next_ms(within))).await;
 }
 
