@@ -6,7 +6,7 @@
 //! cargo bench --bench load -- envoy [--rounds 6] [--duration 10] [--closed | --paired] [--shaped]
 //!     (item 3 alone: baseline and fleet-authz over TCP and a Unix socket;
 //!     --shaped adds the allow-shaped baseline, --paired runs h2load alone)
-//! cargo bench --bench load -- soak [--minutes 10] [--fraction 0.7]
+//! cargo bench --bench load -- soak [--minutes 30] [--fraction 0.5] [--hosts 100000]
 //! cargo bench --bench load -- serve fleet|baseline|baseline-shaped [--hosts 100000] [--unix]
 //! cargo bench --bench load -- client --addr HOST:PORT (--concurrency N | --rate RPS)
 //! cargo bench --bench load -- pingpong
@@ -26,6 +26,13 @@
 mod certs;
 mod commands;
 mod envoy;
+#[path = "../../tests/common/fake_fleet/mod.rs"]
+#[allow(
+    dead_code,
+    clippy::result_large_err,
+    reason = "test code: the soak uses part of the fake, whose handlers return axum responses"
+)]
+mod fake_fleet;
 mod fixture;
 mod grpc;
 mod http;
@@ -94,13 +101,21 @@ fn main() -> anyhow::Result<()> {
                 Some("fleet") => {
                     runtime(workers)?.block_on(servers::serve_fleet(hosts, devices, unix))
                 }
+                Some("fleet-synced") => {
+                    let url = opt(&args, "--fleet-url").context("--fleet-url is required")?;
+                    let dir = opt(&args, "--dir").context("--dir is required")?;
+                    runtime(workers)?
+                        .block_on(servers::serve_fleet_synced(&url, dir.as_ref()))
+                }
                 Some("baseline") => {
                     runtime(workers)?.block_on(servers::serve_baseline(false, unix))
                 }
                 Some("baseline-shaped") => {
                     runtime(workers)?.block_on(servers::serve_baseline(true, unix))
                 }
-                other => bail!("serve: expected fleet, baseline or baseline-shaped, got {other:?}"),
+                other => bail!(
+                    "serve: expected fleet, fleet-synced, baseline or baseline-shaped, got {other:?}"
+                ),
             }
         }
         "client" => {

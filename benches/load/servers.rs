@@ -2,6 +2,8 @@
 //! - `fleet`: the real service, started through `fleet_authz::server::start`
 //!   (same listeners, middleware and JSON decision log as `fleet-authz
 //!   serve`), with 100,000 hosts put in its store after start;
+//! - `fleet-synced`: the real service synced from a (fake) Fleet every 10 s,
+//!   with a snapshot after each sync: the soak's server;
 //! - `baseline`: the physical limit, a minimal tonic 0.14 `Authorization`
 //!   server that answers OK to every Check without looking at it (tonic still
 //!   decodes the request, as any tonic server must);
@@ -14,7 +16,7 @@
 //! with `--unix`, which serves gRPC on a Unix socket) and stops when stdin
 //! closes.
 
-use std::{net::SocketAddr, time::SystemTime};
+use std::{net::SocketAddr, path::Path, time::SystemTime};
 
 use anyhow::Context;
 use envoy_types::pb::{
@@ -35,8 +37,9 @@ use envoy_types::pb::{
 };
 use fleet_authz::{
     authz::convert::{DRY_RUN_HEADER, IDENTITY_HEADERS, REASON_HEADER},
-    config::{Config, GrpcListen, LogFormat, TelemetryConfig},
-    server, telemetry,
+    config::{Config, GrpcListen, TelemetryConfig},
+    server::{self, RunningServer},
+    telemetry,
 };
 use tokio::{io::AsyncReadExt, net::TcpListener};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -66,34 +69,58 @@ fn listen_at(unix: bool) -> GrpcListen {
     }
 }
 
-/// Serves fleet-authz with `hosts` hosts until stdin closes.
+/// Serves fleet-authz with `hosts` hosts until stdin closes, with the
+/// default telemetry (`log_format: auto`: JSON, as stdout is not a
+/// terminal).
 pub async fn serve_fleet(hosts: u64, devices: usize, unix: bool) -> anyhow::Result<()> {
-    let _telemetry = telemetry::init(&TelemetryConfig {
-        log_format: LogFormat::Json,
-        otlp_endpoint: None,
-    });
+    let _telemetry = telemetry::init(&TelemetryConfig::default());
     let dir = tempfile::tempdir()?;
-    let policy = dir.path().join("policy.yaml");
     let posture = dir.path().join("posture.yaml");
-    std::fs::write(&policy, fixture::POLICY)?;
     std::fs::write(&posture, "hosts: []\n")?;
-    let yaml = format!(
-        "listen: {{grpc: \"{}\", http: \"127.0.0.1:0\"}}\n\
-         posture_file: {}\n\
-         policy_file: {}\n\
-         identity: {{sources: [xfcc]}}\n\
-         remediation_url: \"https://fleet.example.com/device/{{host_id}}\"\n",
-        listen_at(unix),
-        posture.display(),
-        policy.display()
-    );
-    let config = Config::from_yaml(&yaml, "load.yaml".as_ref())?;
-    let running = server::start(config).await?;
+    let source = format!("posture_file: {}\n", posture.display());
+    let running = start_fleet(dir.path(), &source, unix).await?;
     let fps = fixture::fingerprints(&fixture::device_pems(devices)?)?;
     running
         .authorizer
         .store
         .replace_all(fixture::hosts(hosts, &fps), SystemTime::now());
+    serve_until_stdin_closes(running).await
+}
+
+/// Serves fleet-authz synced from the Fleet at `fleet_url` every 10 s, with
+/// a snapshot after each sync, its policy file at `<dir>/policy.yaml` (the
+/// soak rewrites it to make it reload) and the token in `<dir>/fleet-token`.
+pub async fn serve_fleet_synced(fleet_url: &str, dir: &Path) -> anyhow::Result<()> {
+    let _telemetry = telemetry::init(&TelemetryConfig::default());
+    let source = format!(
+        "fleet:\n  url: {fleet_url}\n  token_file: {d}/fleet-token\n  certificate_query_id: 42\n  \
+         sync_interval: 10s\n  page_size: 1000\nsnapshot: {{path: {d}/snapshot.pb}}\n",
+        d = dir.display()
+    );
+    let running = start_fleet(dir, &source, false).await?;
+    serve_until_stdin_closes(running).await
+}
+
+/// Starts fleet-authz with the load policy written to `<dir>/policy.yaml`
+/// and `source` (the posture source's YAML) in its config.
+async fn start_fleet(dir: &Path, source: &str, unix: bool) -> anyhow::Result<RunningServer> {
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, fixture::POLICY)?;
+    let yaml = format!(
+        "listen: {{grpc: \"{}\", http: \"127.0.0.1:0\"}}\n\
+         {source}\
+         policy_file: {}\n\
+         identity: {{sources: [xfcc]}}\n\
+         remediation_url: \"https://fleet.example.com/device/{{host_id}}\"\n",
+        listen_at(unix),
+        policy.display()
+    );
+    let config = Config::from_yaml(&yaml, "load.yaml".as_ref())?;
+    server::start(config).await
+}
+
+/// Prints where it listens, then serves until the parent closes stdin.
+async fn serve_until_stdin_closes(running: RunningServer) -> anyhow::Result<()> {
     eprintln!("METRICS {}", running.http_addr());
     eprintln!("LISTEN {}", running.grpc_listen());
     stdin_closed().await;

@@ -74,8 +74,8 @@ impl Options {
             envoy_rps: opt_or(args, "--envoy-rps", 1000)?,
             envoy: !args.iter().any(|a| a == "--no-envoy"),
             closed: args.iter().any(|a| a == "--closed"),
-            minutes: opt_or(args, "--minutes", 10)?,
-            fraction: opt_or(args, "--fraction", 0.7)?,
+            minutes: opt_or(args, "--minutes", 30)?,
+            fraction: opt_or(args, "--fraction", 0.5)?,
             server_cpus: opt(args, "--server-cpus").unwrap_or_else(|| SERVER_CPU.to_owned()),
             shaped: args.iter().any(|a| a == "--shaped"),
             paired: args.iter().any(|a| a == "--paired"),
@@ -113,11 +113,20 @@ impl Server {
 
     /// Starts a server, on a Unix socket when `unix`.
     fn start_on(kind: &str, o: &Options, unix: bool) -> anyhow::Result<Self> {
+        Self::start_with(kind, o, unix.then_some("--unix"))
+    }
+
+    /// Starts a server of `kind` with `extra` arguments.
+    fn start_with<'a>(
+        kind: &str,
+        o: &Options,
+        extra: impl IntoIterator<Item = &'a str>,
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new("taskset")
             .args(["-c", &o.server_cpus])
             .arg(std::env::current_exe()?)
             .args(["serve", kind, "--workers", "1"])
-            .args(unix.then_some("--unix"))
+            .args(extra)
             .args([
                 "--hosts",
                 &o.hosts.to_string(),

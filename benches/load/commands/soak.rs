@@ -1,51 +1,169 @@
-//! `soak`: item 6 of issue 6. fleet-authz alone, at a fixed share of its
-//! measured maximum for minutes on end, with its memory sampled as it runs.
+//! `soak` (item 5 of issue 20): fleet-authz at a fixed share of its measured
+//! maximum for half an hour, as in production: synced from a Fleet every
+//! 10 s (the fake Fleet of the tests, `--hosts` hosts, the load devices
+//! enrolled on the first of them), a snapshot written after each sync, and
+//! its policy file rewritten every minute so it reloads. Each minute it
+//! records the server's RSS, open file descriptors, p99 and every count of
+//! trouble; at the end it judges the targets: RSS flat within ±10% after
+//! the first 5 minutes, the fd count flat, no error.
 
 use std::{
+    net::SocketAddr,
+    path::Path,
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, SystemTime},
 };
+
+use anyhow::Context;
 
 use super::{Options, Server, machine, measure};
 use crate::{
+    fake_fleet::{FakeFleet, FakeSpec},
     fixture, grpc,
-    report::{ms, sample},
+    report::{RunResult, ms, sample},
+    tools,
 };
 
-/// Item 6: fleet-authz at `fraction` of its maximum for `minutes`, RSS every 10 s.
+/// Minutes left out of the flatness judgement (warm-up).
+const SETTLE_MINUTES: usize = 5;
+/// How far RSS may move from its median after the warm-up.
+const RSS_BAND: f64 = 0.10;
+
+/// One minute of the soak.
+#[derive(Debug, Clone)]
+struct Minute {
+    run: RunResult,
+    rss_mib: f64,
+    hwm_mib: f64,
+    fds: usize,
+    counts: Counts,
+    snapshot_age_s: f64,
+}
+
+/// Counters read from the server's `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    syncs_ok: f64,
+    syncs_failed: f64,
+    reloads_ok: f64,
+    reloads_failed: f64,
+}
+
+impl Counts {
+    async fn read(addr: SocketAddr) -> anyhow::Result<Self> {
+        let text = tools::http_get(addr, "/metrics")
+            .await
+            .context("/metrics did not answer")?;
+        let value = |series: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Ok(Self {
+            syncs_ok: value(r#"fleet_authz_syncs_total{result="success"} "#),
+            syncs_failed: value(r#"fleet_authz_syncs_total{result="failure"} "#),
+            reloads_ok: value(r#"fleet_authz_policy_reloads_total{result="success"} "#),
+            reloads_failed: value(r#"fleet_authz_policy_reloads_total{result="failure"} "#),
+        })
+    }
+}
+
+/// Starts the fake Fleet on a thread of its own (so its work is not done
+/// on the client's runtime) with the devices enrolled; returns its URL and
+/// token.
+fn start_fleet(hosts: u64, pems: &[String]) -> anyhow::Result<(String, String)> {
+    let fps = fixture::fingerprints(pems)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("fake Fleet runtime");
+        rt.block_on(async move {
+            let fake = FakeFleet::start(FakeSpec {
+                hosts,
+                fingerprints_per_host: 3,
+                policies: 20,
+                failing_percent: 5,
+                report_cap: 10 * hosts as usize,
+                ..FakeSpec::default()
+            })
+            .await;
+            for (i, fp) in fps.iter().enumerate() {
+                fake.enrol(i as u64 + 1, fp);
+            }
+            let _sent = tx.send((fake.url(), fake.token()));
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().context("the fake Fleet did not start")
+}
+
+/// Open file descriptors of `pid`.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// Seconds since `path` was last written (NaN when it does not exist).
+fn age_s(path: &Path) -> f64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map_or(f64::NAN, |d| d.as_secs_f64())
+}
+
+/// Waits until the server has published its first sync.
+async fn first_sync(metrics: SocketAddr) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    while Counts::read(metrics).await.map_or(0.0, |c| c.syncs_ok) < 1.0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no sync in 5 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Item 5: `minutes` minutes at `fraction` of the maximum, one row a minute.
 pub async fn soak(o: Options) -> anyhow::Result<()> {
     let pems = fixture::device_pems(o.devices)?;
     let requests = Arc::new(fixture::encoded_requests(&pems));
-    let fleet = Server::start("fleet", &o)?;
-    let max = measure(&fleet, &o, grpc::Mode::Closed(o.concurrency), &requests).await?;
+    let (url, token) = start_fleet(o.hosts, &pems)?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("fleet-token"), token)?;
+    let dir_arg = dir.path().display().to_string();
+    let server = Server::start_with(
+        "fleet-synced",
+        &o,
+        ["--fleet-url", url.as_str(), "--dir", dir_arg.as_str()],
+    )?;
+    let metrics = server.metrics.context("no metrics address")?;
+    first_sync(metrics).await?;
+    let max = measure(&server, &o, grpc::Mode::Closed(o.concurrency), &requests).await?;
     let rate = (max.run.rps * o.fraction).round() as u64;
     println!(
-        "Machine: {}\n\nfleet-authz max {:.0} req/s; soak at {rate} req/s ({:.0}%) for {} min; RSS sampled every 10 s.\n",
+        "Machine: {}\n\nfleet-authz synced from a fake Fleet of {} hosts every 10 s, snapshot each sync, \
+         policy rewritten each minute; max {:.0} req/s; soak at {rate} req/s ({:.0}%) for {} min.\n",
         machine(),
+        o.hosts,
         max.run.rps,
         o.fraction * 100.0,
         o.minutes
     );
-    println!("| t (s) | VmRSS MiB | VmHWM MiB |\n|---|---|---|");
-    let pid = fleet.pid();
-    let sampler = tokio::spawn(async move {
-        let start = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
-        loop {
-            tick.tick().await;
-            let s = sample(pid);
-            println!(
-                "| {} | {:.1} | {:.1} |",
-                start.elapsed().as_secs(),
-                s.rss_kb as f64 / 1024.0,
-                s.hwm_kb as f64 / 1024.0
-            );
+    let policy = dir.path().join("policy.yaml");
+    let snapshot = dir.path().join("snapshot.pb");
+    let mut minutes = Vec::new();
+    println!("{HEADER}");
+    for i in 0..o.minutes as usize {
+        if i > 0 {
+            let text = format!("{}# soak minute {i}\n", fixture::POLICY);
+            fleet_authz::atomic_file::write_atomically(&policy, text.as_bytes())?;
         }
-    });
-    let mut windows = Vec::new();
-    for _ in 0..o.minutes {
         let run = grpc::run(
-            fleet.addr(),
+            server.addr(),
             requests.clone(),
             grpc::Mode::Rate(rate),
             o.connections,
@@ -53,25 +171,80 @@ pub async fn soak(o: Options) -> anyhow::Result<()> {
             Duration::from_secs(60),
         )
         .await?;
-        windows.push(run);
+        let s = sample(server.pid());
+        let minute = Minute {
+            run,
+            rss_mib: s.rss_kb as f64 / 1024.0,
+            hwm_mib: s.hwm_kb as f64 / 1024.0,
+            fds: fds(server.pid()),
+            counts: Counts::read(metrics).await?,
+            snapshot_age_s: age_s(&snapshot),
+        };
+        println!("{}", row(i + 1, &minute));
+        minutes.push(minute);
     }
-    sampler.abort();
-    println!(
-        "\n| minute | req/s | p50 ms | p99 ms | p99.9 ms | max ms | allow/deny/error |\n|---|---|---|---|---|---|---|"
-    );
-    for (i, r) in windows.iter().enumerate() {
-        println!(
-            "| {} | {:.0} | {} | {} | {} | {} | {}/{}/{} |",
-            i + 1,
-            r.rps,
-            ms(r.p50_us),
-            ms(r.p99_us),
-            ms(r.p999_us),
-            ms(r.max_us),
-            r.allow,
-            r.deny,
-            r.errors
-        );
-    }
+    println!("\n{}", verdict(&minutes));
     Ok(())
+}
+
+const HEADER: &str = "| minute | req/s | p50 ms | p99 ms | max ms | allow/deny/error | VmRSS MiB | VmHWM MiB | fds | syncs ok/failed | policy reloads ok/failed | snapshot age s |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
+
+fn row(n: usize, m: &Minute) -> String {
+    let r = &m.run;
+    let c = m.counts;
+    format!(
+        "| {n} | {:.0} | {} | {} | {} | {}/{}/{} | {:.1} | {:.1} | {} | {}/{} | {}/{} | {:.1} |",
+        r.rps,
+        ms(r.p50_us),
+        ms(r.p99_us),
+        ms(r.max_us),
+        r.allow,
+        r.deny,
+        r.errors,
+        m.rss_mib,
+        m.hwm_mib,
+        m.fds,
+        c.syncs_ok,
+        c.syncs_failed,
+        c.reloads_ok,
+        c.reloads_failed,
+        m.snapshot_age_s
+    )
+}
+
+/// The three targets, judged on the minutes after the warm-up.
+fn verdict(minutes: &[Minute]) -> String {
+    let settled = minutes.get(SETTLE_MINUTES..).unwrap_or_default();
+    let mut rss: Vec<f64> = settled.iter().map(|m| m.rss_mib).collect();
+    rss.sort_by(f64::total_cmp);
+    let median = rss.get(rss.len() / 2).copied().unwrap_or(0.0);
+    let (low, high) = (
+        rss.first().copied().unwrap_or(0.0),
+        rss.last().copied().unwrap_or(0.0),
+    );
+    let rss_flat = median > 0.0
+        && low >= median * (1.0 - RSS_BAND)
+        && high <= median * (1.0 + RSS_BAND);
+    let fds: Vec<usize> = settled.iter().map(|m| m.fds).collect();
+    let (fd_low, fd_high) = (
+        fds.iter().min().copied().unwrap_or(0),
+        fds.iter().max().copied().unwrap_or(0),
+    );
+    let errors: u64 = minutes.iter().map(|m| m.run.errors).sum();
+    let last = minutes.last().map(|m| m.counts).unwrap_or_default();
+    let trouble = errors as f64 + last.syncs_failed + last.reloads_failed;
+    let met = |ok: bool| if ok { "met" } else { "missed" };
+    format!(
+        "RSS after minute {SETTLE_MINUTES}: {low:.1}–{high:.1} MiB, median {median:.1} (±{:.0}% band): {}\n\
+         fds after minute {SETTLE_MINUTES}: {fd_low}–{fd_high}: {}\n\
+         errors: {errors} Check errors, {} failed syncs, {} failed reloads ({} syncs, {} reloads in all): {}",
+        RSS_BAND * 100.0,
+        met(rss_flat),
+        met(fd_high.saturating_sub(fd_low) <= 2),
+        last.syncs_failed,
+        last.reloads_failed,
+        last.syncs_ok,
+        last.reloads_ok,
+        met(trouble == 0.0)
+    )
 }
