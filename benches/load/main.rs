@@ -7,6 +7,7 @@
 //!     (item 3 alone: baseline and fleet-authz over TCP and a Unix socket;
 //!     --shaped adds the allow-shaped baseline, --paired runs h2load alone)
 //! cargo bench --bench load -- soak [--minutes 30] [--fraction 0.5] [--hosts 100000]
+//! cargo bench --bench load -- spikes [--hosts 100000]
 //! cargo bench --bench load -- serve fleet|baseline|baseline-shaped [--hosts 100000] [--unix]
 //! cargo bench --bench load -- client --addr HOST:PORT (--concurrency N | --rate RPS)
 //! cargo bench --bench load -- pingpong
@@ -87,7 +88,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let Some(command) = args.first().cloned() else {
         eprintln!(
-            "usage: cargo bench --bench load -- suite|envoy|soak|serve|client|pingpong … (see benches/load/main.rs)"
+            "usage: cargo bench --bench load -- suite|envoy|soak|spikes|serve|client|pingpong … (see benches/load/main.rs)"
         );
         return Ok(());
     };
@@ -104,8 +105,7 @@ fn main() -> anyhow::Result<()> {
                 Some("fleet-synced") => {
                     let url = opt(&args, "--fleet-url").context("--fleet-url is required")?;
                     let dir = opt(&args, "--dir").context("--dir is required")?;
-                    runtime(workers)?
-                        .block_on(servers::serve_fleet_synced(&url, dir.as_ref()))
+                    runtime(workers)?.block_on(servers::serve_fleet_synced(&url, dir.as_ref()))
                 }
                 Some("baseline") => {
                     runtime(workers)?.block_on(servers::serve_baseline(false, unix))
@@ -139,13 +139,14 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&result)?);
             Ok(())
         }
-        "suite" | "soak" | "envoy" => {
+        "suite" | "soak" | "spikes" | "envoy" => {
             commands::pin_self("1")?;
             let options = commands::Options::parse(&args)?;
             let rt = single_thread()?;
             match command.as_str() {
                 "suite" => rt.block_on(commands::suite::suite(options)),
                 "envoy" => rt.block_on(commands::envoy::envoy_only(options)),
+                "spikes" => rt.block_on(commands::spikes::spikes(options)),
                 _ => rt.block_on(commands::soak::soak(options)),
             }
         }

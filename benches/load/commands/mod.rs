@@ -8,6 +8,7 @@
 pub mod envoy;
 mod h2load;
 pub mod soak;
+pub mod spikes;
 pub mod suite;
 
 use std::{

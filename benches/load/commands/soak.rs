@@ -100,6 +100,25 @@ fn start_fleet(hosts: u64, pems: &[String]) -> anyhow::Result<(String, String)> 
     rx.recv().context("the fake Fleet did not start")
 }
 
+/// A fake Fleet of `o.hosts` hosts with the devices enrolled, and
+/// fleet-authz synced from it; the directory holds its policy, token and
+/// snapshot.
+pub(super) fn start_synced(
+    o: &Options,
+    pems: &[String],
+) -> anyhow::Result<(Server, tempfile::TempDir)> {
+    let (url, token) = start_fleet(o.hosts, pems)?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("fleet-token"), token)?;
+    let dir_arg = dir.path().display().to_string();
+    let server = Server::start_with(
+        "fleet-synced",
+        o,
+        ["--fleet-url", url.as_str(), "--dir", dir_arg.as_str()],
+    )?;
+    Ok((server, dir))
+}
+
 /// Open file descriptors of `pid`.
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
@@ -115,7 +134,7 @@ fn age_s(path: &Path) -> f64 {
 }
 
 /// Waits until the server has published its first sync.
-async fn first_sync(metrics: SocketAddr) -> anyhow::Result<()> {
+pub(super) async fn first_sync(metrics: SocketAddr) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     while Counts::read(metrics).await.map_or(0.0, |c| c.syncs_ok) < 1.0 {
         anyhow::ensure!(
@@ -131,15 +150,7 @@ async fn first_sync(metrics: SocketAddr) -> anyhow::Result<()> {
 pub async fn soak(o: Options) -> anyhow::Result<()> {
     let pems = fixture::device_pems(o.devices)?;
     let requests = Arc::new(fixture::encoded_requests(&pems));
-    let (url, token) = start_fleet(o.hosts, &pems)?;
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("fleet-token"), token)?;
-    let dir_arg = dir.path().display().to_string();
-    let server = Server::start_with(
-        "fleet-synced",
-        &o,
-        ["--fleet-url", url.as_str(), "--dir", dir_arg.as_str()],
-    )?;
+    let (server, dir) = start_synced(&o, &pems)?;
     let metrics = server.metrics.context("no metrics address")?;
     first_sync(metrics).await?;
     let max = measure(&server, &o, grpc::Mode::Closed(o.concurrency), &requests).await?;
@@ -222,9 +233,8 @@ fn verdict(minutes: &[Minute]) -> String {
         rss.first().copied().unwrap_or(0.0),
         rss.last().copied().unwrap_or(0.0),
     );
-    let rss_flat = median > 0.0
-        && low >= median * (1.0 - RSS_BAND)
-        && high <= median * (1.0 + RSS_BAND);
+    let rss_flat =
+        median > 0.0 && low >= median * (1.0 - RSS_BAND) && high <= median * (1.0 + RSS_BAND);
     let fds: Vec<usize> = settled.iter().map(|m| m.fds).collect();
     let (fd_low, fd_high) = (
         fds.iter().min().copied().unwrap_or(0),

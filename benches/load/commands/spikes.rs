@@ -1,0 +1,239 @@
+//! `spikes` (item 3 of issue 20): does memory come back? The soak's server
+//! (synced from a fake Fleet every 10 s) meets, one after the other, the
+//! hostile inputs of the issue: a flood of distinct near-limit XFCC values,
+//! 1 MiB XFCC values, a 200 MB policy file, a policy file of YAML aliases
+//! and a 100 MB admin POST. For each it prints RSS before (median of 5
+//! samples a second apart), the peak seen while it lasts (sampled every
+//! 20 ms), and RSS one sync interval (10 s) after it ends; the target is
+//! "after" within 20% of "before".
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use prost::{Message, bytes::Bytes};
+
+use super::{
+    Options, machine,
+    soak::{first_sync, start_synced},
+};
+use crate::{fixture, grpc, report::sample};
+
+/// The server's sync interval: "within one sync interval" is this long.
+const SYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// How far above "before" RSS may be one sync interval after a spike.
+const BAND: f64 = 0.20;
+
+/// One spike's memory figures, MiB.
+struct Spike {
+    name: &'static str,
+    outcome: String,
+    before: f64,
+    peak: f64,
+    after: f64,
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    sample(pid).rss_kb as f64 / 1024.0
+}
+
+/// The median of 5 samples a second apart.
+async fn steady_rss(pid: u32) -> f64 {
+    let mut xs = Vec::new();
+    for _ in 0..5 {
+        xs.push(rss_mib(pid));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    xs.sort_by(f64::total_cmp);
+    xs[2]
+}
+
+/// Samples RSS every 20 ms until `done`; returns the highest.
+fn watch_peak(pid: u32, done: Arc<AtomicBool>) -> tokio::task::JoinHandle<f64> {
+    let peak = Arc::new(AtomicU64::new(0));
+    tokio::spawn(async move {
+        while !done.load(Ordering::Relaxed) {
+            peak.fetch_max(sample(pid).rss_kb, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        peak.load(Ordering::Relaxed) as f64 / 1024.0
+    })
+}
+
+/// Check requests of device 0 whose XFCC is replaced by `count` distinct
+/// values of `len` bytes each.
+fn xfcc_requests(pem: &str, count: usize, len: usize) -> Vec<Bytes> {
+    (0..count)
+        .map(|i| {
+            let mut req = fixture::check_request(pem, i);
+            let http = req
+                .attributes
+                .as_mut()
+                .and_then(|a| a.request.as_mut())
+                .and_then(|r| r.http.as_mut())
+                .expect("an HTTP request");
+            let head = format!("Hash={i:064x};Cert=\"");
+            let fill = len.saturating_sub(head.len() + 1);
+            let value = format!("{head}{}\"", "A".repeat(fill));
+            http.headers.insert("x-forwarded-client-cert".into(), value);
+            Bytes::from(req.encode_to_vec())
+        })
+        .collect()
+}
+
+/// Sends every request of `requests` about `rounds` times over 16 streams.
+async fn flood(addr: SocketAddr, requests: Vec<Bytes>, seconds: u64) -> String {
+    let run = grpc::run(
+        addr,
+        Arc::new(requests),
+        grpc::Mode::Closed(16),
+        4,
+        Duration::ZERO,
+        Duration::from_secs(seconds),
+    )
+    .await;
+    match run {
+        Ok(r) => format!("{} allow, {} deny, {} refused", r.allow, r.deny, r.errors),
+        Err(e) => format!("client failed: {e}"),
+    }
+}
+
+/// Writes `text` as the policy file and waits for the reload to be refused.
+async fn bad_policy(dir: &Path, text: &[u8]) -> String {
+    let path = dir.join("policy.yaml");
+    match fleet_authz::atomic_file::write_atomically(&path, text) {
+        Ok(()) => {
+            // The watcher reads it within a moment; give it a few.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let good =
+                fleet_authz::atomic_file::write_atomically(&path, fixture::POLICY.as_bytes());
+            format!(
+                "{} MB written, then the good file back ({good:?})",
+                text.len() / 1_000_000
+            )
+        }
+        Err(e) => format!("could not write: {e}"),
+    }
+}
+
+/// A policy of `count` lines, each an alias of one long anchored list.
+fn alias_policy(count: usize) -> Vec<u8> {
+    let mut text = String::from("version: 1\nbig: &big [");
+    text.push_str(&"\"CVE-2024-0000\", ".repeat(200));
+    text.push_str("]\nrefs:\n");
+    for _ in 0..count {
+        text.push_str("  - *big\n");
+    }
+    text.into_bytes()
+}
+
+/// POSTs `bytes` zeros to the admin port; returns the status.
+async fn big_post(metrics: SocketAddr, bytes: usize) -> String {
+    let answer = reqwest::Client::new()
+        .post(format!("http://{metrics}/v1/break-glass"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; bytes])
+        .send()
+        .await;
+    match answer {
+        Ok(a) => format!("HTTP {}", a.status().as_u16()),
+        Err(e) => format!("connection closed: {e}"),
+    }
+}
+
+/// Runs `spike` with its peak watched, then measures RSS a sync interval on.
+async fn measure_spike(
+    pid: u32,
+    name: &'static str,
+    spike: impl std::future::Future<Output = String>,
+) -> Spike {
+    let before = steady_rss(pid).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = watch_peak(pid, done.clone());
+    let outcome = spike.await;
+    done.store(true, Ordering::Relaxed);
+    let peak = peak.await.unwrap_or(0.0);
+    tokio::time::sleep(SYNC_INTERVAL).await;
+    let after = rss_mib(pid);
+    Spike {
+        name,
+        outcome,
+        before,
+        peak,
+        after,
+    }
+}
+
+pub async fn spikes(o: Options) -> anyhow::Result<()> {
+    let pems = fixture::device_pems(o.devices)?;
+    let (server, dir) = start_synced(&o, &pems)?;
+    let metrics = server
+        .metrics
+        .ok_or_else(|| anyhow::anyhow!("no metrics address"))?;
+    first_sync(metrics).await?;
+    // Two sync intervals to settle after the first sync.
+    tokio::time::sleep(2 * SYNC_INTERVAL).await;
+    println!(
+        "Machine: {}\n\nfleet-authz synced from a fake Fleet of {} hosts every {} s.\n",
+        machine(),
+        o.hosts,
+        SYNC_INTERVAL.as_secs()
+    );
+    let (pid, addr) = (server.pid(), server.addr());
+    let pem = &pems[0];
+    let mut spikes = Vec::new();
+    spikes.push(
+        measure_spike(pid, "4,000 distinct 60 KiB XFCC values, 10 s", async {
+            flood(addr, xfcc_requests(pem, 4_000, 60 * 1024), 10).await
+        })
+        .await,
+    );
+    spikes.push(
+        measure_spike(pid, "400 distinct 1 MiB XFCC values, 10 s", async {
+            flood(addr, xfcc_requests(pem, 400, 1024 * 1024), 10).await
+        })
+        .await,
+    );
+    spikes.push(
+        measure_spike(pid, "a 200 MB policy file", async {
+            bad_policy(dir.path(), &vec![b'#'; 200_000_000]).await
+        })
+        .await,
+    );
+    spikes.push(
+        measure_spike(pid, "a 0.9 MB policy file of YAML aliases", async {
+            bad_policy(dir.path(), &alias_policy(100_000)).await
+        })
+        .await,
+    );
+    spikes.push(measure_spike(pid, "a 100 MB admin POST", big_post(metrics, 100_000_000)).await);
+    print_table(&spikes);
+    drop(server);
+    Ok(())
+}
+
+fn print_table(spikes: &[Spike]) {
+    println!(
+        "| spike | outcome | RSS before MiB | peak MiB | RSS {} s after MiB | after / before | within {:.0}% |\n|---|---|---|---|---|---|---|",
+        SYNC_INTERVAL.as_secs(),
+        BAND * 100.0
+    );
+    for s in spikes {
+        let ratio = s.after / s.before;
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {ratio:.2} | {} |",
+            s.name,
+            s.outcome,
+            s.before,
+            s.peak,
+            s.after,
+            if ratio <= 1.0 + BAND { "met" } else { "missed" }
+        );
+    }
+}
