@@ -1,7 +1,8 @@
 //! `spikes` (item 3 of issue 20): does memory come back? The soak's server
 //! (synced from a fake Fleet every 10 s) meets, one after the other, the
 //! hostile inputs of the issue: a flood of distinct near-limit XFCC values,
-//! 1 MiB XFCC values, a 200 MB policy file, a policy file of YAML aliases
+//! 1 MiB XFCC values, HTTP/2 stream floods on connections whose
+//! flow-control window is zero, a 200 MB policy file, a policy file of YAML aliases
 //! and a 100 MB admin POST. For each it prints RSS before (median of 5
 //! samples a second apart), the peak seen while it lasts (sampled every
 //! 20 ms), and RSS one sync interval (10 s) after it ends; the target is
@@ -104,6 +105,84 @@ async fn flood(addr: SocketAddr, requests: Vec<Bytes>, seconds: u64) -> String {
     }
 }
 
+/// Opens as many Check streams as the server lets it on each of
+/// `connections` HTTP/2 connections whose flow-control window is zero, so
+/// no answer can be sent, trying `attempts` per connection for `hold`;
+/// returns how many streams were open at the end.
+async fn zero_window_flood(
+    addr: SocketAddr,
+    request: Bytes,
+    connections: usize,
+    attempts: usize,
+    hold: Duration,
+) -> String {
+    let opened = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (request, opened) = (request.clone(), opened.clone());
+        tasks.push(tokio::spawn(async move {
+            zero_window_connection(addr, request, attempts, hold, opened).await
+        }));
+    }
+    let mut failures = Vec::new();
+    for t in tasks {
+        if let Ok(Err(e)) = t.await {
+            failures.push(e.to_string());
+        }
+    }
+    format!(
+        "{} streams open on {connections} connection(s){}",
+        opened.load(Ordering::Relaxed),
+        if failures.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", failures.join("; "))
+        }
+    )
+}
+
+/// One zero-window connection: sends Checks on new streams until `hold`
+/// ends, never reading an answer.
+async fn zero_window_connection(
+    addr: SocketAddr,
+    request: Bytes,
+    attempts: usize,
+    hold: Duration,
+    opened: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await?;
+    tokio::spawn(connection);
+    let mut body = Vec::with_capacity(request.len() + 5);
+    body.push(0);
+    body.extend_from_slice(&(request.len() as u32).to_be_bytes());
+    body.extend_from_slice(&request);
+    let body = Bytes::from(body);
+    let mut held = Vec::new();
+    let deadline = tokio::time::Instant::now() + hold;
+    for _ in 0..attempts {
+        let ready = tokio::time::timeout_at(deadline, client.clone().ready()).await;
+        let Ok(Ok(mut ready)) = ready else { break };
+        let head = http::Request::post(format!(
+            "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())?;
+        let (answer, mut send) = ready.send_request(head, false)?;
+        send.send_data(body.clone(), true)?;
+        held.push(answer);
+        opened.fetch_add(1, Ordering::Relaxed);
+        client = ready;
+    }
+    tokio::time::sleep_until(deadline).await;
+    drop(held);
+    Ok(())
+}
+
 /// Writes `text` as the policy file and waits for the reload to be refused.
 async fn bad_policy(dir: &Path, text: &[u8]) -> String {
     let path = dir.join("policy.yaml");
@@ -198,6 +277,27 @@ pub async fn spikes(o: Options) -> anyhow::Result<()> {
         measure_spike(pid, "400 distinct 1 MiB XFCC values, 10 s", async {
             flood(addr, xfcc_requests(pem, 400, 1024 * 1024), 10).await
         })
+        .await,
+    );
+    let check = Bytes::from(fixture::check_request(pem, 0).encode_to_vec());
+    spikes.push(
+        measure_spike(
+            pid,
+            "50,000 streams tried on 1 zero-window connection, held 10 s",
+            async {
+                zero_window_flood(addr, check.clone(), 1, 50_000, Duration::from_secs(10)).await
+            },
+        )
+        .await,
+    );
+    spikes.push(
+        measure_spike(
+            pid,
+            "50,000 streams tried on each of 16 zero-window connections, held 10 s",
+            async {
+                zero_window_flood(addr, check.clone(), 16, 50_000, Duration::from_secs(10)).await
+            },
+        )
         .await,
     );
     spikes.push(
