@@ -90,8 +90,20 @@ fn start_fleet(hosts: u64, pems: &[String]) -> anyhow::Result<(String, String)> 
                 ..FakeSpec::default()
             })
             .await;
+            // Enrolled devices pass every policy, have no CVE and were seen
+            // now (the fake's hosts were last seen days ago): 19 in 20 are
+            // allowed, every 20th fails the first (critical) policy again.
+            let seen = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
             for (i, fp) in fps.iter().enumerate() {
-                fake.enrol(i as u64 + 1, fp);
+                let id = i as u64 + 1;
+                fake.enrol(id, fp);
+                fake.update_host(id, |h| {
+                    h.seen_time = seen.clone();
+                    h.cves.clear();
+                    if i % fixture::DENY_EVERY == 0 {
+                        h.responses.values_mut().for_each(|r| *r = "fail".into());
+                    }
+                });
             }
             let _sent = tx.send((fake.url(), fake.token()));
             std::future::pending::<()>().await;
