@@ -210,6 +210,23 @@ async fn rules_unit_tests_and_dashboard_name_only_metrics_the_service_exports() 
     }
 }
 
+#[tokio::test]
+async fn the_readme_lists_every_exported_metric() {
+    let text = scraped_after_a_sync_and_two_checks().await;
+    let readme = std::fs::read_to_string(deploy::repo_root().join("README.md")).unwrap();
+    let section = &readme[readme.find("### Monitoring").unwrap()..];
+    let section = &section[..section.find("\n## ").unwrap()];
+    for (name, kind) in text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+    {
+        let short = name.strip_prefix(PREFIX).unwrap();
+        let listed = if kind == "counter" { format!("`{short}_total`") } else { format!("`{short}`") };
+        assert!(section.contains(&listed), "README \"Monitoring\" does not list {listed}");
+    }
+}
+
 #[test]
 fn metric_names_are_read_from_promql_without_label_values() {
     let expr = r#"sum by (le) (rate(fleet_authz_check_duration_seconds_bucket{job=~"fleet_authz_x"}[5m])) / fleet_authz_hosts"#;
