@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 
 use base64::Engine;
 use common::deploy::kube::{self, find, is_generated};
-use common::deploy::{pod, prometheus_rule};
 use common::deploy::{FileKind, at, deploy_dir, files_of_kind, overlay, read_yaml, rel, str_at};
+use common::deploy::{pod, prometheus_rule};
 use yaml_serde::Value;
 
 // === Kubernetes ===

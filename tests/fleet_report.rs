@@ -224,13 +224,22 @@ async fn a_report_cleared_by_an_sql_edit_is_held_back_unless_the_drop_is_accepte
     assert!(readyz(&server).await.1.contains(&err));
     let held = metrics(&server).await;
     assert!(held.contains("fleet_authz_syncs_total{result=\"failure\"} 1"));
-    assert!(held.contains("\nfleet_authz_shrink_guard_holding 1\n"), "{held}");
+    assert!(
+        held.contains("\nfleet_authz_shrink_guard_holding 1\n"),
+        "{held}"
+    );
     // fleet.max_staleness's default (15m), for the posture-age alerts.
-    assert!(held.contains("\nfleet_authz_max_staleness_seconds 900.0\n"), "{held}");
+    assert!(
+        held.contains("\nfleet_authz_max_staleness_seconds 900.0\n"),
+        "{held}"
+    );
     refill(&fake);
     assert_eq!(fleet.sync_now().await.unwrap().fingerprints, 21);
     let released = metrics(&server).await;
-    assert!(released.contains("\nfleet_authz_shrink_guard_holding 0\n"), "{released}");
+    assert!(
+        released.contains("\nfleet_authz_shrink_guard_holding 0\n"),
+        "{released}"
+    );
 
     // The operator knows the drop is real: publish it, once.
     fake.clear_report();

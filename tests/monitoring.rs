@@ -68,7 +68,14 @@ fn promtool_accepts_the_rules_file_and_the_prometheus_rule_spec() {
     // The check must refuse a broken expression, or it proves nothing.
     let broken = dir.path().join("broken.yaml");
     let text = std::fs::read_to_string(monitoring::rules_file()).unwrap();
-    std::fs::write(&broken, text.replace("fleet_authz_cluster_degraded > 0", "rate(fleet_authz_cluster_degraded > 0")).unwrap();
+    std::fs::write(
+        &broken,
+        text.replace(
+            "fleet_authz_cluster_degraded > 0",
+            "rate(fleet_authz_cluster_degraded > 0",
+        ),
+    )
+    .unwrap();
     let (ok, out) = promtool(&["check", "rules"], &[&broken]);
     assert!(!ok && out.contains("FleetAuthzClusterDegraded"), "{out}");
 }
@@ -88,7 +95,10 @@ fn the_prometheus_rule_holds_the_same_groups_as_the_rules_file() {
         .collect();
     assert_eq!(names, ALERTS);
     // The schema stand-in refuses an unknown field.
-    let typo = text.replace("    - name: fleet-authz-checks", "    - nme: fleet-authz-checks");
+    let typo = text.replace(
+        "    - name: fleet-authz-checks",
+        "    - nme: fleet-authz-checks",
+    );
     assert!(prometheus_rule::parse(&typo).unwrap_err().contains("nme"));
 }
 
@@ -99,14 +109,22 @@ fn every_alert_has_a_severity_a_summary_and_a_static_runbook() {
     assert_eq!(names, ALERTS);
     for a in &alerts {
         let severity = a.labels.get("severity").map(String::as_str);
-        assert!(matches!(severity, Some("warning" | "critical")), "{}: {severity:?}", a.name);
+        assert!(
+            matches!(severity, Some("warning" | "critical")),
+            "{}: {severity:?}",
+            a.name
+        );
         let keys: Vec<&str> = a.annotations.keys().map(String::as_str).collect();
         assert_eq!(keys, ["description", "summary"], "{}", a.name);
         let description = &a.annotations["description"];
         // Runbook text says what to check; it is the same for every firing,
         // which lets the unit tests take it from the rules.
         assert!(description.contains("Check"), "{}: {description}", a.name);
-        assert!(!description.contains("{{"), "{}: templated description", a.name);
+        assert!(
+            !description.contains("{{"),
+            "{}: templated description",
+            a.name
+        );
         assert!(!a.annotations["summary"].is_empty(), "{}", a.name);
     }
 }
@@ -158,9 +176,15 @@ async fn scraped_after_a_sync_and_two_checks() -> String {
     let dir = tempfile::tempdir().unwrap();
     let policy = "version: 1\ndefaults:\n  deny: {failing_any_policy: true}\n";
     let (server, mut client) = start(service_config(&fake, dir.path(), policy, &[], &[])).await;
-    assert_eq!(verdict(&check(&mut client, &device.cert_pem).await), "allow");
+    assert_eq!(
+        verdict(&check(&mut client, &device.cert_pem).await),
+        "allow"
+    );
     let stranger = TestPki::new().device("stranger");
-    assert_eq!(verdict(&check(&mut client, &stranger.cert_pem).await), "unknown_device");
+    assert_eq!(
+        verdict(&check(&mut client, &stranger.cert_pem).await),
+        "unknown_device"
+    );
     let text = metrics(&server).await;
     server.shutdown().await;
     text
@@ -169,19 +193,33 @@ async fn scraped_after_a_sync_and_two_checks() -> String {
 #[tokio::test]
 async fn rules_unit_tests_and_dashboard_name_only_metrics_the_service_exports() {
     let exported = exported_series(&scraped_after_a_sync_and_two_checks().await);
-    assert!(exported.contains("fleet_authz_decisions_total"), "{exported:?}");
-    assert!(exported.contains("fleet_authz_fleet_requests_total"), "{exported:?}");
+    assert!(
+        exported.contains("fleet_authz_decisions_total"),
+        "{exported:?}"
+    );
+    assert!(
+        exported.contains("fleet_authz_fleet_requests_total"),
+        "{exported:?}"
+    );
 
     let mut used: Vec<(String, String)> = Vec::new();
     for a in plain_alerts() {
-        used.extend(metric_names(&a.expr).into_iter().map(|m| (a.name.clone(), m)));
+        used.extend(
+            metric_names(&a.expr)
+                .into_iter()
+                .map(|m| (a.name.clone(), m)),
+        );
     }
     for (path, test) in monitoring::unit_tests() {
         for case in test["tests"].as_sequence().unwrap() {
             for series in case["input_series"].as_sequence().unwrap() {
                 let series = series["series"].as_str().unwrap();
                 let origin = deploy::rel(&path);
-                used.extend(metric_names(series).into_iter().map(|m| (origin.clone(), m)));
+                used.extend(
+                    metric_names(series)
+                        .into_iter()
+                        .map(|m| (origin.clone(), m)),
+                );
             }
         }
     }
@@ -222,8 +260,15 @@ async fn the_readme_lists_every_exported_metric() {
         .filter_map(|l| l.split_once(' '))
     {
         let short = name.strip_prefix(PREFIX).unwrap();
-        let listed = if kind == "counter" { format!("`{short}_total`") } else { format!("`{short}`") };
-        assert!(section.contains(&listed), "README \"Monitoring\" does not list {listed}");
+        let listed = if kind == "counter" {
+            format!("`{short}_total`")
+        } else {
+            format!("`{short}`")
+        };
+        assert!(
+            section.contains(&listed),
+            "README \"Monitoring\" does not list {listed}"
+        );
     }
 }
 
@@ -231,7 +276,13 @@ async fn the_readme_lists_every_exported_metric() {
 fn metric_names_are_read_from_promql_without_label_values() {
     let expr = r#"sum by (le) (rate(fleet_authz_check_duration_seconds_bucket{job=~"fleet_authz_x"}[5m])) / fleet_authz_hosts"#;
     let names: Vec<String> = metric_names(expr).into_iter().collect();
-    assert_eq!(names, ["fleet_authz_check_duration_seconds_bucket", "fleet_authz_hosts"]);
+    assert_eq!(
+        names,
+        [
+            "fleet_authz_check_duration_seconds_bucket",
+            "fleet_authz_hosts"
+        ]
+    );
     let text = "# TYPE fleet_authz_syncs counter\n# TYPE fleet_authz_hosts gauge\n\
                 # TYPE fleet_authz_sync_duration_seconds histogram\n";
     let series: Vec<String> = exported_series(text).into_iter().collect();
@@ -255,7 +306,11 @@ fn dashboard() -> serde_json::Value {
 #[test]
 fn grafana_dashboard_passes_a_schema_sanity_check() {
     let d = dashboard();
-    assert!(d["schemaVersion"].as_u64().is_some_and(|v| v >= 36), "{}", d["schemaVersion"]);
+    assert!(
+        d["schemaVersion"].as_u64().is_some_and(|v| v >= 36),
+        "{}",
+        d["schemaVersion"]
+    );
     assert_eq!(d["uid"], "fleet-authz");
     assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()));
     let variables: Vec<&str> = d["templating"]["list"]
@@ -271,23 +326,39 @@ fn grafana_dashboard_passes_a_schema_sanity_check() {
     let mut queries = 0;
     for p in panels {
         let title = p["title"].as_str().unwrap();
-        assert!(ids.insert(p["id"].as_u64().unwrap()), "{title}: repeated panel id");
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "{title}: repeated panel id"
+        );
         let grid = &p["gridPos"];
-        let [h, w, x, y] = ["h", "w", "x", "y"].map(|k| grid[k].as_u64().unwrap_or_else(|| panic!("{title}: gridPos.{k}")));
+        let [h, w, x, y] = ["h", "w", "x", "y"].map(|k| {
+            grid[k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{title}: gridPos.{k}"))
+        });
         assert!(h > 0 && w > 0 && x + w <= 24, "{title}: gridPos {grid}");
         let _ = y;
         if p["type"] == "row" {
             continue;
         }
-        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}: datasource");
-        let targets = p["targets"].as_array().unwrap_or_else(|| panic!("{title}: no targets"));
+        assert_eq!(
+            p["datasource"]["uid"], "${datasource}",
+            "{title}: datasource"
+        );
+        let targets = p["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{title}: no targets"));
         assert!(!targets.is_empty(), "{title}: no targets");
         let mut ref_ids = BTreeSet::new();
         for t in targets {
-            assert!(ref_ids.insert(t["refId"].as_str().unwrap()), "{title}: repeated refId");
+            assert!(
+                ref_ids.insert(t["refId"].as_str().unwrap()),
+                "{title}: repeated refId"
+            );
             let expr = t["expr"].as_str().unwrap_or("");
             assert!(
-                metric_names(expr).iter().all(|m| m.starts_with(PREFIX)) && !metric_names(expr).is_empty(),
+                metric_names(expr).iter().all(|m| m.starts_with(PREFIX))
+                    && !metric_names(expr).is_empty(),
                 "{title}: expr {expr:?} names no fleet_authz metric"
             );
             queries += 1;

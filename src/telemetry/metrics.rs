@@ -189,13 +189,19 @@ impl Metrics {
             self.syncs.get_or_create(&ResultLabels { result }).inc_by(0);
         }
         for limit in ["grpc_connections", "grpc_accept_error"] {
-            self.limits_hit.get_or_create(&LimitLabels { limit }).inc_by(0);
+            self.limits_hit
+                .get_or_create(&LimitLabels { limit })
+                .inc_by(0);
         }
         for result in ["fresh", "timed_out", "failed", "skipped"] {
-            self.rechecks.get_or_create(&ResultLabels { result }).inc_by(0);
+            self.rechecks
+                .get_or_create(&ResultLabels { result })
+                .inc_by(0);
         }
         for kind in ["lease", "grant", "snapshot", "audit", "recheck"] {
-            self.cluster_rejected.get_or_create(&KindLabels { kind }).inc_by(0);
+            self.cluster_rejected
+                .get_or_create(&KindLabels { kind })
+                .inc_by(0);
         }
     }
 
@@ -366,15 +372,27 @@ mod tests {
     fn config_gauges_show_max_staleness_and_cluster_mode() {
         let m = Metrics::new();
         let text = m.encode();
-        assert!(text.contains("\nfleet_authz_max_staleness_seconds 0.0\n"), "{text}");
+        assert!(
+            text.contains("\nfleet_authz_max_staleness_seconds 0.0\n"),
+            "{text}"
+        );
         assert!(text.contains("\nfleet_authz_cluster_enabled 0\n"), "{text}");
-        assert!(text.contains("\nfleet_authz_shrink_guard_holding 0\n"), "{text}");
+        assert!(
+            text.contains("\nfleet_authz_shrink_guard_holding 0\n"),
+            "{text}"
+        );
         m.set_config(Some(std::time::Duration::from_secs(900)), true);
         let text = m.encode();
-        assert!(text.contains("\nfleet_authz_max_staleness_seconds 900.0\n"), "{text}");
+        assert!(
+            text.contains("\nfleet_authz_max_staleness_seconds 900.0\n"),
+            "{text}"
+        );
         assert!(text.contains("\nfleet_authz_cluster_enabled 1\n"), "{text}");
         m.set_config(None, false);
-        assert!(m.encode().contains("\nfleet_authz_max_staleness_seconds 0.0\n"));
+        assert!(
+            m.encode()
+                .contains("\nfleet_authz_max_staleness_seconds 0.0\n")
+        );
     }
 
     #[test]
@@ -388,7 +406,10 @@ mod tests {
             r#"fleet_authz_rechecks_total{result="timed_out"} 0"#,
             r#"fleet_authz_cluster_rejected_total{kind="snapshot"} 0"#,
         ] {
-            assert!(text.contains(&format!("\n{series}\n")), "{series} missing: {text}");
+            assert!(
+                text.contains(&format!("\n{series}\n")),
+                "{series} missing: {text}"
+            );
         }
     }
 }

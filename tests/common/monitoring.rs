@@ -51,7 +51,12 @@ pub fn alerts(groups: &Value) -> Vec<Alert> {
         v.and_then(Value::as_mapping)
             .into_iter()
             .flatten()
-            .map(|(k, v)| (k.as_str().unwrap().to_owned(), v.as_str().unwrap().to_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().unwrap().to_owned(),
+                    v.as_str().unwrap().to_owned(),
+                )
+            })
             .collect()
     };
     groups
@@ -152,7 +157,10 @@ pub fn completed_unit_tests(alerts: &[Alert], out: &Path) -> Vec<PathBuf> {
     let description = |name: &str| -> Value {
         let alert = alerts.iter().find(|a| a.name == name);
         let text = alert.and_then(|a| a.annotations.get("description"));
-        Value::from(text.unwrap_or_else(|| panic!("no alert {name} with a description")).as_str())
+        Value::from(
+            text.unwrap_or_else(|| panic!("no alert {name} with a description"))
+                .as_str(),
+        )
     };
     let mut written = Vec::new();
     for (path, mut test) in unit_tests() {

@@ -157,8 +157,12 @@ pub fn promtool() -> &'static Path {
             let unpacked = deb_unpack("promtool-deb", "prometheus", PROMTOOL_IN_DEB);
             unpacked
                 .map(|dir| dir.join(PROMTOOL_IN_DEB))
-                .or_else(|e| apt_install("prometheus", "promtool").map_err(|e2| format!("{e}; {e2}")))
-                .unwrap_or_else(|e| panic!("promtool not found (set PROMTOOL or put it on PATH), and {e}"))
+                .or_else(|e| {
+                    apt_install("prometheus", "promtool").map_err(|e2| format!("{e}; {e2}"))
+                })
+                .unwrap_or_else(|e| {
+                    panic!("promtool not found (set PROMTOOL or put it on PATH), and {e}")
+                })
         })
     })
 }
@@ -173,14 +177,19 @@ fn deb_unpack(dir_name: &str, package: &str, marker: &str) -> Result<PathBuf, St
         return Ok(final_dir);
     }
     let tmp = staging_dir(&target, dir_name)?;
-    run(Command::new("apt-get").args(["download", package]).current_dir(&tmp))?;
+    run(Command::new("apt-get")
+        .args(["download", package])
+        .current_dir(&tmp))?;
     let deb = std::fs::read_dir(&tmp)
         .map_err(|e| format!("{}: {e}", tmp.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
         .ok_or_else(|| format!("apt-get download {package}: no .deb"))?;
-    run(Command::new("dpkg").arg("-x").arg(&deb).arg(tmp.join("root")))?;
+    run(Command::new("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(tmp.join("root")))?;
     move_into_place(&tmp.join("root"), &final_dir, marker)?;
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(final_dir)

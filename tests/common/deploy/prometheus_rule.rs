@@ -52,8 +52,13 @@ pub struct Rule {
 /// names, and durations (`1h30m`, `90s`, `0`).
 pub fn parse(text: &str) -> Result<Object<PrometheusRuleSpec>, String> {
     let rule = istio::parse::<PrometheusRuleSpec>(text)?;
-    if (rule.api_version.as_str(), rule.kind.as_str()) != ("monitoring.coreos.com/v1", "PrometheusRule") {
-        return Err(format!("not a PrometheusRule: {} {}", rule.api_version, rule.kind));
+    if (rule.api_version.as_str(), rule.kind.as_str())
+        != ("monitoring.coreos.com/v1", "PrometheusRule")
+    {
+        return Err(format!(
+            "not a PrometheusRule: {} {}",
+            rule.api_version, rule.kind
+        ));
     }
     let mut names = std::collections::BTreeSet::new();
     for group in &rule.spec.groups {
@@ -65,7 +70,10 @@ pub fn parse(text: &str) -> Result<Object<PrometheusRuleSpec>, String> {
         }
         for r in &group.rules {
             if r.alert.is_some() == r.record.is_some() {
-                return Err(format!("rule {:?}: exactly one of alert and record", r.expr));
+                return Err(format!(
+                    "rule {:?}: exactly one of alert and record",
+                    r.expr
+                ));
             }
             for d in r.for_.iter().chain(&r.keep_firing_for) {
                 check_duration(d)?;
@@ -84,7 +92,9 @@ fn check_duration(text: &str) -> Result<(), String> {
     let mut rest = text;
     let mut next_unit = 0;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let after = &rest[digits..];
         let unit = UNITS[next_unit..]
             .iter()
