@@ -331,13 +331,12 @@ fn grafana_dashboard_passes_a_schema_sanity_check() {
             "{title}: repeated panel id"
         );
         let grid = &p["gridPos"];
-        let [h, w, x, y] = ["h", "w", "x", "y"].map(|k| {
+        let [h, w, x, _y] = ["h", "w", "x", "y"].map(|k| {
             grid[k]
                 .as_u64()
                 .unwrap_or_else(|| panic!("{title}: gridPos.{k}"))
         });
         assert!(h > 0 && w > 0 && x + w <= 24, "{title}: gridPos {grid}");
-        let _ = y;
         if p["type"] == "row" {
             continue;
         }
