@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 
 use base64::Engine;
 use common::deploy::kube::{self, find, is_generated};
-use common::deploy::pod;
 use common::deploy::{FileKind, at, deploy_dir, files_of_kind, overlay, read_yaml, rel, str_at};
+use common::deploy::{pod, prometheus_rule};
 use yaml_serde::Value;
 
 // === Kubernetes ===
@@ -34,6 +34,7 @@ fn sidecar_overlay_renders_envoy_and_fleet_authz_in_one_pod() {
             "ConfigMap/fleet-authz-policy",
             "Deployment/fleet-authz",
             "Namespace/fleet-authz",
+            "PrometheusRule/fleet-authz",
             "Secret/fleet-authz-admin-token",
             // Cluster mode (components/cluster): the shared HMAC key.
             "Secret/fleet-authz-cluster-key",
@@ -63,6 +64,7 @@ fn shared_overlay_renders_service_pdb_and_hpa() {
             "HorizontalPodAutoscaler/fleet-authz",
             "Namespace/fleet-authz",
             "PodDisruptionBudget/fleet-authz",
+            "PrometheusRule/fleet-authz",
             "Secret/fleet-authz-admin-token",
             "Secret/fleet-authz-fleet-token",
             "Service/fleet-authz",
@@ -78,10 +80,20 @@ fn shared_overlay_renders_service_pdb_and_hpa() {
 fn rendered_manifests_pass_kubernetes_schemas() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["sidecar", "shared", "cluster"] {
-        let rendered = kube::render(&overlay(name));
-        let count = common::deploy::parse_docs(&rendered, name).len();
+        let (rules, objects): (Vec<Value>, Vec<Value>) = kube::render_objects(&overlay(name))
+            .into_iter()
+            .partition(|o| o["kind"] == "PrometheusRule");
+        // Kubernetes schemas do not cover the Prometheus Operator's CRD.
+        assert_eq!(rules.len(), 1, "{name}: one PrometheusRule");
+        prometheus_rule::parse(&yaml_serde::to_string(&rules[0]).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: PrometheusRule: {e}"));
+        let count = objects.len();
         let file = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&file, &rendered).unwrap();
+        let rendered: Vec<String> = objects
+            .iter()
+            .map(|o| yaml_serde::to_string(o).unwrap())
+            .collect();
+        std::fs::write(&file, rendered.join("---\n")).unwrap();
         let report = kube::validate_schema(&file);
         assert!(
             report.ok && report.problems.is_empty(),

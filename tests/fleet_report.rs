@@ -222,18 +222,35 @@ async fn a_report_cleared_by_an_sql_edit_is_held_back_unless_the_drop_is_accepte
     );
     assert_eq!(decide(&mut client, &device).await, "allow");
     assert!(readyz(&server).await.1.contains(&err));
+    let held = metrics(&server).await;
+    assert!(held.contains("fleet_authz_syncs_total{result=\"failure\"} 1"));
     assert!(
-        metrics(&server)
-            .await
-            .contains("fleet_authz_syncs_total{result=\"failure\"} 1")
+        held.contains("\nfleet_authz_shrink_guard_holding 1\n"),
+        "{held}"
+    );
+    // fleet.max_staleness's default (15m), for the posture-age alerts.
+    assert!(
+        held.contains("\nfleet_authz_max_staleness_seconds 900.0\n"),
+        "{held}"
     );
     refill(&fake);
     assert_eq!(fleet.sync_now().await.unwrap().fingerprints, 21);
+    let released = metrics(&server).await;
+    assert!(
+        released.contains("\nfleet_authz_shrink_guard_holding 0\n"),
+        "{released}"
+    );
 
     // The operator knows the drop is real: publish it, once.
     fake.clear_report();
     let (status, answer) = post_sync(&server, "{\"accept_drop\": true}").await;
     assert_eq!((status, &answer["ok"]), (200, &serde_json::json!(true)));
+    // A drop the operator accepted is published: the guard no longer holds.
+    assert!(
+        metrics(&server)
+            .await
+            .contains("\nfleet_authz_shrink_guard_holding 0\n")
+    );
     assert_eq!(decide(&mut client, &device).await, "unknown_device");
     refill(&fake);
     let (status, _) = post_sync(&server, "").await;

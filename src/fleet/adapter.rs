@@ -49,6 +49,10 @@ impl Observer for MetricsObserver {
             self.0.report_clipped.inc();
         }
     }
+
+    fn on_shrink_guard(&self, holding: bool) {
+        self.0.shrink_guard_holding.set(i64::from(holding));
+    }
 }
 
 /// The live recheck seen from the Check path.

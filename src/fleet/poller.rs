@@ -249,7 +249,11 @@ impl Poller {
         hosts: Vec<HostPosture>,
         accept_drop: bool,
     ) -> Result<(Vec<HostPosture>, bool), FleetError> {
-        match guard::check(Counts::held(&self.store), Counts::of(&hosts), self.max_drop) {
+        let verdict = guard::check(Counts::held(&self.store), Counts::of(&hosts), self.max_drop);
+        if let Some(o) = &self.observer {
+            o.on_shrink_guard(verdict.is_err() && !accept_drop);
+        }
+        match verdict {
             Ok(()) => Ok((hosts, false)),
             Err(error) if accept_drop => {
                 tracing::warn!(%error, "publishing a drop the operator accepted (accept_drop)");

@@ -23,6 +23,12 @@ pub trait Observer: Send + Sync {
     fn on_publish(&self, clipped: bool, hosts_without_fingerprint: usize) {
         let _ = (clipped, hosts_without_fingerprint);
     }
+
+    /// A cycle reached the shrink guard: `holding` when the guard held it
+    /// back (an operator's `accept_drop` lets it through: not holding).
+    fn on_shrink_guard(&self, holding: bool) {
+        let _ = holding;
+    }
 }
 
 /// Running totals of requests and bytes received.

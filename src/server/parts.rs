@@ -44,6 +44,7 @@ pub(super) struct Parts {
 /// admin state: everything but the listeners and tasks.
 pub(super) fn build_parts(config: &Config, ext: Extensions) -> anyhow::Result<Parts> {
     let metrics = Arc::new(Metrics::new());
+    metrics.set_config(config.max_staleness(), config.cluster.is_some());
     let (policy, posture) = match ext.preloaded {
         Some(p) => (p.policy, p.posture),
         None => (load_policy(&config.policy_file)?, None),

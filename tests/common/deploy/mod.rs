@@ -18,6 +18,7 @@ pub mod fleet_authz;
 pub mod istio;
 pub mod kube;
 pub mod pod;
+pub mod prometheus_rule;
 
 use std::path::{Path, PathBuf};
 
