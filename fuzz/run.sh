@@ -10,7 +10,8 @@
 #                                  in <target dir>/fuzz-corpus/<target>
 #
 # cargo-fuzz is taken from PATH, else from <target dir>/tools/cargo-fuzz,
-# where it is installed when missing. The targets build with nightly.
+# where it is installed when missing. The targets build with nightly;
+# FUZZ_NO_BUILD=1 runs what is already built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,8 +44,22 @@ if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cargo +nightly fuzz list)
 fi
 
-echo "== cargo fuzz build (${#targets[@]} targets)"
-cargo +nightly fuzz build
+# Build once, then run the binaries directly: `cargo fuzz run` would take
+# cargo's lock on the target dir again before every target.
+if [ -z "${FUZZ_NO_BUILD:-}" ]; then
+  echo "== cargo fuzz build (${#targets[@]} targets)"
+  cargo +nightly fuzz build
+fi
+bin_dir="$target_dir/$(rustc +nightly -vV | sed -n 's/^host: //p')/release"
+fuzz() {
+  local t=$1
+  shift
+  mkdir -p "fuzz/artifacts/$t"
+  "$bin_dir/$t" -artifact_prefix="fuzz/artifacts/$t/" "$@"
+}
+
+# Outside CI the runs soak up idle CPU only.
+[ "$mode" = ci ] || renice -n 19 -p $$ >/dev/null
 
 for t in "${targets[@]}"; do
   args=(-timeout=25)
@@ -58,7 +73,7 @@ for t in "${targets[@]}"; do
       log="$target_dir/fuzz-corpus-ci/$t.log"
       echo "== fuzz $t: 20 s"
       status=0
-      cargo +nightly fuzz run "$t" "$work" -- "${args[@]}" -max_total_time=20 -print_final_stats=1 \
+      fuzz "$t" "${args[@]}" -max_total_time=20 -print_final_stats=1 "$work" \
         >"$log" 2>&1 || status=$?
       grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ *DONE)' "$log" || true
       if [ "$status" -ne 0 ]; then
@@ -70,15 +85,14 @@ for t in "${targets[@]}"; do
     long)
       mkdir -p "$target_dir/fuzz-logs" "$target_dir/fuzz-corpus/$t"
       echo "== fuzz $t: up to 10^8 runs or 4 h, log $target_dir/fuzz-logs/$t.log"
-      nice -n 19 cargo +nightly fuzz run "$t" "$target_dir/fuzz-corpus/$t" fuzz/corpus/"$t" -- \
-        "${args[@]}" -runs=100000000 -max_total_time=14400 -print_final_stats=1 \
-        >"$target_dir/fuzz-logs/$t.log" 2>&1 || echo "!! $t stopped with a finding: see the log"
+      fuzz "$t" "${args[@]}" -runs=100000000 -max_total_time=14400 -print_final_stats=1 \
+        "$target_dir/fuzz-corpus/$t" fuzz/corpus/"$t" >"$target_dir/fuzz-logs/$t.log" 2>&1 || echo "!! $t stopped with a finding: see the log"
       ;;
     *)
       mkdir -p "$target_dir/fuzz-corpus/$t"
       echo "== fuzz $t: $mode s"
-      nice -n 19 cargo +nightly fuzz run "$t" "$target_dir/fuzz-corpus/$t" fuzz/corpus/"$t" -- \
-        "${args[@]}" -max_total_time="$mode" -print_final_stats=1
+      fuzz "$t" "${args[@]}" -max_total_time="$mode" -print_final_stats=1 \
+        "$target_dir/fuzz-corpus/$t" fuzz/corpus/"$t"
       ;;
   esac
 done

@@ -64,7 +64,10 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(der) = identity::url_pem_to_der(text) {
         assert_eq!(der.first(), Some(&0x30), "a DER SEQUENCE");
-        assert_eq!(identity::url_pem_to_der(&url_encode_pem(&pem(&der))), Ok(der));
+        assert_eq!(
+            identity::url_pem_to_der(&url_encode_pem(&pem(&der))),
+            Ok(der)
+        );
     }
     if let Ok(der) = identity::client_cert_header_to_der(text) {
         assert_eq!(der.first(), Some(&0x30), "a DER SEQUENCE");

@@ -50,7 +50,11 @@ fuzz_target!(|data: &[u8]| {
             Subject::InvalidCertificate("bad"),
         ] {
             let decision = policy::evaluate(route, &facts, subject, NOW);
-            assert!(!decision.allowed, "{}: allowed without a certificate", route.name);
+            assert!(
+                !decision.allowed,
+                "{}: allowed without a certificate",
+                route.name
+            );
         }
     }
 });

@@ -12,7 +12,11 @@ pub struct Sent<'a>(pub Vec<(&'a str, &'a [u8])>);
 
 impl Headers for Sent<'_> {
     fn header_bytes(&self, name: &str) -> Option<&[u8]> {
-        self.0.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| *v)
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -54,7 +58,10 @@ pub static HOST: LazyLock<fleet_authz::posture::HostPosture> = LazyLock::new(|| 
         os_version: '14.1', last_seen_ago: 5m, policies: {12: fail}, cves: [CVE-2024-1234]}\n";
     let file = fleet_authz::posture::parse_posture_file(text, false, NOW)
         .unwrap_or_else(|e| panic!("fixture: {e}"));
-    file.hosts.into_iter().next().unwrap_or_else(|| panic!("fixture: no host"))
+    file.hosts
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("fixture: no host"))
 });
 
 /// A fixed "now", so every run of an input does the same.
