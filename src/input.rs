@@ -17,8 +17,15 @@ pub const MAX_POSTURE_BYTES: u64 = 512 * 1024 * 1024;
 /// Reads `path` as UTF-8 text, refusing it when longer than `max` bytes.
 pub fn read_bounded(path: &Path, max: u64) -> Result<String, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    read_text_bounded(file, max)
+}
+
+/// Reads `reader` to its end as UTF-8 text, refusing more than `max` bytes
+/// (it stops reading one byte past the limit).
+pub fn read_text_bounded(reader: impl Read, max: u64) -> Result<String, String> {
     let mut text = String::new();
-    file.take(max + 1)
+    reader
+        .take(max + 1)
         .read_to_string(&mut text)
         .map_err(|e| format!("cannot read: {e}"))?;
     if text.len() as u64 > max {

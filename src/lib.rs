@@ -38,6 +38,8 @@ pub mod html;
 pub mod identity;
 pub mod input;
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod policy;
 pub mod posture;
 pub mod proto;

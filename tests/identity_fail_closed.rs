@@ -391,3 +391,63 @@ async fn an_oversized_check_request_is_refused_not_decoded() {
     let ok = request(&[(Src::Peer, Src::Peer.good(&compliant))]);
     assert_eq!(verdict(&server.check(ok).await), Ok("1".to_owned()));
 }
+
+/// `value` padded to exactly `len` bytes where the source's reader ignores
+/// the padding: after the PEM's END line, inside XFCC's Subject, or as the
+/// blanks RFC 9440 allows around a byte sequence.
+fn padded(src: Src, leaf: &Leaf, len: usize) -> Vec<u8> {
+    let good = src.good(leaf);
+    let pad = len - good.len();
+    match src {
+        Src::Peer | Src::Header => [good, vec![b'A'; pad]].concat(),
+        Src::Xfcc => {
+            let url_pem = url_encode_pem(&leaf.cert_pem);
+            let head = format!("Cert=\"{url_pem}\";Subject=\"CN=");
+            let fill = len - head.len() - 1;
+            format!("{head}{}\"", "A".repeat(fill)).into_bytes()
+        }
+        Src::ClientCert => [vec![b' '; pad], good].concat(),
+    }
+}
+
+/// A value over `MAX_SOURCE_BYTES` is refused as `invalid_client_certificate`
+/// naming its source and size, for every source kind, though it holds a
+/// readable certificate and the next source holds a compliant one. At
+/// exactly the limit the same padding is read and the device allowed.
+#[tokio::test]
+async fn an_oversized_value_is_refused_for_every_source_kind() {
+    let pki = TestPki::new();
+    let compliant = pki.device("compliant");
+    for (i, first) in ALL.into_iter().enumerate() {
+        let second = ALL[(i + 1) % ALL.len()];
+        let server = Server::start(&[first, second], &compliant).await;
+        let at_limit = padded(first, &compliant, MAX_SOURCE_BYTES);
+        assert_eq!(at_limit.len(), MAX_SOURCE_BYTES);
+        let resp = server.check(request(&[(first, at_limit)])).await;
+        assert_eq!(verdict(&resp), Ok("1".to_owned()), "{first:?} at the limit");
+        for len in [MAX_SOURCE_BYTES + 1, 4 * MAX_SOURCE_BYTES] {
+            let value = padded(first, &compliant, len);
+            assert_eq!(value.len(), len);
+            let resp = server
+                .check(request(&[
+                    (first, value),
+                    (second, second.good(&compliant)),
+                ]))
+                .await;
+            let (reason, body) = verdict(&resp).unwrap_err();
+            assert_eq!(
+                reason, "invalid_client_certificate",
+                "{first:?} {len}: {body}"
+            );
+            assert_eq!(
+                body["reasons"][0]["detail"],
+                format!(
+                    "{}: {len} bytes, over the {MAX_SOURCE_BYTES}-byte limit",
+                    first.shown_as()
+                ),
+                "{first:?} {len}"
+            );
+            assert!(body.get("host").is_none(), "{first:?} {len}: {body}");
+        }
+    }
+}

@@ -35,3 +35,6 @@ pub use retry::{FleetStats, Observer, RetryPolicy};
 pub use status::{SyncReport, SyncStatus};
 pub use stream::{FingerprintRow, PageMeta, ReportFingerprints, Sha1Column};
 pub use thread::spawn_low_priority;
+
+/// For the fuzz targets (`crate::fuzzing`): how the client reads a body.
+pub(crate) use request::parse_answer;

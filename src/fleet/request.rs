@@ -108,7 +108,10 @@ pub(super) fn error_in_body(error: Option<&serde_json::Value>) -> Option<String>
 
 /// Reads `body` as `R`, failing on a non-empty top-level `error` (which the
 /// typed models would ignore as an unknown key).
-fn parse_answer<R: DeserializeOwned>(endpoint: &'static str, body: &[u8]) -> Result<R, FleetError> {
+pub(crate) fn parse_answer<R: DeserializeOwned>(
+    endpoint: &'static str,
+    body: &[u8],
+) -> Result<R, FleetError> {
     #[derive(serde::Deserialize)]
     struct Probe {
         #[serde(default)]
