@@ -48,7 +48,8 @@ fi
 # cargo's lock on the target dir again before every target.
 if [ -z "${FUZZ_NO_BUILD:-}" ]; then
   echo "== cargo fuzz build (${#targets[@]} targets)"
-  cargo +nightly fuzz build
+  # The target dir is named: cargo-fuzz's own default is fuzz/target.
+  cargo +nightly fuzz build --target-dir "$target_dir"
 fi
 bin_dir="$target_dir/$(rustc +nightly -vV | sed -n 's/^host: //p')/release"
 fuzz() {
