@@ -33,7 +33,11 @@ const RSS_BAND: f64 = 0.10;
 #[derive(Debug, Clone)]
 struct Minute {
     run: RunResult,
+    /// The median of the minute's once-a-second samples (a sample taken
+    /// mid-sync reads higher than one taken between syncs).
     rss_mib: f64,
+    rss_low_mib: f64,
+    rss_high_mib: f64,
     hwm_mib: f64,
     fds: usize,
     counts: Counts,
@@ -131,6 +135,30 @@ pub(super) fn start_synced(
     Ok((server, dir))
 }
 
+/// RSS samples of `pid` (MiB), one a second, gathered until taken.
+fn sample_rss_every_second(pid: u32) -> Arc<std::sync::Mutex<Vec<f64>>> {
+    let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let into = samples.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let mib = sample(pid).rss_kb as f64 / 1024.0;
+            into.lock().unwrap().push(mib);
+        }
+    });
+    samples
+}
+
+/// Lowest, median and highest of `xs` (zeros when empty).
+fn spread(mut xs: Vec<f64>) -> (f64, f64, f64) {
+    xs.sort_by(f64::total_cmp);
+    match (xs.first(), xs.get(xs.len() / 2), xs.last()) {
+        (Some(l), Some(m), Some(h)) => (*l, *m, *h),
+        _ => (0.0, 0.0, 0.0),
+    }
+}
+
 /// Open file descriptors of `pid`.
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
@@ -179,6 +207,7 @@ pub async fn soak(o: Options) -> anyhow::Result<()> {
     let policy = dir.path().join("policy.yaml");
     let snapshot = dir.path().join("snapshot.pb");
     let mut minutes = Vec::new();
+    let rss = sample_rss_every_second(server.pid());
     println!("{HEADER}");
     for i in 0..o.minutes as usize {
         if i > 0 {
@@ -195,9 +224,13 @@ pub async fn soak(o: Options) -> anyhow::Result<()> {
         )
         .await?;
         let s = sample(server.pid());
+        let (rss_low_mib, rss_mib, rss_high_mib) =
+            spread(std::mem::take(&mut *rss.lock().unwrap()));
         let minute = Minute {
             run,
-            rss_mib: s.rss_kb as f64 / 1024.0,
+            rss_mib,
+            rss_low_mib,
+            rss_high_mib,
             hwm_mib: s.hwm_kb as f64 / 1024.0,
             fds: fds(server.pid()),
             counts: Counts::read(metrics).await?,
@@ -210,13 +243,13 @@ pub async fn soak(o: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-const HEADER: &str = "| minute | req/s | p50 ms | p99 ms | max ms | allow/deny/error | VmRSS MiB | VmHWM MiB | fds | syncs ok/failed | policy reloads ok/failed | snapshot age s |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
+const HEADER: &str = "| minute | req/s | p50 ms | p99 ms | max ms | allow/deny/error | VmRSS MiB median (low–high) | VmHWM MiB | fds | syncs ok/failed | policy reloads ok/failed | snapshot age s |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 fn row(n: usize, m: &Minute) -> String {
     let r = &m.run;
     let c = m.counts;
     format!(
-        "| {n} | {:.0} | {} | {} | {} | {}/{}/{} | {:.1} | {:.1} | {} | {}/{} | {}/{} | {:.1} |",
+        "| {n} | {:.0} | {} | {} | {} | {}/{}/{} | {:.1} ({:.1}–{:.1}) | {:.1} | {} | {}/{} | {}/{} | {:.1} |",
         r.rps,
         ms(r.p50_us),
         ms(r.p99_us),
@@ -225,6 +258,8 @@ fn row(n: usize, m: &Minute) -> String {
         r.deny,
         r.errors,
         m.rss_mib,
+        m.rss_low_mib,
+        m.rss_high_mib,
         m.hwm_mib,
         m.fds,
         c.syncs_ok,
