@@ -101,6 +101,22 @@ pub struct Listen {
     /// `/livez`, `/readyz`, `/metrics`, `/v1/*`.
     #[serde(default = "default_http")]
     pub http: SocketAddr,
+    /// On the HTTP port: longest wait for a request's whole header block
+    /// (slowloris connections are closed after it).
+    #[serde(with = "serde_human", default = "default_http_header_timeout")]
+    pub http_header_timeout: Duration,
+    /// On the HTTP port: a connection with no byte either way for this long
+    /// is closed, also between keep-alive requests.
+    #[serde(with = "serde_human", default = "default_http_idle_timeout")]
+    pub http_idle_timeout: Duration,
+}
+
+fn default_http_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_http_idle_timeout() -> Duration {
+    Duration::from_secs(120)
 }
 
 fn default_grpc() -> GrpcListen {
@@ -177,6 +193,8 @@ impl Default for Listen {
         Self {
             grpc: default_grpc(),
             http: default_http(),
+            http_header_timeout: default_http_header_timeout(),
+            http_idle_timeout: default_http_idle_timeout(),
         }
     }
 }
@@ -265,6 +283,13 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        let timeouts = [
+            ("listen.http_header_timeout", config.listen.http_header_timeout),
+            ("listen.http_idle_timeout", config.listen.http_idle_timeout),
+        ];
+        if let Some((key, _)) = timeouts.iter().find(|(_, d)| d.is_zero()) {
+            return Err(err(key, "must be greater than zero".to_owned()));
         }
         if let Some(fleet) = &config.fleet {
             fleet.validate().map_err(|m| match m.split_once(": ") {
