@@ -90,7 +90,7 @@ pub async fn serve(
     Ok(())
 }
 
-/// One connection; a timeout that closes it is counted.
+/// One connection; a header timeout that closes it is counted.
 struct Connection {
     conn: hyper::server::conn::http1::Connection<
         TokioIo<IdleClosing<tokio::net::TcpStream>>,
@@ -105,7 +105,11 @@ fn serve_connection(
     timeouts: HttpTimeouts,
     metrics: Arc<Metrics>,
 ) -> ConnectionFuture {
-    let io = TokioIo::new(IdleClosing::new(stream, timeouts.idle));
+    let io = TokioIo::new(IdleClosing::new(
+        stream,
+        timeouts.idle,
+        Arc::clone(&metrics),
+    ));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.header)
@@ -128,14 +132,8 @@ impl Future for ConnectionFuture {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let inner = self.0.as_mut().get_mut();
         if let Err(error) = ready!(Pin::new(&mut inner.conn).poll(cx)) {
-            let limit = if error.is_timeout() {
-                Some("http_header_timeout")
-            } else if is_idle_timeout(&error) {
-                Some("http_idle_timeout")
-            } else {
-                None
-            };
-            if let Some(limit) = limit {
+            if error.is_timeout() {
+                let limit = "http_header_timeout";
                 inner
                     .metrics
                     .limits_hit
@@ -148,27 +146,27 @@ impl Future for ConnectionFuture {
     }
 }
 
-fn is_idle_timeout(error: &hyper::Error) -> bool {
-    std::error::Error::source(error)
-        .and_then(|s| s.downcast_ref::<io::Error>())
-        .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
-}
-
 /// A stream that fails with `TimedOut` once no byte was read or written
 /// for `idle`; hyper then closes the connection.
+/// The timeout is counted in `limit="http_idle_timeout"` (hyper closes an
+/// idle keep-alive connection quietly, so the count cannot come from it).
 pub struct IdleClosing<S> {
     inner: S,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
+    metrics: Arc<Metrics>,
+    timed_out: bool,
 }
 
 impl<S> IdleClosing<S> {
     /// Wraps `inner`, closing it after `idle` without traffic.
-    pub fn new(inner: S, idle: Duration) -> Self {
+    pub fn new(inner: S, idle: Duration, metrics: Arc<Metrics>) -> Self {
         Self {
             inner,
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
+            metrics,
+            timed_out: false,
         }
     }
 
@@ -178,13 +176,18 @@ impl<S> IdleClosing<S> {
 
     /// `Pending` from the stream: still pending, or `TimedOut` once idle.
     fn waiting<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "http connection idle past listen.http_idle_timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
+        ready!(self.deadline.as_mut().poll(cx));
+        if !std::mem::replace(&mut self.timed_out, true) {
+            let limit = "http_idle_timeout";
+            self.metrics
+                .limits_hit
+                .get_or_create(&LimitLabels { limit })
+                .inc();
         }
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "http connection idle past listen.http_idle_timeout",
+        )))
     }
 }
 
