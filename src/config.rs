@@ -285,7 +285,10 @@ impl Config {
             _ => {}
         }
         let timeouts = [
-            ("listen.http_header_timeout", config.listen.http_header_timeout),
+            (
+                "listen.http_header_timeout",
+                config.listen.http_header_timeout,
+            ),
             ("listen.http_idle_timeout", config.listen.http_idle_timeout),
         ];
         if let Some((key, _)) = timeouts.iter().find(|(_, d)| d.is_zero()) {
@@ -376,5 +379,24 @@ mod tests {
             load("fleet.example.com/{host_id}").unwrap_err().message,
             "`fleet.example.com/{host_id}` is not an http(s) URL"
         );
+    }
+
+    #[test]
+    fn http_timeouts_default_and_must_be_positive() {
+        let c = load("https://it.example.com/help").unwrap();
+        assert_eq!(c.listen.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.listen.http_idle_timeout, Duration::from_secs(120));
+        for key in ["http_header_timeout", "http_idle_timeout"] {
+            let yaml =
+                format!("listen: {{{key}: 0s}}\nposture_file: p.yaml\npolicy_file: policy.yaml\n");
+            let err = Config::from_yaml(&yaml, Path::new("/c.yaml")).unwrap_err();
+            assert_eq!(
+                (err.key.as_str(), err.message.as_str()),
+                (
+                    format!("listen.{key}").as_str(),
+                    "must be greater than zero"
+                )
+            );
+        }
     }
 }

@@ -81,10 +81,26 @@ fn bad_config_key_exits_64_naming_file_key_and_problem() {
 #[test]
 fn bad_fleet_bounds_exit_64_naming_file_key_and_problem() {
     for (line, key, problem) in [
-        ("max_body_bytes: 0", "fleet.max_body_bytes", "must be at least 1"),
-        ("max_body_bytes: 64MiB", "fleet.max_body_bytes", "invalid type"),
-        ("max_report_rows: -1", "fleet.max_report_rows", "invalid type"),
-        ("max_report_rows: 0", "fleet.max_report_rows", "must be at least 1"),
+        (
+            "max_body_bytes: 0",
+            "fleet.max_body_bytes",
+            "must be at least 1",
+        ),
+        (
+            "max_body_bytes: 64MiB",
+            "fleet.max_body_bytes",
+            "invalid type",
+        ),
+        (
+            "max_report_rows: -1",
+            "fleet.max_report_rows",
+            "invalid type",
+        ),
+        (
+            "max_report_rows: 0",
+            "fleet.max_report_rows",
+            "must be at least 1",
+        ),
     ] {
         let dir = TempDir::new().unwrap();
         let config = dir.path().join("config.yaml");

@@ -280,7 +280,9 @@ async fn the_default_body_cap_holds_the_answers_of_100_000_hosts_with_headroom()
     common::server::install_crypto_provider();
     let (http, token) = (reqwest::Client::new(), fake.token());
     let per_host = |path: String| {
-        let req = http.get(format!("{}{path}", fake.url())).bearer_auth(&token);
+        let req = http
+            .get(format!("{}{path}", fake.url()))
+            .bearer_auth(&token);
         async move {
             let resp = req.send().await.unwrap();
             assert_eq!(resp.status(), 200, "{path}");
@@ -288,8 +290,10 @@ async fn the_default_body_cap_holds_the_answers_of_100_000_hosts_with_headroom()
         }
     };
     let hosts_page = "/api/v1/fleet/hosts?order_key=id&per_page";
-    let populated =
-        per_host(format!("{hosts_page}={hosts}&page=0&populate_policies=true")).await;
+    let populated = per_host(format!(
+        "{hosts_page}={hosts}&page=0&populate_policies=true"
+    ))
+    .await;
     let bare = per_host(format!("{hosts_page}={hosts}&page=0")).await;
     let report = per_host("/api/v1/fleet/reports/42/report".to_owned()).await;
     let largest = [populated * 10_000.0, bare * 100_000.0, report * 100_000.0];

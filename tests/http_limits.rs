@@ -26,9 +26,11 @@ use tokio::{
 
 /// A server with the demo posture and the given timeouts.
 async fn server(dir: &TempDir, header: &str, idle: &str) -> RunningServer {
-    let posture =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo/posture.yaml"))
-            .unwrap();
+    let posture = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/demo/posture.yaml"
+    ))
+    .unwrap();
     let files = write_files(dir.path(), "version: 1\n", &posture);
     let yaml = format!(
         "listen: {{grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", \
@@ -105,7 +107,12 @@ async fn a_slowloris_connection_is_closed_after_the_header_timeout() {
         Instant::now()
     };
     let ((), closed) = tokio::join!(trickle, closed);
-    assert_closed_after(started, closed, Duration::from_millis(400), "a byte at a time");
+    assert_closed_after(
+        started,
+        closed,
+        Duration::from_millis(400),
+        "a byte at a time",
+    );
     assert_eq!(limit_hits(&server, "http_header_timeout").await, 2);
     server.shutdown().await;
 }

@@ -35,7 +35,10 @@ impl Observer for MetricsObserver {
     }
 
     fn on_limit(&self, limit: &'static str) {
-        self.0.limits_hit.get_or_create(&LimitLabels { limit }).inc();
+        self.0
+            .limits_hit
+            .get_or_create(&LimitLabels { limit })
+            .inc();
     }
 
     fn on_sync(&self, duration: Duration, published: bool) {

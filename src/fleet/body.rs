@@ -80,7 +80,9 @@ fn grow_within(body: &mut Vec<u8>, more: usize, cap: u64) {
         return;
     }
     let cap = usize::try_from(cap).unwrap_or(usize::MAX);
-    let target = (body.capacity().saturating_mul(2)).max(needed).min(cap.max(needed));
+    let target = (body.capacity().saturating_mul(2))
+        .max(needed)
+        .min(cap.max(needed));
     body.reserve_exact(target - body.len());
 }
 

@@ -205,7 +205,7 @@ impl FleetClient {
 
     /// `resp`'s body within `fleet.max_body_bytes`. Past it the attempt is
     /// done, not retried: the same Fleet would send the same answer.
-    pub(super) async fn read_body<T>(
+    async fn read_body<T>(
         &self,
         endpoint: &'static str,
         resp: reqwest::Response,
@@ -218,7 +218,11 @@ impl FleetClient {
                 Err(Attempt::Retry(transport_error(endpoint, &e), None))
             }
             Err(BodyError::TooLarge { read }) => {
-                self.observe(endpoint, status, usize::try_from(read).unwrap_or(usize::MAX));
+                self.observe(
+                    endpoint,
+                    status,
+                    usize::try_from(read).unwrap_or(usize::MAX),
+                );
                 Err(Attempt::Done(Err(self.body_too_large(endpoint))))
             }
         }

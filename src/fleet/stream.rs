@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use super::{
     FleetClient, FleetError,
-    body::Budget,
+    body::{BodyError, Budget, read_capped},
     paths::Family,
     request::{Attempt, error_in_body, refused, retry_after, transport_error},
 };
@@ -381,9 +381,7 @@ impl FleetClient {
                 .max_report_rows
                 .saturating_sub(all.results.len() as u64);
             let part = self
-                .with_retries("query_report", || {
-                    self.report_page(url, &query, rows_left)
-                })
+                .with_retries("query_report", || self.report_page(url, &query, rows_left))
                 .await?;
             all.report_clipped |= part.report_clipped;
             all.results.extend(part.results);
@@ -411,13 +409,16 @@ impl FleetClient {
         let status = resp.status();
         if !status.is_success() {
             let wait = retry_after(&resp);
-            return match self.read_body(endpoint, resp).await {
-                Ok(body) => {
-                    self.observe(endpoint, status.as_u16(), body.len());
-                    refused(endpoint, status, wait)
+            // The status decides; a body that broke off does not matter.
+            let len = match read_capped(resp, self.max_body_bytes).await {
+                Ok(body) => body.len(),
+                Err(BodyError::Broken(_)) => 0,
+                Err(BodyError::TooLarge { .. }) => {
+                    return Attempt::Done(Err(self.body_too_large(endpoint)));
                 }
-                Err(attempt) => attempt,
             };
+            self.observe(endpoint, status.as_u16(), len);
+            return refused(endpoint, status, wait);
         }
         let budget = Budget::new(self.max_body_bytes);
         let (streamed, bytes) = decode_streaming(resp, budget, rows_left).await;
@@ -438,7 +439,9 @@ impl FleetClient {
                 None => Attempt::Done(Ok(report)),
                 Some(message) => Attempt::Retry(FleetError::InBody { endpoint, message }, None),
             },
-            Streamed::Decode(message) => Attempt::Done(Err(FleetError::Decode { endpoint, message })),
+            Streamed::Decode(message) => {
+                Attempt::Done(Err(FleetError::Decode { endpoint, message }))
+            }
             Streamed::TooLarge => Attempt::Done(Err(self.body_too_large(endpoint))),
             Streamed::TooManyRows => {
                 let error = FleetError::TooManyRows {
@@ -522,9 +525,13 @@ mod tests {
 
     #[test]
     fn rows_past_the_bound_stop_the_decoder() {
-        let json = br#"{"results": [{"host_id": 1}, {"host_id": 2}, {"host_id": 3}], "query_id": 1}"#;
+        let json =
+            br#"{"results": [{"host_id": 1}, {"host_id": 2}, {"host_id": 3}], "query_id": 1}"#;
         assert_eq!(
-            ReportFingerprints::decode(&json[..], 3).unwrap().results.len(),
+            ReportFingerprints::decode(&json[..], 3)
+                .unwrap()
+                .results
+                .len(),
             3
         );
         assert!(matches!(

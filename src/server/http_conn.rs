@@ -57,13 +57,18 @@ pub async fn serve(
     let (closing, _) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
     let mut stop = std::pin::pin!(stop);
+    let mut warned: Option<Instant> = None;
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(error) => {
-                    // EMFILE and the like: pause rather than spin.
-                    tracing::warn!(%error, "http accept failed");
+                    // EMFILE and the like: pause rather than spin, and
+                    // log at most every 10 s.
+                    if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        warned = Some(Instant::now());
+                        tracing::warn!(%error, "http accept failed; pausing");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

@@ -25,7 +25,10 @@ fn opening_and_row(label: &str) -> (&'static str, &'static str) {
             r#"{"host":{"id":1,"hostname":"endless","software":["#,
             r#"{"id":1,"name":"endless","version":"1.0","source":"apps","vulnerabilities":[]},"#,
         ),
-        _ => (r#"{"hosts":["#, r#"{"id":1,"hostname":"endless","platform":"darwin"},"#),
+        _ => (
+            r#"{"hosts":["#,
+            r#"{"id":1,"hostname":"endless","platform":"darwin"},"#,
+        ),
     }
 }
 
@@ -54,12 +57,20 @@ pub(super) fn endless(state: &Shared, label: &str, gzip: bool) -> Response {
         first.extend_from_slice(&deflate_block(opening.as_bytes()));
         (Some(Bytes::from(first)), deflate_block(rows.as_bytes()))
     } else {
-        (Some(Bytes::from_static(opening.as_bytes())), Bytes::from(rows))
+        (
+            Some(Bytes::from_static(opening.as_bytes())),
+            Bytes::from(rows),
+        )
     };
     let (state, label) = (Shared::clone(state), label.to_owned());
     let chunks = std::iter::from_fn(move || {
         let sent = first.take().unwrap_or_else(|| repeated.clone());
-        *state.lock().unwrap().bytes.entry(label.clone()).or_default() += sent.len();
+        *state
+            .lock()
+            .unwrap()
+            .bytes
+            .entry(label.clone())
+            .or_default() += sent.len();
         Some(Ok::<_, std::io::Error>(sent))
     });
     let body = Body::from_stream(tokio_stream::iter(chunks));
