@@ -111,10 +111,10 @@ impl<'de> Visitor<'de> for ReportSeed<'_> {
             let field = ["report_clipped", "results", "error", "meta"]
                 .iter()
                 .position(|k| *k == key);
-            if let Some(i) = field {
-                if std::mem::replace(&mut seen[i], true) {
-                    return Err(de::Error::custom(format!("duplicate field `{key}`")));
-                }
+            if let Some(i) = field
+                && std::mem::replace(&mut seen[i], true)
+            {
+                return Err(de::Error::custom(format!("duplicate field `{key}`")));
             }
             match field {
                 Some(0) => report.report_clipped = map.next_value()?,
