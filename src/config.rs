@@ -101,6 +101,22 @@ pub struct Listen {
     /// `/livez`, `/readyz`, `/metrics`, `/v1/*`.
     #[serde(default = "default_http")]
     pub http: SocketAddr,
+    /// On the HTTP port: longest wait for a request's whole header block
+    /// (slowloris connections are closed after it).
+    #[serde(with = "serde_human", default = "default_http_header_timeout")]
+    pub http_header_timeout: Duration,
+    /// On the HTTP port: a connection with no byte either way for this long
+    /// is closed, also between keep-alive requests.
+    #[serde(with = "serde_human", default = "default_http_idle_timeout")]
+    pub http_idle_timeout: Duration,
+}
+
+fn default_http_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_http_idle_timeout() -> Duration {
+    Duration::from_secs(120)
 }
 
 fn default_grpc() -> GrpcListen {
@@ -177,6 +193,8 @@ impl Default for Listen {
         Self {
             grpc: default_grpc(),
             http: default_http(),
+            http_header_timeout: default_http_header_timeout(),
+            http_idle_timeout: default_http_idle_timeout(),
         }
     }
 }
@@ -266,6 +284,16 @@ impl Config {
             }
             _ => {}
         }
+        let timeouts = [
+            (
+                "listen.http_header_timeout",
+                config.listen.http_header_timeout,
+            ),
+            ("listen.http_idle_timeout", config.listen.http_idle_timeout),
+        ];
+        if let Some((key, _)) = timeouts.iter().find(|(_, d)| d.is_zero()) {
+            return Err(err(key, "must be greater than zero".to_owned()));
+        }
         if let Some(fleet) = &config.fleet {
             fleet.validate().map_err(|m| match m.split_once(": ") {
                 Some((key, rest)) => err(key, rest.to_owned()),
@@ -351,5 +379,24 @@ mod tests {
             load("fleet.example.com/{host_id}").unwrap_err().message,
             "`fleet.example.com/{host_id}` is not an http(s) URL"
         );
+    }
+
+    #[test]
+    fn http_timeouts_default_and_must_be_positive() {
+        let c = load("https://it.example.com/help").unwrap();
+        assert_eq!(c.listen.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.listen.http_idle_timeout, Duration::from_secs(120));
+        for key in ["http_header_timeout", "http_idle_timeout"] {
+            let yaml =
+                format!("listen: {{{key}: 0s}}\nposture_file: p.yaml\npolicy_file: policy.yaml\n");
+            let err = Config::from_yaml(&yaml, Path::new("/c.yaml")).unwrap_err();
+            assert_eq!(
+                (err.key.as_str(), err.message.as_str()),
+                (
+                    format!("listen.{key}").as_str(),
+                    "must be greater than zero"
+                )
+            );
+        }
     }
 }

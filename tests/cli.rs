@@ -79,6 +79,50 @@ fn bad_config_key_exits_64_naming_file_key_and_problem() {
 }
 
 #[test]
+fn bad_fleet_bounds_exit_64_naming_file_key_and_problem() {
+    for (line, key, problem) in [
+        (
+            "max_body_bytes: 0",
+            "fleet.max_body_bytes",
+            "must be at least 1",
+        ),
+        (
+            "max_body_bytes: 64MiB",
+            "fleet.max_body_bytes",
+            "invalid type",
+        ),
+        (
+            "max_report_rows: -1",
+            "fleet.max_report_rows",
+            "invalid type",
+        ),
+        (
+            "max_report_rows: 0",
+            "fleet.max_report_rows",
+            "must be at least 1",
+        ),
+    ] {
+        let dir = TempDir::new().unwrap();
+        let config = dir.path().join("config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "fleet:\n  url: https://fleet.example.com\n  token_env: FLEET_API_TOKEN\n  \
+                 certificate_query_id: 42\n  {line}\npolicy_file: policy.yaml\n"
+            ),
+        )
+        .unwrap();
+        let config = config.display().to_string();
+        let (code, _, err) = run(&["check-config", "--config", &config]);
+        assert_eq!(code, 64, "{line}: {err}");
+        assert!(
+            err.contains(&config) && err.contains(key) && err.contains(problem),
+            "{line}: {err}"
+        );
+    }
+}
+
+#[test]
 fn bad_grpc_listen_address_exits_64_naming_the_key() {
     for (grpc, problem) in [
         ("localhost", "`localhost` is neither ip:port"),

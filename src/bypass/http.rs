@@ -7,7 +7,7 @@
 //! `Sec-Fetch-Site`) → 403; the forwarded certificate → 403; the page token
 //! (this device, this route, 10 minutes) → 403; a reason → 400; the deny
 //! still bypassable and the daily limit and the token unspent → 403. Success
-//! is a 303 back to the page.
+//! is a 303 back to the page. A form over 16 KiB is 413.
 
 use std::{sync::Arc, time::SystemTime};
 
@@ -96,7 +96,15 @@ async fn take_bypass(
     headers: HeaderMap,
     form: Result<Form<BypassForm>, FormRejection>,
 ) -> Response {
-    let Form(form) = form.unwrap_or_default();
+    // An oversized form is refused as such; any other bad form is read as
+    // empty, and the checks below refuse it.
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return (StatusCode::PAYLOAD_TOO_LARGE, "form too large\n").into_response();
+        }
+        Err(_) => BypassForm::default(),
+    };
     let back = return_path(&form.return_to).to_owned();
     let taken = door.take(&headers, form, SystemTime::now()).await;
     let metrics = &door.authorizer.metrics;

@@ -13,7 +13,7 @@ use super::{
 use crate::{
     decision::{BoxFuture, Refresh, SyncTrigger},
     posture::{HostId, HostPosture, PostureStore},
-    telemetry::metrics::{FleetRequestLabels, Metrics, ResultLabels},
+    telemetry::metrics::{FleetRequestLabels, LimitLabels, Metrics, ResultLabels},
 };
 
 /// Counts Fleet requests by endpoint and status, and bytes received.
@@ -32,6 +32,13 @@ impl Observer for MetricsObserver {
             .get_or_create(&FleetRequestLabels { endpoint, status })
             .inc();
         self.0.fleet_bytes.inc_by(bytes as u64);
+    }
+
+    fn on_limit(&self, limit: &'static str) {
+        self.0
+            .limits_hit
+            .get_or_create(&LimitLabels { limit })
+            .inc();
     }
 
     fn on_sync(&self, duration: Duration, published: bool) {

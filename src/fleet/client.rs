@@ -8,7 +8,10 @@
 
 use reqwest::{Url, header};
 use serde::de::DeserializeOwned;
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use super::paths::{Family, PathChoice};
 use super::request::error_chain;
@@ -24,6 +27,9 @@ use super::{
 /// Hard stop for paging against a server that ignores `per_page`.
 const MAX_PAGES: u32 = 100_000;
 
+/// A bound hit again within this long is counted but not logged again.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// An HTTP client for Fleet's REST API.
 pub struct FleetClient {
     pub(super) http: reqwest::Client,
@@ -31,6 +37,12 @@ pub struct FleetClient {
     pub(super) timeout: Duration,
     pub(super) page_size: u32,
     pub(super) retry: RetryPolicy,
+    /// `fleet.max_body_bytes`: the most of one answer read, decompressed.
+    pub(super) max_body_bytes: u64,
+    /// `fleet.max_report_rows`: the most certificate report rows read.
+    pub(super) max_report_rows: u64,
+    /// When a bound hit was last logged.
+    warned: Mutex<Option<Instant>>,
     stats: Arc<FleetStats>,
     observer: Option<Arc<dyn Observer>>,
     pub(super) paths: PathChoice,
@@ -114,6 +126,9 @@ impl FleetClient {
             timeout: config.request_timeout,
             page_size: config.page_size,
             retry,
+            max_body_bytes: config.max_body_bytes,
+            max_report_rows: config.max_report_rows,
+            warned: Mutex::new(None),
             stats: Arc::new(FleetStats::default()),
             observer: None,
             paths: PathChoice::default(),
@@ -315,6 +330,19 @@ impl FleetClient {
             endpoint,
             pages: MAX_PAGES,
         })
+    }
+
+    /// Counts `error`, a bound being hit (`limit` is the label of
+    /// `fleet_authz_limits_hit_total`), and logs it at most every 10 s.
+    pub(super) fn limit_hit(&self, limit: &'static str, error: &FleetError) {
+        if let Some(o) = &self.observer {
+            o.on_limit(limit);
+        }
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+            *warned = Some(Instant::now());
+            tracing::warn!(limit, %error, "fleet answer refused by a bound");
+        }
     }
 
     pub(super) fn observe(&self, endpoint: &'static str, status: u16, bytes: usize) {

@@ -59,6 +59,14 @@ pub struct FleetConfig {
     /// (`POST /v1/sync {"accept_drop": true}` publishes one). 1 turns it off.
     #[serde(default = "default_max_drop")]
     pub max_drop: f64,
+    /// Largest answer body, counted after decompression, for every Fleet
+    /// request (README, "Limits"). Past it reading stops and the request
+    /// fails, so a broken or hostile Fleet cannot fill the memory.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Most rows read from the certificate report, over all its pages.
+    #[serde(default = "default_max_report_rows")]
+    pub max_report_rows: u64,
 }
 
 /// `fleet.recheck`: bounded, single-flight fetch of one host on a would-deny.
@@ -118,6 +126,18 @@ fn default_max_staleness() -> Duration {
 fn default_max_drop() -> f64 {
     0.5
 }
+/// README, "Limits": the largest answer measured for 100,000 hosts shaped
+/// like a real Fleet's is a hosts page of all 100,000 without policy
+/// results, 164 MB (a page of 10,000 with every policy result: 129 MB);
+/// this leaves 1.6× headroom (test
+/// `the_default_body_cap_holds_the_answers_of_100_000_hosts_with_headroom`).
+pub(super) fn default_max_body_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+/// 1,000,000 hosts with ten certificates each, one row per certificate.
+pub(super) fn default_max_report_rows() -> u64 {
+    10_000_000
+}
 fn default_true() -> bool {
     true
 }
@@ -148,6 +168,8 @@ impl FleetConfig {
             recheck: RecheckConfig::default(),
             membership: MembershipMode::Auto,
             max_drop: default_max_drop(),
+            max_body_bytes: default_max_body_bytes(),
+            max_report_rows: default_max_report_rows(),
         }
     }
 
@@ -175,6 +197,13 @@ impl FleetConfig {
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(format!("{key}: must be greater than zero"));
+        }
+        let at_least_one = [
+            ("fleet.max_body_bytes", self.max_body_bytes),
+            ("fleet.max_report_rows", self.max_report_rows),
+        ];
+        if let Some((key, _)) = at_least_one.iter().find(|(_, n)| *n == 0) {
+            return Err(format!("{key}: must be at least 1"));
         }
         if self.recheck.max_concurrent == 0 {
             return Err("fleet.recheck.max_concurrent: must be at least 1".into());
@@ -293,6 +322,8 @@ mod tests {
         assert!(c.recheck.enabled);
         assert_eq!(c.membership, MembershipMode::Auto);
         assert_eq!(c.max_drop, 0.5);
+        assert_eq!(c.max_body_bytes, 256 << 20);
+        assert_eq!(c.max_report_rows, 10_000_000);
         assert_eq!(c.validate(), Ok(()));
     }
 
@@ -360,6 +391,16 @@ mod tests {
         }
         c.max_drop = 1.0;
         assert_eq!(c.validate(), Ok(()));
+        c.max_body_bytes = 0;
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "fleet.max_body_bytes: must be at least 1"
+        );
+        (c.max_body_bytes, c.max_report_rows) = (1, 0);
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "fleet.max_report_rows: must be at least 1"
+        );
     }
 
     #[test]

@@ -67,6 +67,19 @@ pub enum FleetError {
         endpoint: &'static str,
         message: String,
     },
+    /// The answer, decompressed, grew past `fleet.max_body_bytes`: reading
+    /// stopped there. Not retried: the same Fleet sends the same answer.
+    #[error(
+        "fleet {endpoint}: answer larger than fleet.max_body_bytes ({limit} bytes); reading \
+         stopped there (raise the limit if this Fleet's answers are that big)"
+    )]
+    BodyTooLarge { endpoint: &'static str, limit: u64 },
+    /// The certificate report held more rows than `fleet.max_report_rows`.
+    #[error(
+        "fleet {endpoint}: report has more than fleet.max_report_rows ({limit}) rows; reading \
+         stopped there (raise the limit if the report is that big)"
+    )]
+    TooManyRows { endpoint: &'static str, limit: u64 },
     /// A paged endpoint never returned a short page.
     #[error("fleet {endpoint}: gave up after {pages} pages without a short page")]
     TooManyPages { endpoint: &'static str, pages: u32 },
@@ -102,6 +115,8 @@ impl FleetError {
             Self::Transport { .. } => "transport",
             Self::Decode { .. } => "decode",
             Self::InBody { .. } => "error_in_body",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::TooManyRows { .. } => "too_many_rows",
             Self::TooManyPages { .. } => "too_many_pages",
             Self::Shrunk { .. } => "shrunk",
         }

@@ -7,6 +7,7 @@
 //! postures to the store, [`Recheck`] refreshes one host on a would-deny.
 
 pub mod adapter;
+mod body;
 mod client;
 mod config;
 mod cycle;

@@ -6,14 +6,18 @@
 //! wait for `retry-after` when Fleet sends one (capped at 60 s, never shorter
 //! than the backoff, see [`RetryPolicy::delay`](super::RetryPolicy::delay)).
 //! Not retried, because retrying cannot fix them: 401 (token wrong), 403 (the
-//! token's user lacks a role), 404 and other 4xx, and malformed bodies.
+//! token's user lacks a role), 404 and other 4xx, malformed bodies, and
+//! bodies over `fleet.max_body_bytes` (see [`body`](super::body)).
 
 use std::{future::Future, time::Duration};
 
 use reqwest::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
-use super::{FleetClient, FleetError};
+use super::{
+    FleetClient, FleetError,
+    body::{BodyError, read_capped},
+};
 
 /// What one attempt came to.
 pub(super) enum Attempt<T> {
@@ -202,6 +206,41 @@ impl FleetClient {
         })
     }
 
+    /// `resp`'s body within `fleet.max_body_bytes`. Past it the attempt is
+    /// done, not retried: the same Fleet would send the same answer.
+    async fn read_body<T>(
+        &self,
+        endpoint: &'static str,
+        resp: reqwest::Response,
+    ) -> Result<bytes::Bytes, Attempt<T>> {
+        let status = resp.status().as_u16();
+        match read_capped(resp, self.max_body_bytes).await {
+            Ok(body) => Ok(body),
+            Err(BodyError::Broken(e)) => {
+                self.observe(endpoint, 0, 0);
+                Err(Attempt::Retry(transport_error(endpoint, &e), None))
+            }
+            Err(BodyError::TooLarge { read }) => {
+                self.observe(
+                    endpoint,
+                    status,
+                    usize::try_from(read).unwrap_or(usize::MAX),
+                );
+                Err(Attempt::Done(Err(self.body_too_large(endpoint))))
+            }
+        }
+    }
+
+    /// The error for an answer over `fleet.max_body_bytes`, counted and logged.
+    pub(super) fn body_too_large(&self, endpoint: &'static str) -> FleetError {
+        let error = FleetError::BodyTooLarge {
+            endpoint,
+            limit: self.max_body_bytes,
+        };
+        self.limit_hit("fleet_body", &error);
+        error
+    }
+
     async fn attempt<R: DeserializeOwned + Send + 'static>(
         &self,
         endpoint: &'static str,
@@ -213,12 +252,9 @@ impl FleetClient {
             Err(retry) => return retry,
         };
         let (status, wait) = (resp.status(), retry_after(&resp));
-        let body = match resp.bytes().await {
+        let body = match self.read_body(endpoint, resp).await {
             Ok(body) => body,
-            Err(e) => {
-                self.observe(endpoint, 0, 0);
-                return Attempt::Retry(transport_error(endpoint, &e), None);
-            }
+            Err(attempt) => return attempt,
         };
         self.observe(endpoint, status.as_u16(), body.len());
         if !status.is_success() {

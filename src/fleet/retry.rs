@@ -13,6 +13,11 @@ pub trait Observer: Send + Sync {
     /// One exchange: `status` 0 means a transport error or timeout.
     fn on_request(&self, endpoint: &'static str, status: u16, bytes: usize);
 
+    /// A Fleet answer hit a bound (`fleet_body`, `report_rows`).
+    fn on_limit(&self, limit: &'static str) {
+        let _ = limit;
+    }
+
     /// One sync cycle ended after `duration`, published or not.
     fn on_sync(&self, duration: std::time::Duration, published: bool) {
         let _ = (duration, published);

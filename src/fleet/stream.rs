@@ -18,13 +18,17 @@
 //! row per certificate, or several, separated by commas or whitespace, for
 //! the recommended one-row-per-host query (`group_concat(sha1, ',')`).
 
-use std::io::Read;
+use std::{cell::Cell, io::Read};
 
-use serde::{Deserialize, Deserializer};
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor},
+};
 use tokio::sync::mpsc;
 
 use super::{
     FleetClient, FleetError,
+    body::{BodyError, Budget, read_capped},
     paths::Family,
     request::{Attempt, error_in_body, refused, retry_after, transport_error},
 };
@@ -37,20 +41,145 @@ const CHUNKS_IN_FLIGHT: usize = 8;
 const MAX_PAGES: u32 = 100_000;
 
 /// The certificate report reduced to what a sync uses.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 pub struct ReportFingerprints {
     /// True when the report hit Fleet's row cap; absent means false.
-    #[serde(default)]
     pub report_clipped: bool,
     /// One entry per row, in Fleet's order.
-    #[serde(default, deserialize_with = "null_rows")]
     pub results: Vec<FingerprintRow>,
     /// Set when Fleet broke off part-way after sending 200.
-    #[serde(default)]
     pub error: Option<serde_json::Value>,
     /// Present when Fleet paged the answer.
-    #[serde(default)]
     pub meta: Option<PageMeta>,
+}
+
+/// Why a report page could not be decoded.
+#[derive(Debug)]
+pub enum ReportError {
+    /// It held more rows than the decoder was allowed to take.
+    TooManyRows,
+    /// Not the JSON of a report.
+    Json(serde_json::Error),
+}
+
+impl ReportFingerprints {
+    /// Decodes one report answer from `reader`, refusing it as soon as it
+    /// holds more than `max_rows` rows, so an endless report never grows
+    /// the row list past the bound.
+    pub fn decode(reader: impl Read, max_rows: u64) -> Result<Self, ReportError> {
+        let over = Cell::new(false);
+        let mut de = serde_json::Deserializer::from_reader(reader);
+        let decoded = ReportSeed {
+            max_rows,
+            over: &over,
+        }
+        .deserialize(&mut de)
+        .and_then(|report| de.end().map(|()| report));
+        match decoded {
+            Ok(report) => Ok(report),
+            Err(_) if over.get() => Err(ReportError::TooManyRows),
+            Err(e) => Err(ReportError::Json(e)),
+        }
+    }
+}
+
+/// Decodes a report's top-level object; `results` through [`RowsSeed`].
+struct ReportSeed<'a> {
+    max_rows: u64,
+    over: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for ReportSeed<'_> {
+    type Value = ReportFingerprints;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ReportSeed<'_> {
+    type Value = ReportFingerprints;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a query report object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut report = ReportFingerprints::default();
+        let mut seen = [false; 4];
+        while let Some(key) = map.next_key::<String>()? {
+            let field = ["report_clipped", "results", "error", "meta"]
+                .iter()
+                .position(|k| *k == key);
+            if let Some(i) = field
+                && std::mem::replace(&mut seen[i], true)
+            {
+                return Err(de::Error::custom(format!("duplicate field `{key}`")));
+            }
+            match field {
+                Some(0) => report.report_clipped = map.next_value()?,
+                Some(1) => {
+                    report.results = map.next_value_seed(RowsSeed {
+                        max_rows: self.max_rows,
+                        over: self.over,
+                    })?;
+                }
+                Some(2) => report.error = map.next_value()?,
+                Some(3) => report.meta = map.next_value()?,
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Decodes `results` (a list, or null for none), failing at row
+/// `max_rows + 1` and setting `over`.
+struct RowsSeed<'a> {
+    max_rows: u64,
+    over: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for RowsSeed<'_> {
+    type Value = Vec<FingerprintRow>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowsSeed<'_> {
+    type Value = Vec<FingerprintRow>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of report rows")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut rows = Vec::new();
+        while let Some(row) = seq.next_element::<FingerprintRow>()? {
+            if rows.len() as u64 >= self.max_rows {
+                self.over.set(true);
+                return Err(de::Error::custom("more report rows than allowed"));
+            }
+            rows.push(row);
+        }
+        Ok(rows)
+    }
 }
 
 /// Fleet's paging hints on a report page.
@@ -112,10 +241,6 @@ impl Sha1Column {
     }
 }
 
-fn null_rows<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<FingerprintRow>, D::Error> {
-    Ok(Option::<Vec<FingerprintRow>>::deserialize(d)?.unwrap_or_default())
-}
-
 fn sha1_column<'de, D: Deserializer<'de>>(d: D) -> Result<Sha1Column, D::Error> {
     /// Tells `"sha1": null` (present, empty) from no `sha1` key.
     fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
@@ -159,14 +284,27 @@ impl Read for ChunkReader {
     }
 }
 
+/// What a streamed page came to, once its body was read whole or stopped.
 enum Streamed {
     Done(ReportFingerprints),
-    Body(reqwest::Error),
     Decode(String),
+    /// Past `fleet.max_body_bytes`: reading stopped.
+    TooLarge,
+    /// Past the rows left under `fleet.max_report_rows`.
+    TooManyRows,
 }
 
-/// Feeds `resp`'s body to the decoder; returns the outcome and the bytes read.
-async fn decode_streaming(mut resp: reqwest::Response) -> (Streamed, usize) {
+/// Feeds `resp`'s body to the decoder, within `budget` bytes and `max_rows`
+/// rows; returns the outcome (an error when the body broke off) and the
+/// bytes read.
+async fn decode_streaming(
+    mut resp: reqwest::Response,
+    mut budget: Budget,
+    max_rows: u64,
+) -> (Result<Streamed, reqwest::Error>, u64) {
+    if budget.refuses_length(resp.content_length()) {
+        return (Ok(Streamed::TooLarge), 0);
+    }
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let decoder = tokio::task::spawn_blocking(move || {
         let reader = std::io::BufReader::new(ChunkReader {
@@ -174,14 +312,18 @@ async fn decode_streaming(mut resp: reqwest::Response) -> (Streamed, usize) {
             chunk: Vec::new(),
             pos: 0,
         });
-        serde_json::from_reader::<_, ReportFingerprints>(reader)
+        ReportFingerprints::decode(reader, max_rows)
     });
-    let mut bytes = 0;
     let mut broke = None;
+    let mut too_large = false;
     loop {
         match resp.chunk().await {
+            Ok(Some(chunk)) if !budget.take(chunk.len()) => {
+                // Dropping the sender ends the decoder; its error is moot.
+                too_large = true;
+                break;
+            }
             Ok(Some(chunk)) => {
-                bytes += chunk.len();
                 if tx.send(Ok(chunk.to_vec())).await.is_err() {
                     break; // the decoder already failed; its error says why
                 }
@@ -195,14 +337,17 @@ async fn decode_streaming(mut resp: reqwest::Response) -> (Streamed, usize) {
         }
     }
     drop(tx);
+    drop(resp);
     let decoded = decoder.await;
     let outcome = match (broke, decoded) {
-        (Some(e), _) => Streamed::Body(e),
+        (Some(e), _) => return (Err(e), budget.read()),
+        _ if too_large => Streamed::TooLarge,
         (None, Ok(Ok(report))) => Streamed::Done(report),
-        (None, Ok(Err(e))) => Streamed::Decode(e.to_string()),
+        (None, Ok(Err(ReportError::TooManyRows))) => Streamed::TooManyRows,
+        (None, Ok(Err(ReportError::Json(e)))) => Streamed::Decode(e.to_string()),
         (None, Err(e)) => Streamed::Decode(format!("decoder task failed: {e}")),
     };
-    (outcome, bytes)
+    (Ok(outcome), budget.read())
 }
 
 impl FleetClient {
@@ -232,8 +377,11 @@ impl FleetClient {
                 ("per_page", self.page_size.to_string()),
                 ("page", page.to_string()),
             ];
+            let rows_left = self
+                .max_report_rows
+                .saturating_sub(all.results.len() as u64);
             let part = self
-                .with_retries("query_report", || self.report_page(url, &query))
+                .with_retries("query_report", || self.report_page(url, &query, rows_left))
                 .await?;
             all.report_clipped |= part.report_clipped;
             all.results.extend(part.results);
@@ -251,6 +399,7 @@ impl FleetClient {
         &self,
         url: &str,
         query: &[(&'static str, String)],
+        rows_left: u64,
     ) -> Attempt<ReportFingerprints> {
         let endpoint = "query_report";
         let resp = match self.send(endpoint, url, query).await {
@@ -260,25 +409,47 @@ impl FleetClient {
         let status = resp.status();
         if !status.is_success() {
             let wait = retry_after(&resp);
-            let len = resp.bytes().await.map_or(0, |b| b.len());
+            // The status decides; a body that broke off does not matter.
+            let len = match read_capped(resp, self.max_body_bytes).await {
+                Ok(body) => body.len(),
+                Err(BodyError::Broken(_)) => 0,
+                Err(BodyError::TooLarge { .. }) => {
+                    return Attempt::Done(Err(self.body_too_large(endpoint)));
+                }
+            };
             self.observe(endpoint, status.as_u16(), len);
             return refused(endpoint, status, wait);
         }
-        match decode_streaming(resp).await {
-            (Streamed::Done(report), bytes) => {
-                self.observe(endpoint, status.as_u16(), bytes);
-                match error_in_body(report.error.as_ref()) {
-                    None => Attempt::Done(Ok(report)),
-                    Some(message) => Attempt::Retry(FleetError::InBody { endpoint, message }, None),
-                }
+        let budget = Budget::new(self.max_body_bytes);
+        let (streamed, bytes) = decode_streaming(resp, budget, rows_left).await;
+        let streamed = match streamed {
+            Ok(streamed) => streamed,
+            Err(e) => {
+                self.observe(endpoint, 0, 0);
+                return Attempt::Retry(transport_error(endpoint, &e), None);
             }
-            (Streamed::Decode(message), bytes) => {
-                self.observe(endpoint, status.as_u16(), bytes);
+        };
+        self.observe(
+            endpoint,
+            status.as_u16(),
+            usize::try_from(bytes).unwrap_or(usize::MAX),
+        );
+        match streamed {
+            Streamed::Done(report) => match error_in_body(report.error.as_ref()) {
+                None => Attempt::Done(Ok(report)),
+                Some(message) => Attempt::Retry(FleetError::InBody { endpoint, message }, None),
+            },
+            Streamed::Decode(message) => {
                 Attempt::Done(Err(FleetError::Decode { endpoint, message }))
             }
-            (Streamed::Body(e), _) => {
-                self.observe(endpoint, 0, 0);
-                Attempt::Retry(transport_error(endpoint, &e), None)
+            Streamed::TooLarge => Attempt::Done(Err(self.body_too_large(endpoint))),
+            Streamed::TooManyRows => {
+                let error = FleetError::TooManyRows {
+                    endpoint,
+                    limit: self.max_report_rows,
+                };
+                self.limit_hit("report_rows", &error);
+                Attempt::Done(Err(error))
             }
         }
     }
@@ -302,7 +473,7 @@ mod tests {
             {"host_id": 5, "columns": {"sha1": ""}},
             {"host_id": 6, "columns": {"sha1": null}}
         ]}"#;
-        let r: ReportFingerprints = serde_json::from_reader(json.as_bytes()).unwrap();
+        let r = ReportFingerprints::decode(json.as_bytes(), u64::MAX).unwrap();
         assert!(!r.report_clipped);
         assert!(r.meta.is_none());
         let rows: Vec<(u64, usize, bool)> = r
@@ -342,12 +513,39 @@ mod tests {
 
     #[test]
     fn null_results_clipped_flag_and_paging_hints_read() {
-        let r: ReportFingerprints = serde_json::from_str(
-            r#"{"report_clipped": true, "results": null, "meta": {"has_next_results": true, "has_previous_results": false}}"#,
+        let r = ReportFingerprints::decode(
+            &br#"{"report_clipped": true, "results": null, "meta": {"has_next_results": true, "has_previous_results": false}}"#[..],
+            u64::MAX,
         )
         .unwrap();
         assert!(r.report_clipped);
         assert_eq!(r.results, Vec::new());
         assert!(r.meta.unwrap().has_next_results);
+    }
+
+    #[test]
+    fn rows_past_the_bound_stop_the_decoder() {
+        let json =
+            br#"{"results": [{"host_id": 1}, {"host_id": 2}, {"host_id": 3}], "query_id": 1}"#;
+        assert_eq!(
+            ReportFingerprints::decode(&json[..], 3)
+                .unwrap()
+                .results
+                .len(),
+            3
+        );
+        assert!(matches!(
+            ReportFingerprints::decode(&json[..], 2),
+            Err(ReportError::TooManyRows)
+        ));
+        assert!(matches!(
+            ReportFingerprints::decode(&json[..], 0),
+            Err(ReportError::TooManyRows)
+        ));
+        let twice = br#"{"results": [], "results": []}"#;
+        let Err(ReportError::Json(e)) = ReportFingerprints::decode(&twice[..], 9) else {
+            panic!("a duplicate key decoded");
+        };
+        assert!(e.to_string().contains("duplicate field `results`"), "{e}");
     }
 }

@@ -5,6 +5,7 @@
 //! handling in [`listen`], process signals in [`signal`], and file reloads
 //! in [`reload`].
 
+pub mod http_conn;
 pub mod listen;
 mod parts;
 pub mod reload;

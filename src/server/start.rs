@@ -19,7 +19,9 @@ use tonic_health::{
 use tracing::Instrument;
 
 use super::{
-    Extensions, RunningServer, listen,
+    Extensions, RunningServer,
+    http_conn::{self, HttpTimeouts},
+    listen,
     parts::{Parts, build_parts},
     reload::Reloader,
 };
@@ -85,7 +87,7 @@ pub async fn start_with(config: Config, ext: Extensions) -> anyhow::Result<Runni
     let mut tasks = Tasks::new();
     let (health, health_service) = spawn_health(&mut tasks, &parts.store, &stop).await;
     spawn_grpc(&mut tasks, bound.grpc, &parts, health_service, &stop)?;
-    spawn_http(&mut tasks, bound.http, &parts, &stop);
+    spawn_http(&mut tasks, bound.http, &config.listen, &parts, &stop);
     spawn_watcher(&mut tasks, &parts.reloader, &stop);
     let fleet = parts.fleet.as_ref().map(|f| f.handle.clone());
     match (&parts.cluster, parts.fleet) {
@@ -231,7 +233,13 @@ fn spawn_grpc(
 }
 
 /// The probes and the admin API on the HTTP listener.
-fn spawn_http(tasks: &mut Tasks, listener: TcpListener, parts: &Parts, stop: &Stop) {
+fn spawn_http(
+    tasks: &mut Tasks,
+    listener: TcpListener,
+    listen: &crate::config::Listen,
+    parts: &Parts,
+    stop: &Stop,
+) {
     let http_state = HttpState {
         store: Arc::clone(&parts.store),
         metrics: Arc::clone(&parts.metrics),
@@ -265,10 +273,13 @@ fn spawn_http(tasks: &mut Tasks, listener: TcpListener, parts: &Parts, stop: &St
             parts.admin.clone(),
         ));
     }
-    let stop = stop.signalled();
+    let timeouts = HttpTimeouts {
+        header: listen.http_header_timeout,
+        idle: listen.http_idle_timeout,
+    };
+    let (metrics, stop) = (Arc::clone(&parts.metrics), stop.signalled());
     tasks.spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
+        http_conn::serve(listener, app, timeouts, metrics, stop)
             .await
             .context("http server failed")
     });

@@ -21,6 +21,7 @@
 //! are written as text from pre-rendered parts, so a page of 1,000 fat hosts
 //! costs the fake a few milliseconds, not the fleet-authz side's time.
 
+mod endless;
 mod render;
 mod routes;
 mod serve;

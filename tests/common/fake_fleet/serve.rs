@@ -11,6 +11,7 @@ use axum::{
 use serde_json::json;
 
 use super::{
+    endless::endless,
     render::broken_off,
     spec::{Fault, FleetVersion, STREAM_ERROR, Shared, State_},
 };
@@ -129,6 +130,10 @@ pub(super) async fn serve(
     let fault = match gate(state, label, headers, uri) {
         Gate::Respond(r) => return r,
         Gate::Hang => std::future::pending().await,
+        Gate::Pass(Some(Fault::Endless)) => {
+            let gzip = state.lock().unwrap().gzip && accepts_gzip(headers);
+            return endless(state, label, gzip);
+        }
         Gate::Pass(f) => f,
     };
     let held = state.lock().unwrap().holds.get(label).cloned();

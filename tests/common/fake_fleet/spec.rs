@@ -130,6 +130,9 @@ pub enum Fault {
     /// 200 with the whole answer and a top-level `"error":"…"` after it
     /// (an answer that is not a list, or whose list was complete).
     ErrorField,
+    /// 200 with a body that opens as the real answer and never ends (gzip
+    /// when [`super::FakeFleet::serve_gzip`] is on and the client asks).
+    Endless,
 }
 
 /// The message a streamed answer ends with under [`Fault::ErrorInBody`].
