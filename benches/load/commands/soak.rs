@@ -46,15 +46,15 @@ struct Minute {
 
 /// Counters read from the server's `/metrics`.
 #[derive(Debug, Clone, Copy, Default)]
-struct Counts {
-    syncs_ok: f64,
-    syncs_failed: f64,
+pub(super) struct Counts {
+    pub(super) syncs_ok: f64,
+    pub(super) syncs_failed: f64,
     reloads_ok: f64,
     reloads_failed: f64,
 }
 
 impl Counts {
-    async fn read(addr: SocketAddr) -> anyhow::Result<Self> {
+    pub(super) async fn read(addr: SocketAddr) -> anyhow::Result<Self> {
         let text = tools::http_get(addr, "/metrics")
             .await
             .context("/metrics did not answer")?;
@@ -74,9 +74,8 @@ impl Counts {
 }
 
 /// Starts the fake Fleet on a thread of its own (so its work is not done
-/// on the client's runtime) with the devices enrolled; returns its URL and
-/// token.
-fn start_fleet(hosts: u64, pems: &[String]) -> anyhow::Result<(String, String)> {
+/// on the client's runtime) with the devices enrolled; returns a handle.
+fn start_fleet(hosts: u64, pems: &[String]) -> anyhow::Result<FakeFleet> {
     let fps = fixture::fingerprints(pems)?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -109,7 +108,7 @@ fn start_fleet(hosts: u64, pems: &[String]) -> anyhow::Result<(String, String)> 
                     }
                 });
             }
-            let _sent = tx.send((fake.url(), fake.token()));
+            let _sent = tx.send(fake.clone());
             std::future::pending::<()>().await;
         });
     });
@@ -122,17 +121,18 @@ fn start_fleet(hosts: u64, pems: &[String]) -> anyhow::Result<(String, String)> 
 pub(super) fn start_synced(
     o: &Options,
     pems: &[String],
-) -> anyhow::Result<(Server, tempfile::TempDir)> {
-    let (url, token) = start_fleet(o.hosts, pems)?;
+) -> anyhow::Result<(Server, tempfile::TempDir, FakeFleet)> {
+    let fake = start_fleet(o.hosts, pems)?;
+    let url = fake.url();
     let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("fleet-token"), token)?;
+    std::fs::write(dir.path().join("fleet-token"), fake.token())?;
     let dir_arg = dir.path().display().to_string();
     let server = Server::start_with(
         "fleet-synced",
         o,
         ["--fleet-url", url.as_str(), "--dir", dir_arg.as_str()],
     )?;
-    Ok((server, dir))
+    Ok((server, dir, fake))
 }
 
 /// RSS samples of `pid` (MiB), one a second, gathered until taken.
@@ -175,11 +175,19 @@ fn age_s(path: &Path) -> f64 {
 
 /// Waits until the server has published its first sync.
 pub(super) async fn first_sync(metrics: SocketAddr) -> anyhow::Result<()> {
+    syncs_reach(metrics, |c| c.syncs_ok >= 1.0).await
+}
+
+/// Waits (at most 5 minutes) until the server's counts satisfy `done`.
+pub(super) async fn syncs_reach(
+    metrics: SocketAddr,
+    done: impl Fn(Counts) -> bool,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    while Counts::read(metrics).await.map_or(0.0, |c| c.syncs_ok) < 1.0 {
+    while !Counts::read(metrics).await.is_ok_and(&done) {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "no sync in 5 minutes"
+            "the server's sync counts did not get there in 5 minutes"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -190,7 +198,7 @@ pub(super) async fn first_sync(metrics: SocketAddr) -> anyhow::Result<()> {
 pub async fn soak(o: Options) -> anyhow::Result<()> {
     let pems = fixture::device_pems(o.devices)?;
     let requests = Arc::new(fixture::encoded_requests(&pems));
-    let (server, dir) = start_synced(&o, &pems)?;
+    let (server, dir, _fake) = start_synced(&o, &pems)?;
     let metrics = server.metrics.context("no metrics address")?;
     first_sync(metrics).await?;
     let max = measure(&server, &o, grpc::Mode::Closed(o.concurrency), &requests).await?;

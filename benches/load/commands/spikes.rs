@@ -2,11 +2,12 @@
 //! (synced from a fake Fleet every 10 s) meets, one after the other, the
 //! hostile inputs of the issue: a flood of distinct near-limit XFCC values,
 //! 1 MiB XFCC values, HTTP/2 stream floods on connections whose
-//! flow-control window is zero, a 200 MB policy file, a policy file of YAML aliases
-//! and a 100 MB admin POST. For each it prints RSS before (median of 5
-//! samples a second apart), the peak seen while it lasts (sampled every
-//! 20 ms), and RSS one sync interval (10 s) after it ends; the target is
-//! "after" within 20% of "before".
+//! flow-control window is zero, a 200 MB policy file, a policy file of YAML
+//! aliases, a 100 MB admin POST and endless Fleet answers (plain and gzip).
+//! For each it prints RSS before (median of 5 samples a second apart), the
+//! peak seen while it lasts (sampled every 20 ms), and RSS one sync
+//! interval (10 s) after it ends; the target is "after" within 20% of
+//! "before".
 
 use std::{
     net::SocketAddr,
@@ -22,9 +23,13 @@ use prost::{Message, bytes::Bytes};
 
 use super::{
     Options, machine,
-    soak::{first_sync, start_synced},
+    soak::{Counts, first_sync, start_synced, syncs_reach},
 };
-use crate::{fixture, grpc, report::sample};
+use crate::{
+    fake_fleet::{FakeFleet, Fault},
+    fixture, grpc,
+    report::sample,
+};
 
 /// The server's sync interval: "within one sync interval" is this long.
 const SYNC_INTERVAL: Duration = Duration::from_secs(10);
@@ -183,6 +188,23 @@ async fn zero_window_connection(
     Ok(())
 }
 
+/// Makes Fleet's hosts answer endless (gzip when `gzip`) until a sync has
+/// failed on it, then heals it and waits for a good sync.
+async fn endless_fleet(fake: &FakeFleet, metrics: SocketAddr, gzip: bool) -> String {
+    let before = Counts::read(metrics).await.unwrap_or_default();
+    if gzip {
+        fake.serve_gzip();
+    }
+    fake.set_fault("hosts", Fault::Endless);
+    let failed = syncs_reach(metrics, |c| c.syncs_failed > before.syncs_failed).await;
+    fake.clear_faults();
+    let healed = syncs_reach(metrics, |c| c.syncs_ok > before.syncs_ok + 1.0).await;
+    match (failed, healed) {
+        (Ok(()), Ok(())) => "a sync failed at the cap; the next one succeeded".to_owned(),
+        (f, h) => format!("failed: {f:?}, healed: {h:?}"),
+    }
+}
+
 /// Writes `text` as the policy file and waits for the reload to be refused.
 async fn bad_policy(dir: &Path, text: &[u8]) -> String {
     let path = dir.join("policy.yaml");
@@ -251,7 +273,7 @@ async fn measure_spike(
 
 pub async fn spikes(o: Options) -> anyhow::Result<()> {
     let pems = fixture::device_pems(o.devices)?;
-    let (server, dir) = start_synced(&o, &pems)?;
+    let (server, dir, fake) = start_synced(&o, &pems)?;
     let metrics = server
         .metrics
         .ok_or_else(|| anyhow::anyhow!("no metrics address"))?;
@@ -313,6 +335,22 @@ pub async fn spikes(o: Options) -> anyhow::Result<()> {
         .await,
     );
     spikes.push(measure_spike(pid, "a 100 MB admin POST", big_post(metrics, 100_000_000)).await);
+    spikes.push(
+        measure_spike(
+            pid,
+            "an endless Fleet hosts answer (cap 256 MiB)",
+            endless_fleet(&fake, metrics, false),
+        )
+        .await,
+    );
+    spikes.push(
+        measure_spike(
+            pid,
+            "an endless gzip Fleet hosts answer (cap 256 MiB inflated)",
+            endless_fleet(&fake, metrics, true),
+        )
+        .await,
+    );
     print_table(&spikes);
     drop(server);
     Ok(())

@@ -52,7 +52,8 @@ pub use spec::{
 };
 use spec::{Shared, State_, generate};
 
-/// A running fake Fleet.
+/// A running fake Fleet (a clone is another handle on the same fake).
+#[derive(Clone)]
 pub struct FakeFleet {
     addr: SocketAddr,
     state: Shared,
