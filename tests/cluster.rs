@@ -359,6 +359,90 @@ async fn a_recheck_through_followers_reaches_fleet_once_and_every_replica_applie
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_asked_of_a_follower_is_run_once_by_the_leader_and_reaches_every_replica() {
+    let _serial = SERIAL.lock().await;
+    let mut fx = Fixture::new().await;
+    let mut replicas = Vec::new();
+    for name in ["a", "b", "c"] {
+        replicas.push(fx.replica(name, "1h", "").await);
+    }
+    let addrs: Vec<_> = replicas.iter().map(|r| r.http_addr()).collect();
+    let leader = settled(&addrs).await;
+    let follower = (leader + 1) % 3;
+    let leader_id = cluster_state(addrs[leader]).await.unwrap()["leader"].clone();
+    let version = cluster_state(addrs[follower]).await.unwrap()["posture_version"]
+        .as_u64()
+        .unwrap();
+    // The person remediates; only a sync brings it before the hour is up.
+    fx.fake.update_host(HOST, |h| {
+        h.responses.insert(1, "pass".into());
+    });
+    fx.fake.reset_counts();
+
+    let (status, body) = http(
+        reqwest::Method::POST,
+        addrs[follower],
+        "/v1/sync",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let answer = common::ops::json(&body);
+    assert_eq!(answer["ok"], true, "{body}");
+    assert_eq!(answer["hosts"], 10, "{body}");
+    assert_eq!(answer["leader"], leader_id, "{body}");
+    assert_eq!(fx.fake.count("teams"), 1, "Fleet saw one sync");
+    for (i, addr) in addrs.iter().enumerate() {
+        let requests = metric_sum(*addr, "fleet_authz_fleet_requests_total").await;
+        assert_eq!(
+            requests > 0.0,
+            i == leader,
+            "replica {i}: {requests} Fleet requests"
+        );
+    }
+    // Published: every replica takes the new posture and decides on it.
+    for (i, r) in replicas.iter().enumerate() {
+        wait_for(Duration::from_secs(2), "the synced posture", || async {
+            let s = cluster_state(r.http_addr()).await?;
+            (s["posture_version"].as_u64()? > version).then_some(())
+        })
+        .await;
+        assert_eq!(verdict(&fx, r.grpc_addr()).await, "allow", "replica {i}");
+    }
+    assert_eq!(fx.fake.count("teams"), 1, "one sync, not one per replica");
+
+    // NATS lost: nobody answers the follower within lease_ttl; 503, why.
+    fx.nats.stop();
+    let asked = Instant::now();
+    let (status, body) = http(
+        reqwest::Method::POST,
+        addrs[follower],
+        "/v1/sync",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        common::ops::json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("no answer from the leader"),
+        "{body}"
+    );
+    assert!(
+        asked.elapsed() >= TTL,
+        "gave up before lease_ttl: {:?}",
+        asked.elapsed()
+    );
+    assert!(asked.elapsed() < TTL * 3, "{:?}", asked.elapsed());
+    for r in replicas {
+        r.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_within_two_lease_ttls() {
     let _serial = SERIAL.lock().await;
     let fx = Fixture::new().await;

@@ -27,6 +27,7 @@ mod posture;
 mod recheck;
 mod run;
 pub mod sign;
+mod sync;
 mod term;
 mod wire;
 
@@ -42,7 +43,7 @@ use tokio::sync::watch;
 
 pub use self::config::ClusterConfig;
 pub use self::run::spawn;
-use self::run::{ready, stopped};
+use self::run::{answer_while_leading, ready, stopped};
 use self::{
     nats::{Names, Nats},
     sign::{Kind, Rejection, Signer},
