@@ -24,6 +24,7 @@ pub mod http;
 mod lease;
 mod nats;
 mod posture;
+mod prune;
 mod recheck;
 mod run;
 pub mod sign;

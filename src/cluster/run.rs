@@ -7,7 +7,7 @@ use tokio::{sync::watch, task::JoinSet};
 use tokio_stream::StreamExt;
 use tracing::Instrument;
 
-use super::{Nats, Node, Role, grants, lease, nats, posture, recheck, sync, term};
+use super::{Nats, Node, Role, grants, lease, nats, posture, prune, recheck, sync, term};
 use crate::admin::GrantStore;
 
 /// Resolves once `stop` turns true.
@@ -56,8 +56,11 @@ pub async fn spawn(
     task!("cluster_fresh", recheck::fresh_loop(n, s));
     let (n, s) = (Arc::clone(node), stop.clone());
     task!("cluster_sync", sync::serve_loop(n, s));
+    grants::share_held(node, grant_store);
     let (n, g, s) = (Arc::clone(node), Arc::clone(grant_store), stop.clone());
     task!("cluster_grants", grants::watch_loop(n, g, s));
+    let (n, s) = (Arc::clone(node), stop.clone());
+    task!("cluster_prune", prune::prune_loop(n, s));
     let (n, s) = (Arc::clone(node), stop.clone());
     task!("cluster_grant_writer", grants::write_loop(n, s));
     Ok(())

@@ -92,7 +92,7 @@ fleet:
   {fleet_extra}
 snapshot: {{path: {d}/snapshot-{name}.pb}}
 policy_file: {d}/policy.yaml
-admin: {{token_file: {d}/admin-token}}
+admin: {{token_file: {d}/admin-token, grants_file: {d}/grants-{name}.json}}
 telemetry: {{log_format: json}}
 cluster:
   nats_url: {nats_url}
