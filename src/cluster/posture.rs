@@ -17,8 +17,10 @@
 //! Fleet sync does (`fleet::spawn_low_priority`): decoding and swapping in
 //! 100,000 hosts is the same work as the sync's publish, and the Checks keep
 //! the CPUs meanwhile. Postures are encoded and decoded a batch of hosts at
-//! a time (`wire.rs`), which keeps a follower's memory near a standalone
-//! instance's.
+//! a time, each batch copied and dropped as it comes (`wire.rs`), and the
+//! fetched bytes are dropped (written out as the snapshot file first) before
+//! the swap, the moment the old and the new posture are both held; so a
+//! follower's memory stays near a standalone instance's.
 
 use std::{sync::Arc, time::Duration};
 
@@ -34,7 +36,7 @@ use super::{
     sign::Kind,
     stopped,
 };
-use crate::{duration::unix_ms, posture::HostPosture};
+use crate::duration::unix_ms;
 
 /// The line before the snapshot bytes.
 #[derive(Debug, Serialize, Deserialize)]
@@ -175,18 +177,6 @@ pub(super) async fn follow_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>
     }
 }
 
-/// The hosts copied on a thread of their own. Decoding leaves each host's
-/// strings and lists among the freed pieces of its protobuf, so the
-/// allocator can hand back few pages; copied where nothing else was
-/// allocated they sit together, and the decoded copies' pages free whole.
-fn compact(hosts: Vec<HostPosture>) -> Vec<HostPosture> {
-    let copied = std::thread::scope(|s| {
-        s.spawn(|| hosts.iter().map(HostPosture::clone).collect::<Vec<_>>())
-            .join()
-    });
-    copied.unwrap_or(hosts)
-}
-
 /// False for the object already fetched or put, or one whose version hint
 /// (the object's metadata, unsigned) is not above the posture held. The
 /// hint only ever saves a download: what is applied is checked in full.
@@ -235,7 +225,7 @@ fn apply(node: &Node, bytes: Vec<u8>, nuid: String) {
         }
     }
     let snapshot_bytes = &payload[split + 1..];
-    let loaded = match super::wire::decode(snapshot_bytes) {
+    let loaded = match super::wire::decode_compact(snapshot_bytes) {
         Ok(loaded) => loaded,
         Err(error) => return node.rejected(Kind::Snapshot, POSTURE_OBJECT, error),
     };
@@ -248,21 +238,25 @@ fn apply(node: &Node, bytes: Vec<u8>, nuid: String) {
         );
         return;
     }
-    let hosts = compact(loaded.hosts);
-    let count = hosts.len();
-    let mut held = lock(&node.held);
-    if head.version <= held.version {
+    if head.version <= lock(&node.held).version {
         return;
     }
-    node.store.replace_all(hosts, loaded.synced_at);
-    held.version = head.version;
-    held.applied_generation = node.store.generation();
-    drop(held);
-    tracing::info!(version = head.version, hosts = count, publisher = %head.publisher, "posture applied from the cluster");
-    // The bytes are a snapshot file already: no second encoding.
+    // The bytes are a snapshot file already: no second encoding. Written
+    // now, so they are gone before the swap, when old and new are both held.
     if let Some(path) = &node.snapshot
         && let Err(error) = crate::atomic_file::write_atomically(path, snapshot_bytes)
     {
         tracing::error!(path = %path.display(), error = %error.source, "snapshot not written");
     }
+    drop(bytes);
+    let count = loaded.hosts.len();
+    let mut held = lock(&node.held);
+    if head.version <= held.version {
+        return;
+    }
+    node.store.replace_all(loaded.hosts, loaded.synced_at);
+    held.version = head.version;
+    held.applied_generation = node.store.generation();
+    drop(held);
+    tracing::info!(version = head.version, hosts = count, publisher = %head.publisher, "posture applied from the cluster");
 }
