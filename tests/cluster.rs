@@ -48,11 +48,7 @@ async fn verdict(fx: &Fixture, grpc: std::net::SocketAddr) -> String {
 async fn three_replicas_cost_fleet_one_sync_per_interval_and_decide_alike() {
     let _serial = SERIAL.lock().await;
     let fx = Fixture::new().await;
-    let mut replicas = Vec::new();
-    for name in ["a", "b", "c"] {
-        replicas.push(fx.replica(name, "1s", "").await);
-    }
-    let addrs: Vec<_> = replicas.iter().map(|r| r.http_addr()).collect();
+    let (replicas, addrs) = fx.replicas(&["a", "b", "c"], "1s", "").await;
     let leader = settled(&addrs).await;
 
     // One sync per interval for the whole cluster: `teams` is asked once a cycle.
@@ -101,11 +97,7 @@ async fn three_replicas_cost_fleet_one_sync_per_interval_and_decide_alike() {
 async fn a_grant_through_one_replica_holds_on_the_others_within_a_second_and_is_audited() {
     let _serial = SERIAL.lock().await;
     let fx = Fixture::new().await;
-    let mut replicas = Vec::new();
-    for name in ["a", "b", "c"] {
-        replicas.push(fx.replica(name, "1h", "").await);
-    }
-    let addrs: Vec<_> = replicas.iter().map(|r| r.http_addr()).collect();
+    let (replicas, addrs) = fx.replicas(&["a", "b", "c"], "1h", "").await;
     settled(&addrs).await;
     let body = json!({"host_id": HOST, "reason": "incident 42", "duration": "1h"});
     let (status, given) = http(
@@ -137,15 +129,7 @@ async fn a_grant_through_one_replica_holds_on_the_others_within_a_second_and_is_
     assert_eq!(listed["grants"][0]["reason"], "incident 42");
 
     // Revoked through B: gone on A and C within a second.
-    let (status, _) = http(
-        reqwest::Method::DELETE,
-        addrs[1],
-        &format!("/v1/break-glass/{id}"),
-        Some(TOKEN),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
+    revoke(addrs[1], id).await;
     let revoked = Instant::now();
     for r in [&replicas[0], &replicas[2]] {
         wait_for(
@@ -205,6 +189,18 @@ async fn grant(addr: std::net::SocketAddr, host: u64, duration: &str) -> u64 {
     common::ops::json(&given)["id"].as_u64().unwrap()
 }
 
+/// `POST /v1/sync` to the replica at `addr`.
+async fn post_sync(addr: std::net::SocketAddr) -> (u16, String) {
+    http(reqwest::Method::POST, addr, "/v1/sync", Some(TOKEN), None).await
+}
+
+/// Revokes grant `id` through the replica at `addr`.
+async fn revoke(addr: std::net::SocketAddr, id: u64) {
+    let path = format!("/v1/break-glass/{id}");
+    let (status, body) = http(reqwest::Method::DELETE, addr, &path, Some(TOKEN), None).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// The keys of the grants bucket, read with a client of our own, sorted.
 async fn grant_keys(kv: &jetstream::kv::Store) -> Vec<String> {
     use tokio_stream::StreamExt;
@@ -228,30 +224,14 @@ async fn listed_grants(addr: std::net::SocketAddr) -> Vec<u64> {
 async fn expired_and_revoked_grants_leave_the_bucket_only_after_expiry_and_every_replica_denies() {
     let _serial = SERIAL.lock().await;
     let fx = Fixture::new().await;
-    let mut replicas = Vec::new();
-    for name in ["a", "b", "c"] {
-        replicas.push(fx.replica(name, "1s", "").await);
-    }
-    let addrs: Vec<_> = replicas.iter().map(|r| r.http_addr()).collect();
+    let (replicas, addrs) = fx.replicas(&["a", "b", "c"], "1s", "").await;
     settled(&addrs).await;
-    let client = async_nats::connect(fx.nats.url()).await.unwrap();
-    let kv = jetstream::new(client)
-        .get_key_value("fleet-authz-grants")
-        .await
-        .unwrap();
+    let kv = fx.grants_bucket().await;
 
     let short = grant(addrs[0], HOST, "1s").await;
     let revoked = grant(addrs[1], HOST, "6s").await;
     let long = grant(addrs[2], 2, "1h").await;
-    let (status, _) = http(
-        reqwest::Method::DELETE,
-        addrs[2],
-        &format!("/v1/break-glass/{revoked}"),
-        Some(TOKEN),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
+    revoke(addrs[2], revoked).await;
     let revocation = wait_for(Duration::from_secs(2), "the revocation in KV", || async {
         let value = kv.get(format!("grant.{revoked}")).await.ok()??;
         let text = String::from_utf8_lossy(&value).into_owned();
@@ -318,11 +298,7 @@ async fn grants_held_before_cluster_mode_are_shared_signed_and_a_missed_revocati
         })
         .await;
     }
-    let client = async_nats::connect(fx.nats.url()).await.unwrap();
-    let kv = jetstream::new(client)
-        .get_key_value("fleet-authz-grants")
-        .await
-        .unwrap();
+    let kv = fx.grants_bucket().await;
     let sealed = kv.get("grant.7").await.unwrap().unwrap();
     let signer = Signer::from_file(&fx.dir.path().join("cluster-key")).unwrap();
     let payload = signer.open(Kind::Grant, "grant.7", &sealed).unwrap();
@@ -349,15 +325,7 @@ async fn grants_held_before_cluster_mode_are_shared_signed_and_a_missed_revocati
 
     // A is down while the grant is revoked, then starts on its old file.
     a.shutdown().await;
-    let (status, _) = http(
-        reqwest::Method::DELETE,
-        b.http_addr(),
-        "/v1/break-glass/7",
-        Some(TOKEN),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
+    revoke(b.http_addr(), 7).await;
     let old_file = common::ops::json(&std::fs::read_to_string(&grants_a).unwrap());
     assert_eq!(old_file["grants"][0]["id"], 7, "A missed it: {old_file}");
     let a = fx.replica("a", "1h", "").await;
@@ -393,11 +361,7 @@ async fn grants_held_before_cluster_mode_are_shared_signed_and_a_missed_revocati
 async fn forged_entries_written_straight_to_nats_are_rejected_and_counted() {
     let _serial = SERIAL.lock().await;
     let fx = Fixture::new().await;
-    let mut replicas = Vec::new();
-    for name in ["a", "b"] {
-        replicas.push(fx.replica(name, "1h", "").await);
-    }
-    let addrs: Vec<_> = replicas.iter().map(|r| r.http_addr()).collect();
+    let (replicas, addrs) = fx.replicas(&["a", "b"], "1h", "").await;
     let leader = settled(&addrs).await;
     let version = cluster_state(addrs[0]).await.unwrap()["posture_version"].clone();
 
@@ -498,11 +462,7 @@ async fn a_recheck_through_followers_reaches_fleet_once_and_every_replica_applie
     let _serial = SERIAL.lock().await;
     let fx = Fixture::new().await;
     let recheck = "recheck: {enabled: true, min_age: 0s, budget: 3s}";
-    let mut replicas = Vec::new();
-    for name in ["a", "b", "c"] {
-        replicas.push(fx.replica(name, "1h", recheck).await);
-    }
-    let addrs: Vec<_> = replicas.iter().map(|r| r.http_addr()).collect();
+    let (replicas, addrs) = fx.replicas(&["a", "b", "c"], "1h", recheck).await;
     let leader = settled(&addrs).await;
     let followers: Vec<_> = (0..3).filter(|i| *i != leader).collect();
     // The person remediates; Fleet knows, the replicas do not yet.
@@ -561,11 +521,7 @@ async fn a_recheck_through_followers_reaches_fleet_once_and_every_replica_applie
 async fn a_sync_asked_of_a_follower_is_run_once_by_the_leader_and_reaches_every_replica() {
     let _serial = SERIAL.lock().await;
     let mut fx = Fixture::new().await;
-    let mut replicas = Vec::new();
-    for name in ["a", "b", "c"] {
-        replicas.push(fx.replica(name, "1h", "").await);
-    }
-    let addrs: Vec<_> = replicas.iter().map(|r| r.http_addr()).collect();
+    let (replicas, addrs) = fx.replicas(&["a", "b", "c"], "1h", "").await;
     let leader = settled(&addrs).await;
     let follower = (leader + 1) % 3;
     let leader_id = cluster_state(addrs[leader]).await.unwrap()["leader"].clone();
@@ -578,14 +534,7 @@ async fn a_sync_asked_of_a_follower_is_run_once_by_the_leader_and_reaches_every_
     });
     fx.fake.reset_counts();
 
-    let (status, body) = http(
-        reqwest::Method::POST,
-        addrs[follower],
-        "/v1/sync",
-        Some(TOKEN),
-        None,
-    )
-    .await;
+    let (status, body) = post_sync(addrs[follower]).await;
     assert_eq!(status, 200, "{body}");
     let answer = common::ops::json(&body);
     assert_eq!(answer["ok"], true, "{body}");
@@ -614,14 +563,7 @@ async fn a_sync_asked_of_a_follower_is_run_once_by_the_leader_and_reaches_every_
     // NATS lost: nobody answers the follower within lease_ttl; 503, why.
     fx.nats.stop();
     let asked = Instant::now();
-    let (status, body) = http(
-        reqwest::Method::POST,
-        addrs[follower],
-        "/v1/sync",
-        Some(TOKEN),
-        None,
-    )
-    .await;
+    let (status, body) = post_sync(addrs[follower]).await;
     assert_eq!(status, 503, "{body}");
     assert!(
         common::ops::json(&body)["error"]

@@ -296,6 +296,22 @@ impl Node {
         tracing::warn!(kind = kind.as_str(), name, %why, "cluster value rejected");
     }
 
+    /// Opens and parses a sealed JSON request on `subject`, counting and
+    /// logging one that fails either.
+    fn open_request<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: Kind,
+        subject: &str,
+        sealed: &[u8],
+    ) -> Option<T> {
+        let payload = self.open(kind, subject, sealed)?;
+        let parsed = serde_json::from_slice(payload).ok();
+        if parsed.is_none() {
+            self.rejected(kind, subject, "not a request");
+        }
+        parsed
+    }
+
     /// Opens a sealed value, counting and logging a rejection.
     fn open<'a>(&self, kind: Kind, name: &str, sealed: &'a [u8]) -> Option<&'a [u8]> {
         match self.signer.open(kind, name, sealed) {

@@ -227,11 +227,8 @@ pub(super) async fn serve_loop(node: Arc<Node>, stop: watch::Receiver<bool>) {
 
 fn answer(node: &Arc<Node>, nats: &super::Nats, request: async_nats::Message) {
     let subject = &node.names.recheck_subject;
-    let Some(payload) = node.open(Kind::Recheck, subject, &request.payload) else {
+    let Some(ask) = node.open_request::<Ask>(Kind::Recheck, subject, &request.payload) else {
         return;
-    };
-    let Ok(ask) = serde_json::from_slice::<Ask>(payload) else {
-        return node.rejected(Kind::Recheck, subject, "not a recheck request");
     };
     let Some(reply) = request.reply else { return };
     let name = format!("{subject}#{}", ask.nonce);

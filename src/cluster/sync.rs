@@ -159,11 +159,8 @@ pub(super) async fn serve_loop(node: Arc<Node>, stop: watch::Receiver<bool>) {
 
 fn answer(node: &Arc<Node>, nats: &Nats, request: async_nats::Message) {
     let subject = &node.names.sync_subject;
-    let Some(payload) = node.open(Kind::Sync, subject, &request.payload) else {
+    let Some(ask) = node.open_request::<Ask>(Kind::Sync, subject, &request.payload) else {
         return;
-    };
-    let Ok(ask) = serde_json::from_slice::<Ask>(payload) else {
-        return node.rejected(Kind::Sync, subject, "not a sync request");
     };
     let Some(reply) = request.reply else { return };
     let to = Reply {

@@ -109,6 +109,30 @@ cluster:
             .await
     }
 
+    /// Replicas `names`, started one after the other, and their HTTP addresses.
+    pub async fn replicas(
+        &self,
+        names: &[&str],
+        sync: &str,
+        fleet_extra: &str,
+    ) -> (Vec<RunningServer>, Vec<SocketAddr>) {
+        let mut replicas = Vec::new();
+        for name in names {
+            replicas.push(self.replica(name, sync, fleet_extra).await);
+        }
+        let addrs = replicas.iter().map(RunningServer::http_addr).collect();
+        (replicas, addrs)
+    }
+
+    /// The grants bucket, through a NATS client of the test's own.
+    pub async fn grants_bucket(&self) -> async_nats::jetstream::kv::Store {
+        let client = async_nats::connect(self.nats.url()).await.unwrap();
+        async_nats::jetstream::new(client)
+            .get_key_value("fleet-authz-grants")
+            .await
+            .unwrap()
+    }
+
     /// A replica that reaches NATS at `nats_url`.
     pub async fn replica_at(
         &self,
