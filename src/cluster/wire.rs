@@ -116,16 +116,6 @@ pub fn encode(hosts: &[Arc<HostPosture>], synced_at: SystemTime) -> Vec<u8> {
     }
 }
 
-/// What `snapshot::decode(bytes)` gives, a batch of hosts at a time.
-pub fn decode(bytes: &[u8]) -> Result<LoadedSnapshot, String> {
-    let mut hosts = Vec::new();
-    let synced_at = decode_batches(bytes, |total, batch| {
-        hosts.reserve_exact(total.saturating_sub(hosts.len()));
-        hosts.extend(batch);
-    })?;
-    Ok(LoadedSnapshot { hosts, synced_at })
-}
-
 /// Decodes `bytes` a batch at a time, handing each batch to `each` with
 /// the number of hosts in all; the sync time once every batch decoded.
 /// A batch handed over may be followed by an error: keep nothing until
@@ -218,7 +208,6 @@ mod tests {
             let whole = snapshot::encode(hosts.iter().map(|h| &**h), at);
             assert_eq!(encode(&hosts, at), whole, "{n} hosts");
             let expected = snapshot::decode(&whole).unwrap();
-            assert_eq!(decode(&whole).unwrap(), expected, "{n} hosts");
             assert_eq!(decode_compact(&whole).unwrap(), expected, "{n} hosts");
         }
         let mut cut = snapshot::encode(
@@ -230,7 +219,6 @@ mod tests {
             at,
         );
         cut.truncate(cut.len() - 3);
-        assert!(decode(&cut).is_err());
         assert!(decode_compact(&cut).is_err());
     }
 }
