@@ -117,7 +117,7 @@ enum Change {
     Held,
 }
 
-pub(super) fn key(id: u64) -> String {
+fn key(id: u64) -> String {
     format!("grant.{id}")
 }
 
