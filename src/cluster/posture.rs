@@ -17,9 +17,7 @@
 //! Fleet sync does (`fleet::spawn_low_priority`): decoding and swapping in
 //! 100,000 hosts is the same work as the sync's publish, and the Checks keep
 //! the CPUs meanwhile. Postures are encoded and decoded a batch of hosts at
-//! a time, each batch copied and dropped as it comes (`wire.rs`), and the
-//! fetched bytes are dropped (written out as the snapshot file first) before
-//! the swap, the moment the old and the new posture are both held; so a
+//! a time, each batch copied and dropped as it comes (`wire.rs`), so a
 //! follower's memory stays near a standalone instance's.
 
 use std::{sync::Arc, time::Duration};
@@ -238,17 +236,6 @@ fn apply(node: &Node, bytes: Vec<u8>, nuid: String) {
         );
         return;
     }
-    if head.version <= lock(&node.held).version {
-        return;
-    }
-    // The bytes are a snapshot file already: no second encoding. Written
-    // now, so they are gone before the swap, when old and new are both held.
-    if let Some(path) = &node.snapshot
-        && let Err(error) = crate::atomic_file::write_atomically(path, snapshot_bytes)
-    {
-        tracing::error!(path = %path.display(), error = %error.source, "snapshot not written");
-    }
-    drop(bytes);
     let count = loaded.hosts.len();
     let mut held = lock(&node.held);
     if head.version <= held.version {
@@ -259,4 +246,11 @@ fn apply(node: &Node, bytes: Vec<u8>, nuid: String) {
     held.applied_generation = node.store.generation();
     drop(held);
     tracing::info!(version = head.version, hosts = count, publisher = %head.publisher, "posture applied from the cluster");
+    // The bytes are a snapshot file already: no second encoding. Written
+    // after the swap: an fsync on a busy disk must not hold back the swap.
+    if let Some(path) = &node.snapshot
+        && let Err(error) = crate::atomic_file::write_atomically(path, snapshot_bytes)
+    {
+        tracing::error!(path = %path.display(), error = %error.source, "snapshot not written");
+    }
 }

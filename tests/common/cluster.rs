@@ -92,7 +92,7 @@ fleet:
   {fleet_extra}
 snapshot: {{path: {d}/snapshot-{name}.pb}}
 policy_file: {d}/policy.yaml
-admin: {{token_file: {d}/admin-token, grants_file: {d}/grants-{name}.json}}
+admin: {{token_file: {d}/admin-token{grants}}}
 telemetry: {{log_format: json}}
 cluster:
   nats_url: {nats_url}
@@ -100,7 +100,20 @@ cluster:
   lease_ttl: 2s
 ",
             url = self.fake.url(),
+            grants = self.grants_file(name),
         )
+    }
+
+    /// `, grants_file: …` when the test wrote `grants-<name>.json` for
+    /// replica `name`; no file otherwise (every change to one is fsynced,
+    /// on the runtime the replicas share with the test).
+    fn grants_file(&self, name: &str) -> String {
+        let path = self.dir.path().join(format!("grants-{name}.json"));
+        if path.exists() {
+            format!(", grants_file: {}", path.display())
+        } else {
+            String::new()
+        }
     }
 
     /// A replica started through the library.
