@@ -24,7 +24,8 @@
 //! bodies from memory after building them once (a remote Fleet's CPU is not
 //! on this machine). Run: `cargo bench --bench cluster`
 //! (`CLUSTER_BENCH_HOSTS=N` for the 100k part, `CLUSTER_BENCH_CYCLES=N`,
-//! `CLUSTER_BENCH_SKIP_LOAD=1` for parts 2 and 3 alone).
+//! `CLUSTER_BENCH_SKIP_LOAD=1` for parts 2 and 3 alone, `CLUSTER_BENCH_BIN`
+//! for a copy of the release binary that a build elsewhere cannot replace).
 //! Results: docs/bench-log/2026-11-30-cluster.md.
 
 #![allow(
@@ -56,6 +57,14 @@ const TOKEN: &str = "fake-fleet-token";
 const LOAD_HOSTS: u64 = 10_000;
 const LOAD_INTERVAL: Duration = Duration::from_secs(5);
 const CYCLES: usize = 4;
+
+/// The `fleet-authz` binary every replica runs.
+fn binary() -> PathBuf {
+    std::env::var_os("CLUSTER_BENCH_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_fleet-authz")),
+        PathBuf::from,
+    )
+}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -198,7 +207,7 @@ telemetry: {{log_format: json}}
         std::fs::write(&config, yaml).unwrap();
         let log = self.dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_fleet-authz"))
+        let child = Command::new(binary())
             .args(["serve", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")

@@ -236,4 +236,39 @@ pub trait SyncTrigger: Send + Sync {
     fn sync_accepting_drop(&self) -> BoxFuture<'_, Result<usize, String>> {
         self.sync_now()
     }
+
+    /// What `POST /v1/sync` and `Admin.Sync` run: `sync_now`, or
+    /// `sync_accepting_drop` when `accept_drop`, with who synced and whether
+    /// a failure was the sync's or the lack of anyone to run it. Cluster
+    /// mode overrides it to have the leader sync.
+    fn sync_forced(&self, accept_drop: bool) -> BoxFuture<'_, Result<Synced, SyncFailure>> {
+        Box::pin(async move {
+            let synced = if accept_drop {
+                self.sync_accepting_drop().await
+            } else {
+                self.sync_now().await
+            };
+            synced
+                .map(|hosts| Synced { hosts, by: None })
+                .map_err(SyncFailure::Failed)
+        })
+    }
+}
+
+/// A forced sync that ran to its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Synced {
+    /// Hosts held by the replica that synced, afterwards.
+    pub hosts: usize,
+    /// The replica that synced, when it is not this one (cluster mode).
+    pub by: Option<String>,
+}
+
+/// Why a forced sync did not happen or did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncFailure {
+    /// The sync ran and failed (Fleet unreachable, shrink guard, ...).
+    Failed(String),
+    /// Nobody could run it: no leader answered (cluster mode).
+    Unavailable(String),
 }

@@ -48,11 +48,7 @@ async fn verdict(fx: &Fixture, grpc: std::net::SocketAddr) -> String {
 async fn three_replicas_cost_fleet_one_sync_per_interval_and_decide_alike() {
     let _serial = SERIAL.lock().await;
     let fx = Fixture::new().await;
-    let mut replicas = Vec::new();
-    for name in ["a", "b", "c"] {
-        replicas.push(fx.replica(name, "1s", "").await);
-    }
-    let addrs: Vec<_> = replicas.iter().map(|r| r.http_addr()).collect();
+    let (replicas, addrs) = fx.replicas(&["a", "b", "c"], "1s", "").await;
     let leader = settled(&addrs).await;
 
     // One sync per interval for the whole cluster: `teams` is asked once a cycle.
@@ -101,11 +97,7 @@ async fn three_replicas_cost_fleet_one_sync_per_interval_and_decide_alike() {
 async fn a_grant_through_one_replica_holds_on_the_others_within_a_second_and_is_audited() {
     let _serial = SERIAL.lock().await;
     let fx = Fixture::new().await;
-    let mut replicas = Vec::new();
-    for name in ["a", "b", "c"] {
-        replicas.push(fx.replica(name, "1h", "").await);
-    }
-    let addrs: Vec<_> = replicas.iter().map(|r| r.http_addr()).collect();
+    let (replicas, addrs) = fx.replicas(&["a", "b", "c"], "1h", "").await;
     settled(&addrs).await;
     let body = json!({"host_id": HOST, "reason": "incident 42", "duration": "1h"});
     let (status, given) = http(
@@ -137,15 +129,7 @@ async fn a_grant_through_one_replica_holds_on_the_others_within_a_second_and_is_
     assert_eq!(listed["grants"][0]["reason"], "incident 42");
 
     // Revoked through B: gone on A and C within a second.
-    let (status, _) = http(
-        reqwest::Method::DELETE,
-        addrs[1],
-        &format!("/v1/break-glass/{id}"),
-        Some(TOKEN),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
+    revoke(addrs[1], id).await;
     let revoked = Instant::now();
     for r in [&replicas[0], &replicas[2]] {
         wait_for(
@@ -190,15 +174,194 @@ async fn a_grant_through_one_replica_holds_on_the_others_within_a_second_and_is_
     }
 }
 
+/// A break-glass grant through the replica at `addr`; its id.
+async fn grant(addr: std::net::SocketAddr, host: u64, duration: &str) -> u64 {
+    let body = json!({"host_id": host, "reason": "incident", "duration": duration});
+    let (status, given) = http(
+        reqwest::Method::POST,
+        addr,
+        "/v1/break-glass",
+        Some(TOKEN),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201, "{given}");
+    common::ops::json(&given)["id"].as_u64().unwrap()
+}
+
+/// `POST /v1/sync` to the replica at `addr`.
+async fn post_sync(addr: std::net::SocketAddr) -> (u16, String) {
+    http(reqwest::Method::POST, addr, "/v1/sync", Some(TOKEN), None).await
+}
+
+/// Revokes grant `id` through the replica at `addr`.
+async fn revoke(addr: std::net::SocketAddr, id: u64) {
+    let path = format!("/v1/break-glass/{id}");
+    let (status, body) = http(reqwest::Method::DELETE, addr, &path, Some(TOKEN), None).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The keys of the grants bucket, read with a client of our own, sorted.
+async fn grant_keys(kv: &jetstream::kv::Store) -> Vec<String> {
+    use tokio_stream::StreamExt;
+    let mut listed = kv.keys().await.unwrap();
+    let mut keys = Vec::new();
+    while let Some(key) = listed.next().await {
+        keys.push(key.unwrap());
+    }
+    keys.sort();
+    keys
+}
+
+/// The ids of the grants `/v1/break-glass` lists on `addr`.
+async fn listed_grants(addr: std::net::SocketAddr) -> Vec<u64> {
+    let listed = admin_json(addr, "/v1/break-glass").await;
+    let grants = listed["grants"].as_array().unwrap();
+    grants.iter().map(|g| g["id"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_revoked_grants_leave_the_bucket_only_after_expiry_and_every_replica_denies() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new().await;
+    let (replicas, addrs) = fx.replicas(&["a", "b", "c"], "1s", "").await;
+    settled(&addrs).await;
+    let kv = fx.grants_bucket().await;
+
+    let short = grant(addrs[0], HOST, "1s").await;
+    let revoked = grant(addrs[1], HOST, "6s").await;
+    let long = grant(addrs[2], 2, "1h").await;
+    revoke(addrs[2], revoked).await;
+    let revocation = wait_for(Duration::from_secs(2), "the revocation in KV", || async {
+        let value = kv.get(format!("grant.{revoked}")).await.ok()??;
+        let text = String::from_utf8_lossy(&value).into_owned();
+        text.contains("revoked_at_unix_ms").then_some(text)
+    })
+    .await;
+    assert!(revocation.starts_with("FA1 "), "sealed: {revocation}");
+
+    // The 1 s grant goes after its expiry and lease_ttl; the revocation
+    // stays while its grant (6 s) could still hold on a replica that missed it.
+    wait_for(TTL * 5, "the expired grant pruned", || async {
+        (!grant_keys(&kv).await.contains(&format!("grant.{short}"))).then_some(())
+    })
+    .await;
+    assert!(
+        kv.get(format!("grant.{revoked}")).await.unwrap().is_some(),
+        "a revocation was pruned before its grant expired"
+    );
+    wait_for(TTL * 6, "the revocation pruned after expiry", || async {
+        (grant_keys(&kv).await == [format!("grant.{long}")]).then_some(())
+    })
+    .await;
+    for id in [short, revoked] {
+        let key = format!("grant.{id}");
+        assert!(kv.get(&key).await.unwrap().is_none());
+        assert!(
+            kv.entry(&key).await.unwrap().is_none(),
+            "{key}: a purge marker was left"
+        );
+    }
+    for (i, r) in replicas.iter().enumerate() {
+        assert_eq!(
+            verdict(&fx, r.grpc_addr()).await,
+            "failing_any_policy",
+            "replica {i}"
+        );
+        assert_eq!(listed_grants(r.http_addr()).await, [long], "replica {i}");
+    }
+    for r in replicas {
+        r.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_held_before_cluster_mode_are_shared_signed_and_a_missed_revocation_stays() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new().await;
+    let now = fleet_authz::duration::unix_ms(std::time::SystemTime::now());
+    let file = json!({"version": 1, "next_id": 8, "grants": [
+        {"id": 7, "host_id": HOST, "reason": "from before", "granted_by": "admin",
+         "granted_at_unix_ms": now - 60_000, "expires_at_unix_ms": now + 3_600_000},
+        {"id": 6, "host_id": 2, "reason": "long over", "granted_by": "admin",
+         "granted_at_unix_ms": now - 60_000, "expires_at_unix_ms": now - 1_000},
+    ]});
+    let grants_a = fx.dir.path().join("grants-a.json");
+    std::fs::write(&grants_a, file.to_string()).unwrap();
+    let a = fx.replica("a", "1h", "").await;
+    let b = fx.replica("b", "1h", "").await;
+    let c = fx.replica("c", "1h", "").await;
+    settled(&[a.http_addr(), b.http_addr(), c.http_addr()]).await;
+    for r in [&b, &c] {
+        wait_for(TTL * 3, "the held grant on every replica", || async {
+            (verdict(&fx, r.grpc_addr()).await == "allow").then_some(())
+        })
+        .await;
+    }
+    let kv = fx.grants_bucket().await;
+    let sealed = kv.get("grant.7").await.unwrap().unwrap();
+    let signer = Signer::from_file(&fx.dir.path().join("cluster-key")).unwrap();
+    let payload = signer.open(Kind::Grant, "grant.7", &sealed).unwrap();
+    assert!(
+        String::from_utf8_lossy(payload).contains("from before"),
+        "{payload:?}"
+    );
+    assert_eq!(
+        grant_keys(&kv).await,
+        ["grant.7"],
+        "the expired one stays out"
+    );
+    let audit = wait_for(
+        Duration::from_secs(2),
+        "the shared grant audited",
+        || async {
+            let page = admin_json(b.http_addr(), "/v1/audit").await;
+            (page["entries"].as_array()?.len() == 1).then_some(page)
+        },
+    )
+    .await;
+    assert_eq!(audit["entries"][0]["action"], "grant", "{audit}");
+    assert_eq!(audit["entries"][0]["grant_id"], 7);
+
+    // A is down while the grant is revoked, then starts on its old file.
+    a.shutdown().await;
+    revoke(b.http_addr(), 7).await;
+    let old_file = common::ops::json(&std::fs::read_to_string(&grants_a).unwrap());
+    assert_eq!(old_file["grants"][0]["id"], 7, "A missed it: {old_file}");
+    let a = fx.replica("a", "1h", "").await;
+    wait_for(
+        TTL * 3,
+        "the revocation on the restarted replica",
+        || async { (verdict(&fx, a.grpc_addr()).await == "failing_any_policy").then_some(()) },
+    )
+    .await;
+    let entry = kv.get("grant.7").await.unwrap().unwrap();
+    assert!(
+        String::from_utf8_lossy(&entry).contains("revoked_at_unix_ms"),
+        "the revocation was overwritten"
+    );
+    for r in [&a, &b, &c] {
+        assert_eq!(verdict(&fx, r.grpc_addr()).await, "failing_any_policy");
+        assert!(listed_grants(r.http_addr()).await.is_empty());
+    }
+    let audit = admin_json(c.http_addr(), "/v1/audit").await;
+    let actions: Vec<_> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(actions, ["revoke", "grant"], "shared once: {audit}");
+    for r in [a, b, c] {
+        r.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_entries_written_straight_to_nats_are_rejected_and_counted() {
     let _serial = SERIAL.lock().await;
     let fx = Fixture::new().await;
-    let mut replicas = Vec::new();
-    for name in ["a", "b"] {
-        replicas.push(fx.replica(name, "1h", "").await);
-    }
-    let addrs: Vec<_> = replicas.iter().map(|r| r.http_addr()).collect();
+    let (replicas, addrs) = fx.replicas(&["a", "b"], "1h", "").await;
     let leader = settled(&addrs).await;
     let version = cluster_state(addrs[0]).await.unwrap()["posture_version"].clone();
 
@@ -299,11 +462,7 @@ async fn a_recheck_through_followers_reaches_fleet_once_and_every_replica_applie
     let _serial = SERIAL.lock().await;
     let fx = Fixture::new().await;
     let recheck = "recheck: {enabled: true, min_age: 0s, budget: 3s}";
-    let mut replicas = Vec::new();
-    for name in ["a", "b", "c"] {
-        replicas.push(fx.replica(name, "1h", recheck).await);
-    }
-    let addrs: Vec<_> = replicas.iter().map(|r| r.http_addr()).collect();
+    let (replicas, addrs) = fx.replicas(&["a", "b", "c"], "1h", recheck).await;
     let leader = settled(&addrs).await;
     let followers: Vec<_> = (0..3).filter(|i| *i != leader).collect();
     // The person remediates; Fleet knows, the replicas do not yet.
@@ -353,6 +512,72 @@ async fn a_recheck_through_followers_reaches_fleet_once_and_every_replica_applie
         assert_eq!(verdict(&fx, r.grpc_addr()).await, "allow", "replica {i}");
     }
     assert_eq!(fx.fake.count("host"), 1);
+    for r in replicas {
+        r.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_asked_of_a_follower_is_run_once_by_the_leader_and_reaches_every_replica() {
+    let _serial = SERIAL.lock().await;
+    let mut fx = Fixture::new().await;
+    let (replicas, addrs) = fx.replicas(&["a", "b", "c"], "1h", "").await;
+    let leader = settled(&addrs).await;
+    let follower = (leader + 1) % 3;
+    let leader_id = cluster_state(addrs[leader]).await.unwrap()["leader"].clone();
+    let version = cluster_state(addrs[follower]).await.unwrap()["posture_version"]
+        .as_u64()
+        .unwrap();
+    // The person remediates; only a sync brings it before the hour is up.
+    fx.fake.update_host(HOST, |h| {
+        h.responses.insert(1, "pass".into());
+    });
+    fx.fake.reset_counts();
+
+    let (status, body) = post_sync(addrs[follower]).await;
+    assert_eq!(status, 200, "{body}");
+    let answer = common::ops::json(&body);
+    assert_eq!(answer["ok"], true, "{body}");
+    assert_eq!(answer["hosts"], 10, "{body}");
+    assert_eq!(answer["leader"], leader_id, "{body}");
+    assert_eq!(fx.fake.count("teams"), 1, "Fleet saw one sync");
+    for (i, addr) in addrs.iter().enumerate() {
+        let requests = metric_sum(*addr, "fleet_authz_fleet_requests_total").await;
+        assert_eq!(
+            requests > 0.0,
+            i == leader,
+            "replica {i}: {requests} Fleet requests"
+        );
+    }
+    // Published: every replica takes the new posture and decides on it.
+    for (i, r) in replicas.iter().enumerate() {
+        wait_for(Duration::from_secs(2), "the synced posture", || async {
+            let s = cluster_state(r.http_addr()).await?;
+            (s["posture_version"].as_u64()? > version).then_some(())
+        })
+        .await;
+        assert_eq!(verdict(&fx, r.grpc_addr()).await, "allow", "replica {i}");
+    }
+    assert_eq!(fx.fake.count("teams"), 1, "one sync, not one per replica");
+
+    // NATS lost: nobody answers the follower within lease_ttl; 503, why.
+    fx.nats.stop();
+    let asked = Instant::now();
+    let (status, body) = post_sync(addrs[follower]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        common::ops::json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("no answer from the leader"),
+        "{body}"
+    );
+    assert!(
+        asked.elapsed() >= TTL,
+        "gave up before lease_ttl: {:?}",
+        asked.elapsed()
+    );
+    assert!(asked.elapsed() < TTL * 3, "{:?}", asked.elapsed());
     for r in replicas {
         r.shutdown().await;
     }

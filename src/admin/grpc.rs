@@ -1,12 +1,14 @@
 //! The admin API as the gRPC service `fleet_authz.v1.Admin`. Same answers as
 //! the HTTP side; bad input is `INVALID_ARGUMENT`, an unknown host or
 //! fingerprint `NOT_FOUND`, a missing token `UNAUTHENTICATED`, and `Sync`
-//! without a syncable source `UNIMPLEMENTED`.
+//! without a syncable source `UNIMPLEMENTED` (with no cluster leader to run
+//! it, `UNAVAILABLE`).
 
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 
 use super::{AdminState, AdminToken, ExplainQuery, NO_SYNC_SOURCE, host_json};
 use crate::{
+    decision::SyncFailure,
     fingerprint::Fingerprint,
     posture::HostId,
     proto::v1::{
@@ -119,17 +121,19 @@ impl Admin for AdminService {
             .sync
             .as_ref()
             .ok_or_else(|| Status::unimplemented(NO_SYNC_SOURCE))?;
-        let response = match trigger.sync_now().await {
-            Ok(hosts) => SyncResponse {
+        let response = match trigger.sync_forced(false).await {
+            Ok(synced) => SyncResponse {
                 ok: true,
                 error: String::new(),
-                hosts: hosts as u64,
+                hosts: synced.hosts as u64,
             },
-            Err(error) => SyncResponse {
+            Err(SyncFailure::Failed(error)) => SyncResponse {
                 ok: false,
                 error,
                 hosts: self.state.authorizer.store.host_count() as u64,
             },
+            // Nobody to run it: the service cannot do what was asked now.
+            Err(SyncFailure::Unavailable(error)) => return Err(Status::unavailable(error)),
         };
         Ok(Response::new(response))
     }

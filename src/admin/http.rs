@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use super::{AdminState, ExplainQuery, GrantRequest, GrantSubject, NO_SYNC_SOURCE, grant_json};
 use crate::{
+    decision::{SyncFailure, Synced},
     duration::{format_duration, parse_duration},
     fingerprint::Fingerprint,
     posture::HostId,
@@ -153,15 +154,19 @@ async fn sync(State(state): State<AdminState>, body: axum::body::Bytes) -> Respo
     let Some(trigger) = &state.sync else {
         return error(StatusCode::NOT_IMPLEMENTED, NO_SYNC_SOURCE);
     };
-    let synced = if request.accept_drop {
-        trigger.sync_accepting_drop().await
-    } else {
-        trigger.sync_now().await
-    };
-    match synced {
-        Ok(hosts) => Json(json!({"ok": true, "hosts": hosts})).into_response(),
-        Err(e) => (
+    match trigger.sync_forced(request.accept_drop).await {
+        Ok(Synced { hosts, by: None }) => Json(json!({"ok": true, "hosts": hosts})).into_response(),
+        Ok(Synced {
+            hosts,
+            by: Some(leader),
+        }) => Json(json!({"ok": true, "hosts": hosts, "leader": leader})).into_response(),
+        Err(SyncFailure::Failed(e)) => (
             StatusCode::BAD_GATEWAY,
+            Json(json!({"ok": false, "error": e})),
+        )
+            .into_response(),
+        Err(SyncFailure::Unavailable(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"ok": false, "error": e})),
         )
             .into_response(),

@@ -7,7 +7,14 @@
 //! returns. A watcher applies what any replica wrote through
 //! `GrantStore::apply_remote`, within milliseconds of the write.
 //!
-//! Deletes and purges carry no signature and are ignored. Ids come from the
+//! Grants a replica holds when cluster mode starts (its `grants_file`, from
+//! before cluster mode or from a run the others moved on from) are offered
+//! to the bucket with a create, which never overwrites: one already there,
+//! revoked or not, stays as it is, so a replica that missed a revocation
+//! cannot bring the grant back; the watcher then revokes it here too.
+//!
+//! Deletes and purges carry no signature and are ignored: an entry goes
+//! only once it can no longer matter ([`super::prune`]). Ids come from the
 //! clock (milliseconds × 1000 plus three random digits, at least the store's
 //! next id), so replicas never need to agree on a counter.
 
@@ -17,7 +24,7 @@ use std::{
     time::SystemTime,
 };
 
-use async_nats::jetstream::kv::Operation;
+use async_nats::jetstream::kv::{CreateErrorKind, Operation};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio_stream::StreamExt;
@@ -33,7 +40,7 @@ use crate::{
 /// What is waiting for NATS, and what was revoked.
 #[derive(Default)]
 pub(super) struct Replication {
-    queue: Mutex<VecDeque<(Grant, Option<SystemTime>)>>,
+    queue: Mutex<VecDeque<(Grant, Change)>>,
     wake: Notify,
     /// Revoked ids until their grant would have expired: a replayed grant
     /// entry for one of them is not applied again.
@@ -81,7 +88,7 @@ impl Entry {
         }
     }
 
-    fn to_grant(&self) -> Option<Grant> {
+    pub(super) fn to_grant(&self) -> Option<Grant> {
         let subject = match (self.host_id, self.sha1) {
             (Some(id), None) => GrantSubject::Host(HostId(id)),
             (None, Some(fp)) => GrantSubject::Certificate(fp),
@@ -99,8 +106,35 @@ impl Entry {
     }
 }
 
+/// What happened to a grant queued for NATS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Given through this replica.
+    Granted,
+    /// Revoked through this replica, at that time.
+    Revoked(SystemTime),
+    /// Held when cluster mode started: shared unless the bucket has it.
+    Held,
+}
+
 fn key(id: u64) -> String {
     format!("grant.{id}")
+}
+
+/// Offers every grant in force in `store` to the bucket (see the module
+/// doc); queued, so they go once NATS answers.
+pub(super) fn share_held(node: &Node, store: &GrantStore) {
+    let held = store.active(SystemTime::now());
+    if !held.is_empty() {
+        tracing::info!(
+            grants = held.len(),
+            "grants held at start offered to the cluster"
+        );
+    }
+    let mut queue = lock(&node.grants.queue);
+    queue.extend(held.into_iter().map(|g| (g, Change::Held)));
+    drop(queue);
+    node.grants.wake.notify_one();
 }
 
 /// The grant store's hook.
@@ -113,18 +147,18 @@ impl GrantReplica for Hook {
     }
 
     fn granted(&self, grant: &Grant) {
-        self.queue(grant, None);
+        self.queue(grant, Change::Granted);
     }
 
     fn revoked(&self, grant: &Grant, at: SystemTime) {
         lock(&self.0.grants.revoked).insert(grant.id, grant.expires_at);
-        self.queue(grant, Some(at));
+        self.queue(grant, Change::Revoked(at));
     }
 }
 
 impl Hook {
-    fn queue(&self, grant: &Grant, revoked_at: Option<SystemTime>) {
-        lock(&self.0.grants.queue).push_back((grant.clone(), revoked_at));
+    fn queue(&self, grant: &Grant, change: Change) {
+        lock(&self.0.grants.queue).push_back((grant.clone(), change));
         self.0.grants.wake.notify_one();
     }
 }
@@ -134,14 +168,14 @@ pub(super) async fn write_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>)
     let retry = node.config.lease_ttl / 6;
     loop {
         let next = lock(&node.grants.queue).front().cloned();
-        let Some((grant, revoked_at)) = next else {
+        let Some((grant, change)) = next else {
             tokio::select! {
                 () = stopped(&mut stop) => return,
                 () = node.grants.wake.notified() => continue,
             }
         };
         let written = match node.nats() {
-            Some(nats) => write(&node, &nats, &grant, revoked_at).await,
+            Some(nats) => write(&node, &nats, &grant, change).await,
             None => Err(anyhow::anyhow!("not connected to NATS")),
         };
         match written {
@@ -163,14 +197,29 @@ async fn write(
     node: &Node,
     nats: &super::Nats,
     grant: &Grant,
-    revoked_at: Option<SystemTime>,
+    change: Change,
 ) -> anyhow::Result<()> {
+    let revoked_at = match change {
+        Change::Revoked(at) => Some(at),
+        Change::Granted | Change::Held => None,
+    };
     let entry = Entry::new(grant, revoked_at, &node.id);
     let key = key(grant.id);
     let sealed = node
         .signer
         .seal(Kind::Grant, &key, &serde_json::to_vec(&entry)?);
-    tokio::time::timeout(node.config.lease_ttl, nats.grants.put(&key, sealed.into())).await??;
+    let ttl = node.config.lease_ttl;
+    if change == Change::Held {
+        let created = tokio::time::timeout(ttl, nats.grants.create(&key, sealed.into())).await?;
+        match created {
+            Ok(_) => tracing::info!(grant_id = grant.id, "grant held at start shared"),
+            // The cluster has it (perhaps revoked): the watcher says what holds.
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        tokio::time::timeout(ttl, nats.grants.put(&key, sealed.into())).await??;
+    }
     // DESIGN §8: grant, revoke, or bypass (a self-service grant, §9).
     let action = match (revoked_at, &grant.bypass_route) {
         (Some(_), _) => "revoke",

@@ -19,7 +19,7 @@ use serde_json::json;
 use super::{Node, Role, audit};
 use crate::{
     admin::AdminState,
-    decision::{BoxFuture, SyncTrigger},
+    decision::{BoxFuture, SyncFailure, SyncTrigger, Synced},
 };
 
 pub use super::recheck::ClusterRefresh;
@@ -92,11 +92,26 @@ async fn list_audit(
 }
 
 /// `POST /v1/sync` in cluster mode: the leader (or a replica alone) syncs;
-/// a follower answers which replica does.
+/// a follower has the leader sync and answers for it.
 pub struct ClusterSync(pub Arc<Node>);
 
 impl SyncTrigger for ClusterSync {
     fn sync_now(&self) -> BoxFuture<'_, Result<usize, String>> {
-        Box::pin(super::term::sync_now(&self.0))
+        Box::pin(async move { settled(super::sync::forced(&self.0, false).await) })
+    }
+
+    fn sync_accepting_drop(&self) -> BoxFuture<'_, Result<usize, String>> {
+        Box::pin(async move { settled(super::sync::forced(&self.0, true).await) })
+    }
+
+    fn sync_forced(&self, accept_drop: bool) -> BoxFuture<'_, Result<Synced, SyncFailure>> {
+        Box::pin(super::sync::forced(&self.0, accept_drop))
+    }
+}
+
+fn settled(synced: Result<Synced, SyncFailure>) -> Result<usize, String> {
+    match synced {
+        Ok(synced) => Ok(synced.hosts),
+        Err(SyncFailure::Failed(e) | SyncFailure::Unavailable(e)) => Err(e),
     }
 }

@@ -24,9 +24,11 @@ pub mod http;
 mod lease;
 mod nats;
 mod posture;
+mod prune;
 mod recheck;
 mod run;
 pub mod sign;
+mod sync;
 mod term;
 mod wire;
 
@@ -42,7 +44,7 @@ use tokio::sync::watch;
 
 pub use self::config::ClusterConfig;
 pub use self::run::spawn;
-use self::run::{ready, stopped};
+use self::run::{answer_while_leading, ready, stopped};
 use self::{
     nats::{Names, Nats},
     sign::{Kind, Rejection, Signer},
@@ -292,6 +294,22 @@ impl Node {
             })
             .inc();
         tracing::warn!(kind = kind.as_str(), name, %why, "cluster value rejected");
+    }
+
+    /// Opens and parses a sealed JSON request on `subject`, counting and
+    /// logging one that fails either.
+    fn open_request<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: Kind,
+        subject: &str,
+        sealed: &[u8],
+    ) -> Option<T> {
+        let payload = self.open(kind, subject, sealed)?;
+        let parsed = serde_json::from_slice(payload).ok();
+        if parsed.is_none() {
+            self.rejected(kind, subject, "not a request");
+        }
+        parsed
     }
 
     /// Opens a sealed value, counting and logging a rejection.

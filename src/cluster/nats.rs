@@ -40,6 +40,8 @@ pub struct Names {
     pub recheck_subject: String,
     /// Where the leader sends every fresh host, for every replica to apply.
     pub fresh_subject: String,
+    /// Request/reply to the leader for `POST /v1/sync`, `<name>.sync`.
+    pub sync_subject: String,
 }
 
 impl Names {
@@ -53,6 +55,7 @@ impl Names {
             audit_subject: format!("{name}.audit"),
             recheck_subject: format!("{name}.recheck"),
             fresh_subject: format!("{name}.recheck.fresh"),
+            sync_subject: format!("{name}.sync"),
         }
     }
 }

@@ -17,8 +17,8 @@
 //! Fleet sync does (`fleet::spawn_low_priority`): decoding and swapping in
 //! 100,000 hosts is the same work as the sync's publish, and the Checks keep
 //! the CPUs meanwhile. Postures are encoded and decoded a batch of hosts at
-//! a time (`wire.rs`), which keeps a follower's memory near a standalone
-//! instance's.
+//! a time, each batch copied and dropped as it comes (`wire.rs`), so a
+//! follower's memory stays near a standalone instance's.
 
 use std::{sync::Arc, time::Duration};
 
@@ -34,7 +34,7 @@ use super::{
     sign::Kind,
     stopped,
 };
-use crate::{duration::unix_ms, posture::HostPosture};
+use crate::duration::unix_ms;
 
 /// The line before the snapshot bytes.
 #[derive(Debug, Serialize, Deserialize)]
@@ -175,18 +175,6 @@ pub(super) async fn follow_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>
     }
 }
 
-/// The hosts copied on a thread of their own. Decoding leaves each host's
-/// strings and lists among the freed pieces of its protobuf, so the
-/// allocator can hand back few pages; copied where nothing else was
-/// allocated they sit together, and the decoded copies' pages free whole.
-fn compact(hosts: Vec<HostPosture>) -> Vec<HostPosture> {
-    let copied = std::thread::scope(|s| {
-        s.spawn(|| hosts.iter().map(HostPosture::clone).collect::<Vec<_>>())
-            .join()
-    });
-    copied.unwrap_or(hosts)
-}
-
 /// False for the object already fetched or put, or one whose version hint
 /// (the object's metadata, unsigned) is not above the posture held. The
 /// hint only ever saves a download: what is applied is checked in full.
@@ -235,7 +223,7 @@ fn apply(node: &Node, bytes: Vec<u8>, nuid: String) {
         }
     }
     let snapshot_bytes = &payload[split + 1..];
-    let loaded = match super::wire::decode(snapshot_bytes) {
+    let loaded = match super::wire::decode_compact(snapshot_bytes) {
         Ok(loaded) => loaded,
         Err(error) => return node.rejected(Kind::Snapshot, POSTURE_OBJECT, error),
     };
@@ -248,18 +236,18 @@ fn apply(node: &Node, bytes: Vec<u8>, nuid: String) {
         );
         return;
     }
-    let hosts = compact(loaded.hosts);
-    let count = hosts.len();
+    let count = loaded.hosts.len();
     let mut held = lock(&node.held);
     if head.version <= held.version {
         return;
     }
-    node.store.replace_all(hosts, loaded.synced_at);
+    node.store.replace_all(loaded.hosts, loaded.synced_at);
     held.version = head.version;
     held.applied_generation = node.store.generation();
     drop(held);
     tracing::info!(version = head.version, hosts = count, publisher = %head.publisher, "posture applied from the cluster");
-    // The bytes are a snapshot file already: no second encoding.
+    // The bytes are a snapshot file already: no second encoding. Written
+    // after the swap: an fsync on a busy disk must not hold back the swap.
     if let Some(path) = &node.snapshot
         && let Err(error) = crate::atomic_file::write_atomically(path, snapshot_bytes)
     {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 use tokio_stream::StreamExt;
 
-use super::{Node, Role, ready, sign::Kind, stopped};
+use super::{Node, Role, answer_while_leading, ready, sign::Kind, stopped};
 use crate::{
     decision::{BoxFuture, Refresh},
     duration::{from_unix_ms, unix_ms},
@@ -220,48 +220,15 @@ fn apply_fresh(
 }
 
 /// While this replica leads, answers `<name>.recheck`.
-pub(super) async fn serve_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let Some(nats) = ready(&node, &mut stop).await else {
-        return;
-    };
-    let mut role = node.role.subscribe();
-    loop {
-        tokio::select! {
-            () = stopped(&mut stop) => return,
-            led = role.wait_for(|s| s.role == Role::Leader) => if led.is_err() { return },
-        }
-        let mut requests = match nats
-            .client
-            .subscribe(node.names.recheck_subject.clone())
-            .await
-        {
-            Ok(sub) => sub,
-            Err(error) => {
-                tracing::warn!(%error, "cannot answer rechecks");
-                tokio::time::sleep(node.config.lease_ttl / 3).await;
-                continue;
-            }
-        };
-        loop {
-            tokio::select! {
-                () = stopped(&mut stop) => return,
-                _ = role.wait_for(|s| s.role != Role::Leader) => break,
-                request = requests.next() => match request {
-                    Some(request) => answer(&node, &nats, request),
-                    None => break,
-                },
-            }
-        }
-    }
+pub(super) async fn serve_loop(node: Arc<Node>, stop: watch::Receiver<bool>) {
+    let subject = node.names.recheck_subject.clone();
+    answer_while_leading(node, stop, subject, answer).await;
 }
 
 fn answer(node: &Arc<Node>, nats: &super::Nats, request: async_nats::Message) {
     let subject = &node.names.recheck_subject;
-    let Some(payload) = node.open(Kind::Recheck, subject, &request.payload) else {
+    let Some(ask) = node.open_request::<Ask>(Kind::Recheck, subject, &request.payload) else {
         return;
-    };
-    let Ok(ask) = serde_json::from_slice::<Ask>(payload) else {
-        return node.rejected(Kind::Recheck, subject, "not a recheck request");
     };
     let Some(reply) = request.reply else { return };
     let name = format!("{subject}#{}", ask.nonce);

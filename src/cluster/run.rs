@@ -4,9 +4,10 @@
 use std::{sync::Arc, time::Duration};
 
 use tokio::{sync::watch, task::JoinSet};
+use tokio_stream::StreamExt;
 use tracing::Instrument;
 
-use super::{Nats, Node, grants, lease, nats, posture, recheck, term};
+use super::{Nats, Node, Role, grants, lease, nats, posture, prune, recheck, sync, term};
 use crate::admin::GrantStore;
 
 /// Resolves once `stop` turns true.
@@ -53,8 +54,13 @@ pub async fn spawn(
     task!("cluster_recheck", recheck::serve_loop(n, s));
     let (n, s) = (Arc::clone(node), stop.clone());
     task!("cluster_fresh", recheck::fresh_loop(n, s));
+    let (n, s) = (Arc::clone(node), stop.clone());
+    task!("cluster_sync", sync::serve_loop(n, s));
+    grants::share_held(node, grant_store);
     let (n, g, s) = (Arc::clone(node), Arc::clone(grant_store), stop.clone());
     task!("cluster_grants", grants::watch_loop(n, g, s));
+    let (n, s) = (Arc::clone(node), stop.clone());
+    task!("cluster_prune", prune::prune_loop(n, s));
     let (n, s) = (Arc::clone(node), stop.clone());
     task!("cluster_grant_writer", grants::write_loop(n, s));
     Ok(())
@@ -98,5 +104,43 @@ pub(super) async fn ready(node: &Node, stop: &mut watch::Receiver<bool>) -> Opti
     tokio::select! {
         ready = rx.wait_for(Option::is_some) => ready.ok().and_then(|n| n.clone()),
         () = stopped(stop) => None,
+    }
+}
+
+/// While this replica leads, hands each request on `subject` to `answer`
+/// (which must not block: it spawns what takes time).
+pub(super) async fn answer_while_leading(
+    node: Arc<Node>,
+    mut stop: watch::Receiver<bool>,
+    subject: String,
+    answer: fn(&Arc<Node>, &Nats, async_nats::Message),
+) {
+    let Some(nats) = ready(&node, &mut stop).await else {
+        return;
+    };
+    let mut role = node.role.subscribe();
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            led = role.wait_for(|s| s.role == Role::Leader) => if led.is_err() { return },
+        }
+        let mut requests = match nats.client.subscribe(subject.clone()).await {
+            Ok(sub) => sub,
+            Err(error) => {
+                tracing::warn!(%error, subject, "cannot answer requests to the leader");
+                tokio::time::sleep(node.config.lease_ttl / 3).await;
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                () = stopped(&mut stop) => return,
+                _ = role.wait_for(|s| s.role != Role::Leader) => break,
+                request = requests.next() => match request {
+                    Some(request) => answer(&node, &nats, request),
+                    None => break,
+                },
+            }
+        }
     }
 }

@@ -36,6 +36,8 @@ pub enum Kind {
     Audit,
     /// A recheck request or the leader's answer on `<name>.recheck`.
     Recheck,
+    /// A forced sync asked of the leader on `<name>.sync`, or its answer.
+    Sync,
 }
 
 impl Kind {
@@ -47,6 +49,7 @@ impl Kind {
             Self::Snapshot => "snapshot",
             Self::Audit => "audit",
             Self::Recheck => "recheck",
+            Self::Sync => "sync",
         }
     }
 }

@@ -66,17 +66,3 @@ pub(super) async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         tracing::info!(role = node.role().role.as_str(), "Fleet sync stopped");
     }
 }
-
-/// Runs one cycle of this term's poller now (`POST /v1/sync`); a follower
-/// names the leader instead, which alone syncs.
-pub(super) async fn sync_now(node: &Node) -> Result<usize, String> {
-    match node.term.load_full() {
-        Some(term) => term.sync_now().await.map(|report| report.hosts),
-        None => Err(match node.role().leader {
-            Some(leader) => format!(
-                "this replica follows {leader}, which alone syncs Fleet; ask it (or wait for its next cycle)"
-            ),
-            None => "no leader yet: the cluster's Fleet sync has not started".to_owned(),
-        }),
-    }
-}

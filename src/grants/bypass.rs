@@ -41,7 +41,7 @@ pub enum BypassRefusal {
 impl Grant {
     /// True while the grant must stay on file: in force, or a bypass given
     /// within the last day.
-    pub(super) fn is_kept(&self, now: SystemTime) -> bool {
+    pub fn is_kept(&self, now: SystemTime) -> bool {
         self.is_active(now) || (self.bypass_route.is_some() && self.granted_at + DAY > now)
     }
 

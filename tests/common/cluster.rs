@@ -92,7 +92,7 @@ fleet:
   {fleet_extra}
 snapshot: {{path: {d}/snapshot-{name}.pb}}
 policy_file: {d}/policy.yaml
-admin: {{token_file: {d}/admin-token}}
+admin: {{token_file: {d}/admin-token{grants}}}
 telemetry: {{log_format: json}}
 cluster:
   nats_url: {nats_url}
@@ -100,13 +100,50 @@ cluster:
   lease_ttl: 2s
 ",
             url = self.fake.url(),
+            grants = self.grants_file(name),
         )
+    }
+
+    /// `, grants_file: …` when the test wrote `grants-<name>.json` for
+    /// replica `name`; no file otherwise (every change to one is fsynced,
+    /// on the runtime the replicas share with the test).
+    fn grants_file(&self, name: &str) -> String {
+        let path = self.dir.path().join(format!("grants-{name}.json"));
+        if path.exists() {
+            format!(", grants_file: {}", path.display())
+        } else {
+            String::new()
+        }
     }
 
     /// A replica started through the library.
     pub async fn replica(&self, name: &str, sync: &str, fleet_extra: &str) -> RunningServer {
         self.replica_at(name, &self.nats.url(), sync, fleet_extra)
             .await
+    }
+
+    /// Replicas `names`, started one after the other, and their HTTP addresses.
+    pub async fn replicas(
+        &self,
+        names: &[&str],
+        sync: &str,
+        fleet_extra: &str,
+    ) -> (Vec<RunningServer>, Vec<SocketAddr>) {
+        let mut replicas = Vec::new();
+        for name in names {
+            replicas.push(self.replica(name, sync, fleet_extra).await);
+        }
+        let addrs = replicas.iter().map(RunningServer::http_addr).collect();
+        (replicas, addrs)
+    }
+
+    /// The grants bucket, through a NATS client of the test's own.
+    pub async fn grants_bucket(&self) -> async_nats::jetstream::kv::Store {
+        let client = async_nats::connect(self.nats.url()).await.unwrap();
+        async_nats::jetstream::new(client)
+            .get_key_value("fleet-authz-grants")
+            .await
+            .unwrap()
     }
 
     /// A replica that reaches NATS at `nats_url`.
