@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the fuzz targets one at a time (see fuzz/README.md).
+# Runs the fuzz targets (see fuzz/README.md): one at a time, two at a time in CI.
 #
-#   fuzz/run.sh ci                 each target for 20 s on a copy of its committed
+#   fuzz/run.sh ci                 each target for 20 s (two at once) on a copy of its committed
 #                                  corpus (what .ci/run does); any crash fails
 #   fuzz/run.sh long [target...]   each target up to 10^8 executions or 4 hours,
 #                                  whichever comes first, at nice 19, logging to
@@ -62,25 +62,37 @@ fuzz() {
 # Outside CI the runs soak up idle CPU only.
 [ "$mode" = ci ] || renice -n 19 -p $$ >/dev/null
 
+# CI: one target for 20 s on a throw-away copy of its corpus (CI never
+# adds files to the committed corpus); prints its totals, fails on a crash.
+ci_target() {
+  local t=$1
+  shift
+  local work="$target_dir/fuzz-corpus-ci/$t" log="$target_dir/fuzz-corpus-ci/$t.log" status=0
+  rm -rf "$work" && mkdir -p "$work" && cp fuzz/corpus/"$t"/* "$work"/
+  fuzz "$t" "$@" -max_total_time=20 -print_final_stats=1 "$work" >"$log" 2>&1 || status=$?
+  echo "== fuzz $t: 20 s"
+  grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ *DONE)' "$log" || true
+  if [ "$status" -ne 0 ]; then
+    tail -n 80 "$log"
+    echo "!! fuzz target $t failed (exit $status); the input is under fuzz/artifacts/$t/"
+    return 1
+  fi
+}
+
+failed=0
+running=0
 for t in "${targets[@]}"; do
   args=(-timeout=25)
   dict=$(dict_for "$t")
   [ -n "$dict" ] && args+=("-dict=$dict")
   case $mode in
     ci)
-      # A throw-away copy: CI never adds files to the committed corpus.
-      work="$target_dir/fuzz-corpus-ci/$t"
-      rm -rf "$work" && mkdir -p "$work" && cp fuzz/corpus/"$t"/* "$work"/
-      log="$target_dir/fuzz-corpus-ci/$t.log"
-      echo "== fuzz $t: 20 s"
-      status=0
-      fuzz "$t" "${args[@]}" -max_total_time=20 -print_final_stats=1 "$work" \
-        >"$log" 2>&1 || status=$?
-      grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ *DONE)' "$log" || true
-      if [ "$status" -ne 0 ]; then
-        tail -n 80 "$log"
-        echo "!! fuzz target $t failed (exit $status); the input is under fuzz/artifacts/$t/"
-        exit 1
+      # Two at a time: the machine has two cores.
+      ci_target "$t" "${args[@]}" &
+      running=$((running + 1))
+      if [ "$running" -ge 2 ]; then
+        wait -n || failed=1
+        running=$((running - 1))
       fi
       ;;
     long)
@@ -97,3 +109,8 @@ for t in "${targets[@]}"; do
       ;;
   esac
 done
+while [ "$running" -gt 0 ]; do
+  wait -n || failed=1
+  running=$((running - 1))
+done
+exit "$failed"
