@@ -216,8 +216,8 @@ async fn bad_policy(dir: &Path, text: &[u8]) -> String {
             let good =
                 fleet_authz::atomic_file::write_atomically(&path, fixture::POLICY.as_bytes());
             format!(
-                "{} MB written, then the good file back ({good:?})",
-                text.len() / 1_000_000
+                "{:.1} MB written and refused, then the good file back ({good:?})",
+                text.len() as f64 / 1e6
             )
         }
         Err(e) => format!("could not write: {e}"),
