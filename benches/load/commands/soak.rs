@@ -50,7 +50,7 @@ pub(super) struct Counts {
     pub(super) syncs_ok: f64,
     pub(super) syncs_failed: f64,
     reloads_ok: f64,
-    reloads_failed: f64,
+    pub(super) reloads_failed: f64,
 }
 
 impl Counts {

@@ -207,7 +207,8 @@ async fn endless_fleet(fake: &FakeFleet, metrics: SocketAddr, gzip: bool) -> Str
 }
 
 /// Writes `text` as the policy file and waits for the reload to be refused.
-async fn bad_policy(dir: &Path, text: &[u8]) -> String {
+async fn bad_policy(dir: &Path, metrics: SocketAddr, text: &[u8]) -> String {
+    let before = Counts::read(metrics).await.unwrap_or_default();
     let path = dir.join("policy.yaml");
     match fleet_authz::atomic_file::write_atomically(&path, text) {
         Ok(()) => {
@@ -216,7 +217,7 @@ async fn bad_policy(dir: &Path, text: &[u8]) -> String {
             let good =
                 fleet_authz::atomic_file::write_atomically(&path, fixture::POLICY.as_bytes());
             format!(
-                "{:.1} MB written and refused, then the good file back ({good:?})",
+                "{:.1} MB written, {refused} reload refused, then the good file back ({good:?})",
                 text.len() as f64 / 1e6
             )
         }
@@ -354,13 +355,13 @@ pub async fn spikes(o: Options) -> anyhow::Result<()> {
     );
     spikes.push(
         measure_spike(pid, "a 200 MB policy file", async {
-            bad_policy(dir.path(), &vec![b'#'; 200_000_000]).await
+            bad_policy(dir.path(), metrics, &vec![b'#'; 200_000_000]).await
         })
         .await,
     );
     spikes.push(
         measure_spike(pid, "a 0.9 MB policy file of YAML aliases", async {
-            bad_policy(dir.path(), &alias_policy(100_000)).await
+            bad_policy(dir.path(), metrics, &alias_policy(100_000)).await
         })
         .await,
     );
