@@ -214,6 +214,8 @@ async fn bad_policy(dir: &Path, metrics: SocketAddr, text: &[u8]) -> String {
         Ok(()) => {
             // The watcher reads it within a moment; give it a few.
             tokio::time::sleep(Duration::from_secs(3)).await;
+            let after = Counts::read(metrics).await.unwrap_or_default();
+            let refused = after.reloads_failed - before.reloads_failed;
             let good =
                 fleet_authz::atomic_file::write_atomically(&path, fixture::POLICY.as_bytes());
             format!(
