@@ -329,11 +329,11 @@ async fn grants_held_before_cluster_mode_are_shared_signed_and_a_missed_revocati
     let old_file = common::ops::json(&std::fs::read_to_string(&grants_a).unwrap());
     assert_eq!(old_file["grants"][0]["id"], 7, "A missed it: {old_file}");
     let a = fx.replica("a", "1h", "").await;
-    wait_for(
-        TTL * 3,
-        "the revocation on the restarted replica",
-        || async { (verdict(&fx, a.grpc_addr()).await == "failing_any_policy").then_some(()) },
-    )
+    // Never allowed, not even before the cluster's copy is read.
+    assert_eq!(verdict(&fx, a.grpc_addr()).await, "failing_any_policy");
+    wait_for(TTL * 3, "the revocation read back", || async {
+        listed_grants(a.http_addr()).await.is_empty().then_some(())
+    })
     .await;
     let entry = kv.get("grant.7").await.unwrap().unwrap();
     assert!(
@@ -632,6 +632,64 @@ async fn a_killed_leader_is_replaced_within_two_lease_ttls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_made_while_nats_is_down_survives_a_restart_and_wins_when_nats_returns() {
+    let _serial = SERIAL.lock().await;
+    let mut fx = Fixture::new().await;
+    let grants_a = fx.dir.path().join("grants-a.json");
+    std::fs::write(&grants_a, r#"{"version": 1, "next_id": 1, "grants": []}"#).unwrap();
+    let a = fx.replica("a", "1h", "").await;
+    let b = fx.replica("b", "1h", "").await;
+    settled(&[a.http_addr(), b.http_addr()]).await;
+    let id = grant(a.http_addr(), HOST, "1h").await;
+    wait_for(TTL * 3, "the grant on the other replica", || async {
+        (verdict(&fx, b.grpc_addr()).await == "allow").then_some(())
+    })
+    .await;
+
+    // Revoked through A while NATS is down; A restarts before NATS returns,
+    // so the revocation is only in A's grants file.
+    fx.nats.stop();
+    revoke(a.http_addr(), id).await;
+    assert_eq!(verdict(&fx, a.grpc_addr()).await, "failing_any_policy");
+    a.shutdown().await;
+    let file = common::ops::json(&std::fs::read_to_string(&grants_a).unwrap());
+    assert_eq!(file["revoked"][0]["id"], id, "{file}");
+    assert!(file["revoked"][0]["revoked_at_unix_ms"].is_i64(), "{file}");
+    let a = fx.replica("a", "1h", "").await;
+    assert_eq!(verdict(&fx, a.grpc_addr()).await, "failing_any_policy");
+
+    // NATS returns with the grant still active in the bucket: A keeps it
+    // revoked and writes the revocation, which reaches B.
+    fx.nats.restart().await;
+    let kv = fx.grants_bucket().await;
+    wait_for(TTL * 6, "the revocation in KV", || async {
+        let value = kv.get(format!("grant.{id}")).await.ok()??;
+        String::from_utf8_lossy(&value)
+            .contains("revoked_at_unix_ms")
+            .then_some(())
+    })
+    .await;
+    wait_for(TTL * 3, "the revocation on the other replica", || async {
+        (verdict(&fx, b.grpc_addr()).await == "failing_any_policy").then_some(())
+    })
+    .await;
+    for r in [&a, &b] {
+        assert_eq!(verdict(&fx, r.grpc_addr()).await, "failing_any_policy");
+        assert!(listed_grants(r.http_addr()).await.is_empty());
+    }
+    let audit = wait_for(Duration::from_secs(2), "the revocation audited", || async {
+        let page = admin_json(b.http_addr(), "/v1/audit").await;
+        (page["entries"].as_array()?.len() == 2).then_some(page)
+    })
+    .await;
+    assert_eq!(audit["entries"][0]["action"], "revoke", "{audit}");
+    assert_eq!(audit["entries"][0]["grant_id"], id);
+    assert_eq!(audit["entries"][1]["action"], "grant", "{audit}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_stopped_and_restarted_replicas_keep_deciding_sync_alone_then_rejoin() {
     let _serial = SERIAL.lock().await;
     let mut fx = Fixture::new().await;
@@ -704,6 +762,12 @@ async fn nats_down_at_start_serves_the_local_snapshot_then_syncs_alone_after_the
     let first = fx.replica("a", "1h", "").await;
     settled(&[first.http_addr()]).await;
     first.shutdown().await;
+    // A grant from the earlier run, not yet checked against the cluster.
+    let now = fleet_authz::duration::unix_ms(std::time::SystemTime::now());
+    let file = json!({"version": 1, "next_id": 2, "grants": [
+        {"id": 1, "host_id": HOST, "reason": "held", "granted_by": "admin",
+         "granted_at_unix_ms": now, "expires_at_unix_ms": now + 3_600_000}]});
+    std::fs::write(fx.dir.path().join("grants-a.json"), file.to_string()).unwrap();
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -715,7 +779,11 @@ async fn nats_down_at_start_serves_the_local_snapshot_then_syncs_alone_after_the
         .await;
     let (status, ready) = get(a.http_addr(), "/readyz", None).await;
     assert_eq!(status, 200, "serves the snapshot at once: {ready}");
-    assert_eq!(verdict(&fx, a.grpc_addr()).await, "failing_any_policy");
+    assert_eq!(
+        verdict(&fx, a.grpc_addr()).await,
+        "failing_any_policy",
+        "the held grant waits for the cluster or lease_ttl"
+    );
     assert_eq!(role(a.http_addr()).await, "follower");
     assert_eq!(fx.fake.count("teams"), 0, "no Fleet sync before lease_ttl");
     wait_for(TTL * 3, "a sync alone", || async {
@@ -728,6 +796,11 @@ async fn nats_down_at_start_serves_the_local_snapshot_then_syncs_alone_after_the
         started.elapsed()
     );
     assert_eq!(role(a.http_addr()).await, "alone");
+    assert_eq!(
+        verdict(&fx, a.grpc_addr()).await,
+        "allow",
+        "alone: held grants allow"
+    );
     a.shutdown().await;
 }
 

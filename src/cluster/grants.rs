@@ -11,7 +11,14 @@
 //! before cluster mode or from a run the others moved on from) are offered
 //! to the bucket with a create, which never overwrites: one already there,
 //! revoked or not, stays as it is, so a replica that missed a revocation
-//! cannot bring the grant back; the watcher then revokes it here too.
+//! cannot bring the grant back; the watcher then revokes it here too. Until
+//! the watcher has read the bucket once, those held grants allow nothing
+//! (after lease_ttl without NATS the replica is alone and they allow again).
+//!
+//! A revocation is kept in the grants file until its grant would have
+//! expired, so "revoked wins" survives a restart: one made while NATS was
+//! down is written at the next start unless the bucket already has it, and
+//! the bucket's stale copy of the grant is never applied over it.
 //!
 //! Deletes and purges carry no signature and are ignored: an entry goes
 //! only once it can no longer matter ([`super::prune`]). Ids come from the
@@ -19,7 +26,8 @@
 //! next id), so replicas never need to agree on a counter.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
+    ops::ControlFlow,
     sync::{Arc, Mutex},
     time::SystemTime,
 };
@@ -37,14 +45,11 @@ use crate::{
     posture::HostId,
 };
 
-/// What is waiting for NATS, and what was revoked.
+/// What is waiting for NATS.
 #[derive(Default)]
 pub(super) struct Replication {
     queue: Mutex<VecDeque<(Grant, Change)>>,
     wake: Notify,
-    /// Revoked ids until their grant would have expired: a replayed grant
-    /// entry for one of them is not applied again.
-    revoked: Mutex<HashMap<u64, SystemTime>>,
 }
 
 /// A grant as stored in KV.
@@ -115,24 +120,37 @@ enum Change {
     Revoked(SystemTime),
     /// Held when cluster mode started: shared unless the bucket has it.
     Held,
+    /// Revoked (at that time) before cluster mode started, perhaps while
+    /// NATS was down: written unless the bucket already has it revoked.
+    HeldRevocation(SystemTime),
 }
 
 fn key(id: u64) -> String {
     format!("grant.{id}")
 }
 
-/// Offers every grant in force in `store` to the bucket (see the module
-/// doc); queued, so they go once NATS answers.
+/// Offers every grant in force in `store` to the bucket, and every
+/// revocation it remembers (see the module doc); queued, so they go once
+/// NATS answers. The held grants allow nothing until the cluster's copy has
+/// been read ([`watch_loop`]; held back when the store was built).
 pub(super) fn share_held(node: &Node, store: &GrantStore) {
-    let held = store.active(SystemTime::now());
-    if !held.is_empty() {
+    let now = SystemTime::now();
+    let held = store.active(now);
+    let revocations = store.revocations(now);
+    if !held.is_empty() || !revocations.is_empty() {
         tracing::info!(
             grants = held.len(),
-            "grants held at start offered to the cluster"
+            revocations = revocations.len(),
+            "grants and revocations held at start offered to the cluster"
         );
     }
     let mut queue = lock(&node.grants.queue);
     queue.extend(held.into_iter().map(|g| (g, Change::Held)));
+    queue.extend(
+        revocations
+            .into_iter()
+            .map(|r| (r.grant, Change::HeldRevocation(r.at))),
+    );
     drop(queue);
     node.grants.wake.notify_one();
 }
@@ -151,7 +169,6 @@ impl GrantReplica for Hook {
     }
 
     fn revoked(&self, grant: &Grant, at: SystemTime) {
-        lock(&self.0.grants.revoked).insert(grant.id, grant.expires_at);
         self.queue(grant, Change::Revoked(at));
     }
 }
@@ -200,7 +217,7 @@ async fn write(
     change: Change,
 ) -> anyhow::Result<()> {
     let revoked_at = match change {
-        Change::Revoked(at) => Some(at),
+        Change::Revoked(at) | Change::HeldRevocation(at) => Some(at),
         Change::Granted | Change::Held => None,
     };
     let entry = Entry::new(grant, revoked_at, &node.id);
@@ -209,6 +226,12 @@ async fn write(
         .signer
         .seal(Kind::Grant, &key, &serde_json::to_vec(&entry)?);
     let ttl = node.config.lease_ttl;
+    if let Change::HeldRevocation(_) = change {
+        let current = tokio::time::timeout(ttl, nats.grants.get(&key)).await??;
+        if current.is_some_and(|value| is_revocation(node, &key, &value)) {
+            return Ok(());
+        }
+    }
     if change == Change::Held {
         let created = tokio::time::timeout(ttl, nats.grants.create(&key, sealed.into())).await?;
         match created {
@@ -236,38 +259,110 @@ pub(super) async fn watch_loop(
     store: Arc<GrantStore>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Some(nats) = ready(&node, &mut stop).await else {
+    // NATS out of reach for lease_ttl: the replica decides alone, so the
+    // grants it held at start allow again, unchecked, as before cluster mode.
+    let ttl = node.config.lease_ttl;
+    let nats = match tokio::time::timeout(ttl, ready(&node, &mut stop)).await {
+        Ok(nats) => nats,
+        Err(_) => {
+            let unchecked = store.confirm_held();
+            if unchecked > 0 {
+                tracing::warn!(
+                    grants = unchecked,
+                    "NATS out of reach: grants held at start allow again, unchecked against the cluster"
+                );
+            }
+            ready(&node, &mut stop).await
+        }
+    };
+    let Some(nats) = nats else {
         return;
     };
-    let step = node.config.lease_ttl / 3;
+    let step = ttl / 3;
+    let mut replayed = false;
     loop {
-        if let Ok(mut entries) = nats.grants.watch_with_history(">").await {
-            let mut check = tokio::time::interval(step);
-            let mut was_connected = true;
-            loop {
-                tokio::select! {
-                    () = stopped(&mut stop) => return,
-                    entry = entries.next() => match entry {
-                        Some(Ok(entry)) => on_entry(&node, &store, &entry),
-                        _ => break,
-                    },
-                    _ = check.tick() => {
-                        // A watch can outlive a NATS restart without its
-                        // consumer: start a new one once NATS is back.
-                        let connected = nats.client.connection_state() == async_nats::connection::State::Connected;
-                        if connected && !was_connected {
-                            break;
-                        }
-                        was_connected = connected;
-                    }
-                }
-            }
+        if !replayed {
+            replayed = replay(&node, &nats, &store)
+                .await
+                .inspect_err(|error| tracing::warn!(%error, "cannot read the grants bucket yet"))
+                .is_ok();
+        }
+        if replayed
+            && watch(&node, &nats, &store, step, &mut stop)
+                .await
+                .is_break()
+        {
+            return;
         }
         tokio::select! {
             () = stopped(&mut stop) => return,
             () = tokio::time::sleep(step) => {}
         }
     }
+}
+
+/// Applies the bucket's changes until the watch ends (`Continue`: start
+/// another) or shutdown (`Break`).
+async fn watch(
+    node: &Node,
+    nats: &super::Nats,
+    store: &GrantStore,
+    step: std::time::Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> ControlFlow<()> {
+    let Ok(mut entries) = nats.grants.watch_with_history(">").await else {
+        return ControlFlow::Continue(());
+    };
+    let mut check = tokio::time::interval(step);
+    let mut was_connected = true;
+    loop {
+        tokio::select! {
+            () = stopped(stop) => return ControlFlow::Break(()),
+            entry = entries.next() => match entry {
+                Some(Ok(entry)) => on_entry(node, store, &entry),
+                _ => return ControlFlow::Continue(()),
+            },
+            _ = check.tick() => {
+                // A watch can outlive a NATS restart without its
+                // consumer: start a new one once NATS is back.
+                let connected = nats.client.connection_state() == async_nats::connection::State::Connected;
+                if connected && !was_connected {
+                    return ControlFlow::Continue(());
+                }
+                was_connected = connected;
+            }
+        }
+    }
+}
+
+/// True when `value`, stored at `key`, is a sealed revocation.
+fn is_revocation(node: &Node, key: &str, value: &[u8]) -> bool {
+    node.open(Kind::Grant, key, value)
+        .and_then(|payload| serde_json::from_slice::<Entry>(payload).ok())
+        .is_some_and(|e| e.revoked_at_unix_ms.is_some())
+}
+
+/// Reads every grant and revocation in the bucket into `store`, then lets
+/// the grants held at start allow again: any the cluster revoked are gone.
+async fn replay(node: &Node, nats: &super::Nats, store: &GrantStore) -> anyhow::Result<()> {
+    let mut keys = nats.grants.keys().await?;
+    let mut listed = Vec::new();
+    while let Some(key) = keys.next().await {
+        listed.push(key?);
+    }
+    for key in listed {
+        if let Some(entry) = nats.grants.entry(&key).await? {
+            on_entry(node, store, &entry);
+        }
+    }
+    let confirmed = store.confirm_held();
+    if confirmed > 0 {
+        tracing::info!(
+            grants = confirmed,
+            "grants held at start checked against the cluster"
+        );
+    }
+    Ok(())
 }
 
 fn on_entry(node: &Node, store: &GrantStore, entry: &async_nats::jetstream::kv::Entry) {
@@ -285,13 +380,10 @@ fn on_entry(node: &Node, store: &GrantStore, entry: &async_nats::jetstream::kv::
         return node.rejected(Kind::Grant, &entry.key, "not a grant");
     };
     let now = SystemTime::now();
+    // The store remembers revocations (on file): a replayed grant entry for
+    // one revoked here, even before a restart, is not applied again.
     let change = if e.revoked_at_unix_ms.is_some() {
-        let mut revoked = lock(&node.grants.revoked);
-        revoked.retain(|_, until| *until > now);
-        revoked.insert(e.id, grant.expires_at);
-        RemoteChange::Revoked(e.id)
-    } else if lock(&node.grants.revoked).contains_key(&e.id) {
-        return;
+        RemoteChange::Revoked(grant)
     } else {
         RemoteChange::Granted(grant)
     };
@@ -357,6 +449,7 @@ mod tests {
             "other",
         );
         let remote = entry.to_grant().unwrap();
+        let remote_again = remote.clone();
         assert!(
             store
                 .apply_remote(RemoteChange::Granted(remote.clone()), now)
@@ -371,13 +464,19 @@ mod tests {
         assert_eq!(store.active(now).len(), 2);
         assert!(store.revoke(5000, now).unwrap());
         assert!(
+            !store
+                .apply_remote(RemoteChange::Granted(remote_again), now)
+                .unwrap(),
+            "a grant revoked here came back from the cluster"
+        );
+        assert!(
             store
-                .apply_remote(RemoteChange::Revoked(1000), now)
+                .apply_remote(RemoteChange::Revoked(mine.clone()), now)
                 .unwrap()
         );
         assert!(
             !store
-                .apply_remote(RemoteChange::Revoked(1000), now)
+                .apply_remote(RemoteChange::Revoked(mine.clone()), now)
                 .unwrap()
         );
         assert!(store.active(now).is_empty());

@@ -73,10 +73,11 @@ impl GrantStore {
         route: &str,
         now: SystemTime,
     ) -> Option<(u64, SystemTime)> {
-        self.lock()
+        let state = self.lock();
+        state
             .grants
             .iter()
-            .find(|g| g.is_bypass_of(host, route) && g.is_active(now))
+            .find(|g| g.is_bypass_of(host, route) && state.honours(g, now))
             .map(|g| (g.id, g.expires_at))
     }
 

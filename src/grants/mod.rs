@@ -8,6 +8,8 @@
 //! written atomically (temp file, fsync, rename, fsync of the directory) as a
 //! small JSON document, and the file is read at start. Expired grants are
 //! dropped when the file is next written; they never match a Check.
+//! Revocations stay on file until their grant would have expired, so a
+//! grant revoked here is never taken back from another replica's copy.
 //! Self-service bypasses (DESIGN.md §9) are grants too, scoped to one route
 //! ([`bypass`]); they stay on file for a day after they were given, expired
 //! or revoked, because the daily limit and the page token's replay check
@@ -130,7 +132,20 @@ impl std::fmt::Debug for dyn GrantReplica {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RemoteChange {
     Granted(Grant),
-    Revoked(u64),
+    /// The grant as it was given (its expiry bounds the revocation's life).
+    Revoked(Grant),
+}
+
+/// A grant revoked here or by another replica, remembered (and kept on
+/// file) until the grant would have expired: "revoked wins" must survive a
+/// restart, or a replica that revoked while NATS was down could take the
+/// grant back from the cluster's copy when it returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// The grant as it was given.
+    pub grant: Grant,
+    /// When it was revoked.
+    pub at: SystemTime,
 }
 
 /// The grants in force, optionally persisted to a file.
@@ -141,10 +156,58 @@ pub struct GrantStore {
     replica: std::sync::OnceLock<std::sync::Arc<dyn GrantReplica>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone)]
 struct State {
     next_id: u64,
     grants: Vec<Grant>,
+    revoked: Vec<Revocation>,
+    /// Grants held at start that no allow may use yet ([`GrantStore::hold_unconfirmed`]).
+    /// Never on file.
+    unconfirmed: Vec<u64>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            next_id: 1,
+            grants: Vec::new(),
+            revoked: Vec::new(),
+            unconfirmed: Vec::new(),
+        }
+    }
+}
+
+impl State {
+    /// A copy without what can no longer matter at `now`: expired grants
+    /// (bypasses stay a day, [`Grant::is_kept`]) and the revocations of
+    /// expired grants.
+    fn pruned(&self, now: SystemTime) -> Self {
+        Self {
+            next_id: self.next_id,
+            grants: self
+                .grants
+                .iter()
+                .filter(|g| g.is_kept(now))
+                .cloned()
+                .collect(),
+            revoked: self
+                .revoked
+                .iter()
+                .filter(|r| r.grant.is_active(now))
+                .cloned()
+                .collect(),
+            unconfirmed: self.unconfirmed.clone(),
+        }
+    }
+
+    fn is_revoked(&self, id: u64) -> bool {
+        self.revoked.iter().any(|r| r.grant.id == id)
+    }
+
+    /// True when an allow may rest on `grant` now.
+    fn honours(&self, grant: &Grant, now: SystemTime) -> bool {
+        grant.is_active(now) && !self.unconfirmed.contains(&grant.id)
+    }
 }
 
 impl GrantStore {
@@ -152,10 +215,7 @@ impl GrantStore {
     pub fn in_memory() -> Self {
         Self {
             path: None,
-            state: Mutex::new(State {
-                next_id: 1,
-                grants: Vec::new(),
-            }),
+            state: Mutex::new(State::default()),
             replica: std::sync::OnceLock::new(),
         }
     }
@@ -167,10 +227,7 @@ impl GrantStore {
                 path: path.to_owned(),
                 message,
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State {
-                next_id: 1,
-                grants: Vec::new(),
-            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(source) => {
                 return Err(GrantsError::Read {
                     path: path.to_owned(),
@@ -191,35 +248,60 @@ impl GrantStore {
         let _ = self.replica.set(replica);
     }
 
+    /// Stops every grant held now from allowing anything until
+    /// [`Self::confirm_held`]: a replica starting in cluster mode on its own
+    /// file may hold a grant the others revoked while it was down, and must
+    /// not honour it before it has read the cluster's copy. Grants given or
+    /// applied later are not affected. Returns how many are held back.
+    pub fn hold_unconfirmed(&self) -> usize {
+        let mut state = self.lock();
+        state.unconfirmed = state.grants.iter().map(|g| g.id).collect();
+        state.unconfirmed.len()
+    }
+
+    /// Lets the grants held back by [`Self::hold_unconfirmed`] allow again
+    /// (those the cluster revoked are gone by then). Returns how many.
+    pub fn confirm_held(&self) -> usize {
+        std::mem::take(&mut self.lock().unconfirmed).len()
+    }
+
     /// Applies a grant or revocation made through another replica: kept
     /// (and persisted) like a local one, not sent back. `Ok(false)` when it
-    /// changes nothing (already held, expired, or not held).
+    /// changes nothing (already held, expired, revoked, or not held).
     pub fn apply_remote(&self, change: RemoteChange, now: SystemTime) -> Result<bool, GrantsError> {
         let mut state = self.lock();
-        let mut next = State {
-            next_id: state.next_id,
-            grants: state
-                .grants
-                .iter()
-                .filter(|g| g.is_active(now))
-                .cloned()
-                .collect(),
-        };
+        let mut next = state.pruned(now);
+        next.grants.retain(|g| g.is_active(now));
         match change {
             RemoteChange::Granted(grant) => {
-                if !grant.is_active(now) || next.grants.iter().any(|g| g.id == grant.id) {
+                // Already held: the cluster's copy confirms it.
+                next.unconfirmed.retain(|id| *id != grant.id);
+                if !grant.is_active(now)
+                    || next.is_revoked(grant.id)
+                    || next.grants.iter().any(|g| g.id == grant.id)
+                {
+                    state.unconfirmed = next.unconfirmed;
                     return Ok(false);
                 }
                 next.next_id = next.next_id.max(grant.id + 1);
                 next.grants.push(grant);
                 next.grants.sort_by_key(|g| (g.granted_at, g.id));
             }
-            RemoteChange::Revoked(id) => {
+            RemoteChange::Revoked(grant) => {
                 let before = next.grants.len();
-                next.grants.retain(|g| g.id != id);
-                if next.grants.len() == before {
-                    return Ok(false);
+                next.grants.retain(|g| g.id != grant.id);
+                let removed = next.grants.len() != before;
+                if !grant.is_active(now) || next.is_revoked(grant.id) {
+                    if removed {
+                        self.persist(&next)?;
+                        *state = next;
+                    }
+                    return Ok(removed);
                 }
+                next.revoked.push(Revocation { grant, at: now });
+                self.persist(&next)?;
+                *state = next;
+                return Ok(removed);
             }
         }
         self.persist(&next)?;
@@ -252,11 +334,8 @@ impl GrantStore {
             expires_at: now + request.duration,
             bypass_route: request.bypass_route,
         };
-        let mut next = State {
-            next_id: id + 1,
-            grants: state.grants.clone(),
-        };
-        next.grants.retain(|g| g.is_kept(now));
+        let mut next = state.pruned(now);
+        next.next_id = id + 1;
         next.grants.push(grant.clone());
         self.persist(&next)?;
         *state = next;
@@ -266,7 +345,8 @@ impl GrantStore {
         Ok(grant)
     }
 
-    /// Revokes grant `id`; `Ok(false)` when there is no such grant.
+    /// Revokes grant `id`; `Ok(false)` when there is no such grant. The
+    /// revocation stays on file until the grant would have expired.
     pub fn revoke(&self, id: u64, now: SystemTime) -> Result<bool, GrantsError> {
         let mut state = self.lock();
         let Some(revoked) = state
@@ -277,15 +357,17 @@ impl GrantStore {
         else {
             return Ok(false);
         };
-        let next = State {
-            next_id: state.next_id,
-            grants: state
-                .grants
-                .iter()
-                .filter(|g| g.is_kept(now))
-                .filter_map(|g| g.revoked(id, now))
-                .collect(),
-        };
+        let mut next = state.pruned(now);
+        next.grants = next
+            .grants
+            .iter()
+            .filter_map(|g| g.revoked(id, now))
+            .collect();
+        next.unconfirmed.retain(|u| *u != id);
+        next.revoked.push(Revocation {
+            grant: revoked.clone(),
+            at: now,
+        });
         self.persist(&next)?;
         *state = next;
         if let Some(replica) = self.replica.get() {
@@ -302,6 +384,11 @@ impl GrantStore {
             .filter(|g| g.is_active(now))
             .cloned()
             .collect()
+    }
+
+    /// The revocations of grants that would still be in force at `now`.
+    pub fn revocations(&self, now: SystemTime) -> Vec<Revocation> {
+        self.lock().pruned(now).revoked
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -326,10 +413,13 @@ impl Grants for GrantStore {
         fingerprint: &Fingerprint,
         now: SystemTime,
     ) -> Option<(u64, String)> {
-        self.lock()
+        let state = self.lock();
+        state
             .grants
             .iter()
-            .find(|g| g.bypass_route.is_none() && g.is_active(now) && g.covers(host, fingerprint))
+            .find(|g| {
+                g.bypass_route.is_none() && state.honours(g, now) && g.covers(host, fingerprint)
+            })
             .map(|g| (g.id, g.reason.clone()))
     }
 
@@ -346,6 +436,9 @@ struct FileV1 {
     version: u32,
     next_id: u64,
     grants: Vec<FileGrant>,
+    /// Revocations of grants not yet expired, each with `revoked_at_unix_ms`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    revoked: Vec<FileGrant>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -362,6 +455,50 @@ struct FileGrant {
     granted_by: String,
     granted_at_unix_ms: i64,
     expires_at_unix_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revoked_at_unix_ms: Option<i64>,
+}
+
+impl FileGrant {
+    fn new(g: &Grant, revoked_at: Option<SystemTime>) -> Self {
+        let (host_id, sha1) = match g.subject {
+            GrantSubject::Host(id) => (Some(id.0), None),
+            GrantSubject::Certificate(fp) => (None, Some(fp)),
+        };
+        Self {
+            id: g.id,
+            host_id,
+            sha1,
+            bypass_route: g.bypass_route.clone(),
+            reason: g.reason.clone(),
+            granted_by: g.granted_by.clone(),
+            granted_at_unix_ms: unix_ms(g.granted_at),
+            expires_at_unix_ms: unix_ms(g.expires_at),
+            revoked_at_unix_ms: revoked_at.map(unix_ms),
+        }
+    }
+
+    fn into_grant(self) -> Result<Grant, String> {
+        let subject = match (self.host_id, self.sha1) {
+            (Some(id), None) => GrantSubject::Host(HostId(id)),
+            (None, Some(fp)) => GrantSubject::Certificate(fp),
+            _ => {
+                return Err(format!(
+                    "grant {}: give exactly one of host_id, sha1",
+                    self.id
+                ));
+            }
+        };
+        Ok(Grant {
+            id: self.id,
+            subject,
+            reason: self.reason,
+            granted_by: self.granted_by,
+            granted_at: from_unix_ms(self.granted_at_unix_ms),
+            expires_at: from_unix_ms(self.expires_at_unix_ms),
+            bypass_route: self.bypass_route,
+        })
+    }
 }
 
 fn encode(state: &State) -> Vec<u8> {
@@ -371,22 +508,12 @@ fn encode(state: &State) -> Vec<u8> {
         grants: state
             .grants
             .iter()
-            .map(|g| {
-                let (host_id, sha1) = match g.subject {
-                    GrantSubject::Host(id) => (Some(id.0), None),
-                    GrantSubject::Certificate(fp) => (None, Some(fp)),
-                };
-                FileGrant {
-                    id: g.id,
-                    host_id,
-                    sha1,
-                    bypass_route: g.bypass_route.clone(),
-                    reason: g.reason.clone(),
-                    granted_by: g.granted_by.clone(),
-                    granted_at_unix_ms: unix_ms(g.granted_at),
-                    expires_at_unix_ms: unix_ms(g.expires_at),
-                }
-            })
+            .map(|g| FileGrant::new(g, None))
+            .collect(),
+        revoked: state
+            .revoked
+            .iter()
+            .map(|r| FileGrant::new(&r.grant, Some(r.at)))
             .collect(),
     };
     // Serialising plain structs of strings and numbers cannot fail.
@@ -403,25 +530,40 @@ fn decode(bytes: &[u8]) -> Result<State, String> {
     }
     let mut grants = Vec::with_capacity(file.grants.len());
     for g in file.grants {
-        let subject = match (g.host_id, g.sha1) {
-            (Some(id), None) => GrantSubject::Host(HostId(id)),
-            (None, Some(fp)) => GrantSubject::Certificate(fp),
-            _ => return Err(format!("grant {}: give exactly one of host_id, sha1", g.id)),
+        if g.revoked_at_unix_ms.is_some() {
+            return Err(format!(
+                "grant {}: revoked_at_unix_ms belongs in \"revoked\"",
+                g.id
+            ));
+        }
+        grants.push(g.into_grant()?);
+    }
+    let mut revoked = Vec::with_capacity(file.revoked.len());
+    for g in file.revoked {
+        let Some(at) = g.revoked_at_unix_ms else {
+            return Err(format!(
+                "revoked grant {}: revoked_at_unix_ms is missing",
+                g.id
+            ));
         };
-        grants.push(Grant {
-            id: g.id,
-            subject,
-            reason: g.reason,
-            granted_by: g.granted_by,
-            granted_at: from_unix_ms(g.granted_at_unix_ms),
-            expires_at: from_unix_ms(g.expires_at_unix_ms),
-            bypass_route: g.bypass_route,
+        revoked.push(Revocation {
+            grant: g.into_grant()?,
+            at: from_unix_ms(at),
         });
     }
-    let max_id = grants.iter().map(|g| g.id).max().unwrap_or(0);
+    // A grant both held and revoked (a file edited by hand): revoked wins.
+    grants.retain(|g| !revoked.iter().any(|r| r.grant.id == g.id));
+    let max_id = grants
+        .iter()
+        .chain(revoked.iter().map(|r| &r.grant))
+        .map(|g| g.id)
+        .max()
+        .unwrap_or(0);
     Ok(State {
         next_id: file.next_id.max(max_id + 1),
         grants,
+        revoked,
+        unconfirmed: Vec::new(),
     })
 }
 

@@ -77,6 +77,90 @@ fn grants_round_trip_through_the_file() {
 }
 
 #[test]
+fn a_revocation_stays_on_file_until_expiry_so_the_grant_cannot_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grants.json");
+    let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let given = {
+        let store = GrantStore::open(&path).unwrap();
+        let g = store
+            .grant(request(GrantSubject::Host(HostId(9)), 600), t0)
+            .unwrap();
+        assert!(store.revoke(g.id, t0 + Duration::from_secs(10)).unwrap());
+        g
+    };
+    // After a restart, the cluster's stale copy of the grant is refused.
+    let reopened = GrantStore::open(&path).unwrap();
+    let later = t0 + Duration::from_secs(20);
+    let revocations = reopened.revocations(later);
+    assert_eq!(revocations.len(), 1);
+    assert_eq!(revocations[0].grant, given);
+    assert_eq!(revocations[0].at, t0 + Duration::from_secs(10));
+    assert!(
+        !reopened
+            .apply_remote(RemoteChange::Granted(given.clone()), later)
+            .unwrap()
+    );
+    assert_eq!(reopened.find(Some(HostId(9)), &fp(1), later), None);
+    assert!(reopened.active(later).is_empty());
+    // Once the grant would have expired the revocation goes, on the next write.
+    let after = t0 + Duration::from_secs(601);
+    assert!(reopened.revocations(after).is_empty());
+    reopened
+        .grant(request(GrantSubject::Host(HostId(1)), 60), after)
+        .unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("revoked"), "{text}");
+}
+
+#[test]
+fn grants_held_back_allow_nothing_until_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grants.json");
+    let now = SystemTime::now();
+    let (host, cert) = {
+        let store = GrantStore::open(&path).unwrap();
+        (
+            store
+                .grant(request(GrantSubject::Host(HostId(9)), 3600), now)
+                .unwrap(),
+            store
+                .grant(request(GrantSubject::Certificate(fp(4)), 3600), now)
+                .unwrap(),
+        )
+    };
+    let store = GrantStore::open(&path).unwrap();
+    assert_eq!(store.hold_unconfirmed(), 2);
+    assert_eq!(store.find(Some(HostId(9)), &fp(1), now), None);
+    assert_eq!(store.find(None, &fp(4), now), None);
+    assert_eq!(store.active(now).len(), 2, "held back, not dropped");
+    // The cluster's copy of one confirms that one only.
+    assert!(
+        !store
+            .apply_remote(RemoteChange::Granted(host.clone()), now)
+            .unwrap()
+    );
+    assert_eq!(
+        store.find(Some(HostId(9)), &fp(1), now).map(|(id, _)| id),
+        Some(host.id)
+    );
+    assert_eq!(store.find(None, &fp(4), now), None);
+    // A grant given after the hold is honoured at once.
+    let new = store
+        .grant(request(GrantSubject::Certificate(fp(5)), 60), now)
+        .unwrap();
+    assert_eq!(
+        store.find(None, &fp(5), now).map(|(id, _)| id),
+        Some(new.id)
+    );
+    assert_eq!(store.confirm_held(), 1);
+    assert_eq!(
+        store.find(None, &fp(4), now).map(|(id, _)| id),
+        Some(cert.id)
+    );
+}
+
+#[test]
 fn a_corrupt_file_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("grants.json");

@@ -65,6 +65,9 @@ pub(super) fn build_parts(config: &Config, ext: Extensions) -> anyhow::Result<Pa
         });
     if let Some(node) = &cluster {
         grants.set_replica(node.grant_replica());
+        // Held grants wait for the cluster's copy (cluster::grants), from
+        // before the first Check can be served.
+        grants.hold_unconfirmed();
     }
     let authorizer = Arc::new(Authorizer {
         store: Arc::clone(&store),
