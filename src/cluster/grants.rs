@@ -42,7 +42,6 @@ use crate::{
     duration::{from_unix_ms, unix_ms},
     fingerprint::Fingerprint,
     grants::{Grant, GrantReplica, GrantStore, GrantSubject, RemoteChange},
-    posture::HostId,
 };
 
 /// What is waiting for NATS.
@@ -75,10 +74,7 @@ pub(super) struct Entry {
 
 impl Entry {
     fn new(grant: &Grant, revoked_at: Option<SystemTime>, replica: &str) -> Self {
-        let (host_id, sha1) = match grant.subject {
-            GrantSubject::Host(id) => (Some(id.0), None),
-            GrantSubject::Certificate(fp) => (None, Some(fp)),
-        };
+        let (host_id, sha1) = grant.subject.to_parts();
         Self {
             id: grant.id,
             host_id,
@@ -94,11 +90,7 @@ impl Entry {
     }
 
     pub(super) fn to_grant(&self) -> Option<Grant> {
-        let subject = match (self.host_id, self.sha1) {
-            (Some(id), None) => GrantSubject::Host(HostId(id)),
-            (None, Some(fp)) => GrantSubject::Certificate(fp),
-            _ => return None,
-        };
+        let subject = GrantSubject::from_parts(self.host_id, self.sha1)?;
         Some(Grant {
             id: self.id,
             subject,
@@ -403,7 +395,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::admin::GrantRequest;
+    use crate::{admin::GrantRequest, posture::HostId};
 
     /// Records what the store sends, and gives ids from 1000.
     #[derive(Default)]

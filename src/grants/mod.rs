@@ -61,6 +61,25 @@ pub enum GrantSubject {
     Certificate(Fingerprint),
 }
 
+impl GrantSubject {
+    /// As stored (file, cluster): `(host_id, sha1)`, exactly one set.
+    pub fn to_parts(self) -> (Option<u64>, Option<Fingerprint>) {
+        match self {
+            Self::Host(id) => (Some(id.0), None),
+            Self::Certificate(fp) => (None, Some(fp)),
+        }
+    }
+
+    /// From [`Self::to_parts`]; `None` unless exactly one is set.
+    pub fn from_parts(host_id: Option<u64>, sha1: Option<Fingerprint>) -> Option<Self> {
+        match (host_id, sha1) {
+            (Some(id), None) => Some(Self::Host(HostId(id))),
+            (None, Some(fp)) => Some(Self::Certificate(fp)),
+            _ => None,
+        }
+    }
+}
+
 /// One emergency grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
@@ -461,10 +480,7 @@ struct FileGrant {
 
 impl FileGrant {
     fn new(g: &Grant, revoked_at: Option<SystemTime>) -> Self {
-        let (host_id, sha1) = match g.subject {
-            GrantSubject::Host(id) => (Some(id.0), None),
-            GrantSubject::Certificate(fp) => (None, Some(fp)),
-        };
+        let (host_id, sha1) = g.subject.to_parts();
         Self {
             id: g.id,
             host_id,
@@ -479,15 +495,11 @@ impl FileGrant {
     }
 
     fn into_grant(self) -> Result<Grant, String> {
-        let subject = match (self.host_id, self.sha1) {
-            (Some(id), None) => GrantSubject::Host(HostId(id)),
-            (None, Some(fp)) => GrantSubject::Certificate(fp),
-            _ => {
-                return Err(format!(
-                    "grant {}: give exactly one of host_id, sha1",
-                    self.id
-                ));
-            }
+        let Some(subject) = GrantSubject::from_parts(self.host_id, self.sha1) else {
+            return Err(format!(
+                "grant {}: give exactly one of host_id, sha1",
+                self.id
+            ));
         };
         Ok(Grant {
             id: self.id,
