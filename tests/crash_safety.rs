@@ -16,7 +16,7 @@ mod common;
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    process::{Child, Command},
+    process::Child,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -25,6 +25,7 @@ use common::{
     cluster::wait_for,
     fake_fleet::{FakeFleet, FakeSpec},
     ops::{POLICY, http_client},
+    server::{free_port, spawn_serve},
 };
 use fleet_authz::{fleet::snapshot, grants::GrantStore};
 use serde_json::json;
@@ -94,14 +95,7 @@ telemetry: {{log_format: json}}
         );
         let config = self.dir.path().join("config.yaml");
         std::fs::write(&config, yaml).unwrap();
-        let log = std::fs::File::create(self.dir.path().join("service.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_fleet-authz"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = spawn_serve(&config, &self.dir.path().join("service.log"));
         (child, SocketAddr::from(([127, 0, 0, 1], http)))
     }
 
@@ -131,15 +125,6 @@ telemetry: {{log_format: json}}
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-}
-
-/// A port free now (the child binds it a moment later).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The grant ids the service lists, once it answers.

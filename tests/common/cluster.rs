@@ -19,6 +19,7 @@ use super::{
     fake_fleet::{FakeFleet, FakeSpec},
     nats::NatsServer,
     ops::{get, json},
+    server::{free_port, spawn_serve},
 };
 
 /// The admin token every replica wants.
@@ -169,26 +170,9 @@ cluster:
         let yaml = self.yaml(name, &self.nats.url(), sync, "", &listen);
         let path: PathBuf = self.dir.path().join(format!("config-{name}.yaml"));
         std::fs::write(&path, yaml).unwrap();
-        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-authz"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = spawn_serve(&path, &self.dir.path().join(format!("{name}.log")));
         (child, SocketAddr::from(([127, 0, 0, 1], http)))
     }
-}
-
-/// A port free now (the child binds it a moment later).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `GET /v1/cluster`, or `None` while the replica does not answer.

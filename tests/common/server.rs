@@ -181,3 +181,25 @@ impl Verdict {
         }
     }
 }
+
+/// A port free now (a child process binds it a moment later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `fleet-authz serve --config <config>` as a child process of the real
+/// binary, its stdout and stderr written to `log`.
+pub fn spawn_serve(config: &Path, log: &Path) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_fleet-authz"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
