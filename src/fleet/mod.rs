@@ -18,6 +18,7 @@ pub mod model;
 mod paths;
 mod poller;
 mod recheck;
+mod report;
 mod request;
 mod retry;
 pub mod snapshot;
@@ -34,7 +35,7 @@ pub use poller::{Poller, PollerHandle};
 pub use recheck::{Recheck, RecheckOutcome, SkipReason};
 pub use retry::{FleetStats, Observer, RetryPolicy};
 pub use status::{SyncReport, SyncStatus};
-pub use stream::{FingerprintRow, PageMeta, ReportFingerprints, Sha1Column};
+pub use report::{FingerprintRow, PageMeta, ReportFingerprints, Sha1Column};
 pub use thread::spawn_low_priority;
 
 /// For the fuzz targets (`crate::fuzzing`): how the client reads a body.
