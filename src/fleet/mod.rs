@@ -33,9 +33,9 @@ pub use error::FleetError;
 pub use map::{Catalogue, CatalogueEntry, Interner};
 pub use poller::{Poller, PollerHandle};
 pub use recheck::{Recheck, RecheckOutcome, SkipReason};
+pub use report::{FingerprintRow, PageMeta, ReportFingerprints, Sha1Column};
 pub use retry::{FleetStats, Observer, RetryPolicy};
 pub use status::{SyncReport, SyncStatus};
-pub use report::{FingerprintRow, PageMeta, ReportFingerprints, Sha1Column};
 pub use thread::spawn_low_priority;
 
 /// For the fuzz targets (`crate::fuzzing`): how the client reads a body.

@@ -290,42 +290,50 @@ impl GrantStore {
     pub fn apply_remote(&self, change: RemoteChange, now: SystemTime) -> Result<bool, GrantsError> {
         let mut state = self.lock();
         let mut next = state.pruned(now);
-        next.grants.retain(|g| g.is_active(now));
-        match change {
+        let (applied, dirty) = match change {
             RemoteChange::Granted(grant) => {
-                // Already held: the cluster's copy confirms it.
+                // Held already: the cluster's copy confirms it.
                 next.unconfirmed.retain(|id| *id != grant.id);
-                if !grant.is_active(now)
-                    || next.is_revoked(grant.id)
-                    || next.grants.iter().any(|g| g.id == grant.id)
-                {
-                    state.unconfirmed = next.unconfirmed;
-                    return Ok(false);
+                // A bypass given within the day is kept though expired: the
+                // daily limit counts it.
+                let new = grant.is_kept(now)
+                    && !next.is_revoked(grant.id)
+                    && !next.grants.iter().any(|g| g.id == grant.id);
+                if new {
+                    next.next_id = next.next_id.max(grant.id + 1);
+                    next.grants.push(grant);
+                    next.grants.sort_by_key(|g| (g.granted_at, g.id));
                 }
-                next.next_id = next.next_id.max(grant.id + 1);
-                next.grants.push(grant);
-                next.grants.sort_by_key(|g| (g.granted_at, g.id));
+                (new, new)
             }
             RemoteChange::Revoked(grant) => {
-                let before = next.grants.len();
-                next.grants.retain(|g| g.id != grant.id);
-                let removed = next.grants.len() != before;
-                if !grant.is_active(now) || next.is_revoked(grant.id) {
-                    if removed {
-                        self.persist(&next)?;
-                        *state = next;
-                    }
-                    return Ok(removed);
+                let id = grant.id;
+                let held = next.grants.iter().find(|g| g.id == id).cloned();
+                // As a local revocation: a break-glass grant goes, a bypass
+                // stays, expired.
+                next.grants = next
+                    .grants
+                    .iter()
+                    .filter_map(|g| g.revoked(id, now))
+                    .collect();
+                next.unconfirmed.retain(|u| *u != id);
+                let remember = grant.is_active(now) && !next.is_revoked(id);
+                if remember {
+                    next.revoked.push(Revocation { grant, at: now });
                 }
-                next.revoked.push(Revocation { grant, at: now });
-                self.persist(&next)?;
-                *state = next;
-                return Ok(removed);
+                let was_active = held.as_ref().is_some_and(|g| g.is_active(now));
+                let changed =
+                    held.is_some_and(|g| Some(&g) != next.grants.iter().find(|n| n.id == id));
+                (was_active, remember || changed)
             }
+        };
+        if dirty {
+            self.persist(&next)?;
+            *state = next;
+        } else {
+            state.unconfirmed = next.unconfirmed;
         }
-        self.persist(&next)?;
-        *state = next;
-        Ok(true)
+        Ok(applied)
     }
 
     /// Gives a grant starting at `now`; persisted before it is returned.

@@ -235,3 +235,57 @@ fn bypasses_hold_their_route_their_daily_limit_and_spend_their_token() {
             .is_ok()
     );
 }
+
+#[test]
+fn bypasses_from_other_replicas_count_toward_the_daily_limit_expired_or_revoked() {
+    let store = GrantStore::in_memory();
+    let t0 = UNIX_EPOCH + Duration::from_secs(10_000_000);
+    let remote = |id: u64, at: SystemTime| Grant {
+        id,
+        subject: GrantSubject::Host(HostId(3)),
+        reason: "demo".to_owned(),
+        granted_by: "self-service".to_owned(),
+        granted_at: at,
+        expires_at: at + Duration::from_secs(60),
+        bypass_route: Some("default".to_owned()),
+    };
+    let t1 = t0 + Duration::from_secs(600);
+    // One given elsewhere and already over (read back after a restart),
+    // one given elsewhere and revoked there.
+    assert!(
+        store
+            .apply_remote(RemoteChange::Granted(remote(1, t0)), t1)
+            .unwrap()
+    );
+    let live = remote(2, t1);
+    assert!(
+        store
+            .apply_remote(RemoteChange::Granted(live.clone()), t1)
+            .unwrap()
+    );
+    assert_eq!(
+        store.find_bypass_grant(HostId(3), "default", t1),
+        Some((2, live.expires_at))
+    );
+    assert!(
+        store
+            .apply_remote(RemoteChange::Revoked(live.clone()), t1)
+            .unwrap()
+    );
+    assert_eq!(store.find_bypass_grant(HostId(3), "default", t1), None);
+    assert_eq!(store.bypasses_in_day(HostId(3), "default", t1), 2);
+    let limits = BypassLimits {
+        max_per_day: 2,
+        token_issued_at: t1 + Duration::from_secs(1),
+    };
+    let refused = store.grant_bypass(
+        HostId(3),
+        bypass(3, 60),
+        limits,
+        t1 + Duration::from_secs(1),
+    );
+    assert_eq!(refused.unwrap(), Err(BypassRefusal::LimitReached(2)));
+    // A revoked one never comes back from a replay.
+    assert!(!store.apply_remote(RemoteChange::Granted(live), t1).unwrap());
+    assert_eq!(store.find_bypass_grant(HostId(3), "default", t1), None);
+}
