@@ -98,8 +98,10 @@ for t in "${targets[@]}"; do
     long)
       mkdir -p "$target_dir/fuzz-logs" "$target_dir/fuzz-corpus/$t"
       echo "== fuzz $t: up to 10^8 runs or 4 h, log $target_dir/fuzz-logs/$t.log"
+      # Appended: the log keeps every run's totals ("10^8 in all" spans runs).
+      echo "== run started $(date -u +%FT%TZ)" >>"$target_dir/fuzz-logs/$t.log"
       fuzz "$t" "${args[@]}" -runs=100000000 -max_total_time=14400 -print_final_stats=1 \
-        "$target_dir/fuzz-corpus/$t" fuzz/corpus/"$t" >"$target_dir/fuzz-logs/$t.log" 2>&1 || echo "!! $t stopped with a finding: see the log"
+        "$target_dir/fuzz-corpus/$t" fuzz/corpus/"$t" >>"$target_dir/fuzz-logs/$t.log" 2>&1 || echo "!! $t stopped early (a finding, or interrupted): see the log"
       ;;
     *)
       mkdir -p "$target_dir/fuzz-corpus/$t"
