@@ -219,6 +219,25 @@ impl State {
         }
     }
 
+    /// Revokes `grant` as it was given: a break-glass grant goes, a bypass
+    /// stays, expired (the daily limit counts it), and the revocation is
+    /// remembered while the grant would still be in force. Returns whether
+    /// it was newly remembered.
+    fn revoke(&mut self, grant: Grant, now: SystemTime) -> bool {
+        let id = grant.id;
+        self.grants = self
+            .grants
+            .iter()
+            .filter_map(|g| g.revoked(id, now))
+            .collect();
+        self.unconfirmed.retain(|u| *u != id);
+        let remember = grant.is_active(now) && !self.is_revoked(id);
+        if remember {
+            self.revoked.push(Revocation { grant, at: now });
+        }
+        remember
+    }
+
     fn is_revoked(&self, id: u64) -> bool {
         self.revoked.iter().any(|r| r.grant.id == id)
     }
@@ -309,18 +328,7 @@ impl GrantStore {
             RemoteChange::Revoked(grant) => {
                 let id = grant.id;
                 let held = next.grants.iter().find(|g| g.id == id).cloned();
-                // As a local revocation: a break-glass grant goes, a bypass
-                // stays, expired.
-                next.grants = next
-                    .grants
-                    .iter()
-                    .filter_map(|g| g.revoked(id, now))
-                    .collect();
-                next.unconfirmed.retain(|u| *u != id);
-                let remember = grant.is_active(now) && !next.is_revoked(id);
-                if remember {
-                    next.revoked.push(Revocation { grant, at: now });
-                }
+                let remember = next.revoke(grant, now);
                 let was_active = held.as_ref().is_some_and(|g| g.is_active(now));
                 let changed =
                     held.is_some_and(|g| Some(&g) != next.grants.iter().find(|n| n.id == id));
@@ -385,16 +393,7 @@ impl GrantStore {
             return Ok(false);
         };
         let mut next = state.pruned(now);
-        next.grants = next
-            .grants
-            .iter()
-            .filter_map(|g| g.revoked(id, now))
-            .collect();
-        next.unconfirmed.retain(|u| *u != id);
-        next.revoked.push(Revocation {
-            grant: revoked.clone(),
-            at: now,
-        });
+        next.revoke(revoked.clone(), now);
         self.persist(&next)?;
         *state = next;
         if let Some(replica) = self.replica.get() {
