@@ -5,7 +5,9 @@
 #                                  corpus (what .ci/run does); any crash fails
 #   fuzz/run.sh long [target...]   each target up to 10^8 executions or 4 hours,
 #                                  whichever comes first, at nice 19, logging to
-#                                  <target dir>/fuzz-logs/<target>.log
+#                                  <target dir>/fuzz-logs/<target>.log; to resume a
+#                                  target part way, FUZZ_RUNS and FUZZ_SECONDS
+#                                  set what is left (default 100000000 and 14400)
 #   fuzz/run.sh SECONDS [target...]  each target for SECONDS, new inputs kept
 #                                  in <target dir>/fuzz-corpus/<target>
 #
@@ -97,10 +99,11 @@ for t in "${targets[@]}"; do
       ;;
     long)
       mkdir -p "$target_dir/fuzz-logs" "$target_dir/fuzz-corpus/$t"
-      echo "== fuzz $t: up to 10^8 runs or 4 h, log $target_dir/fuzz-logs/$t.log"
+      runs=${FUZZ_RUNS:-100000000} secs=${FUZZ_SECONDS:-14400}
+      echo "== fuzz $t: up to $runs runs or $secs s, log $target_dir/fuzz-logs/$t.log"
       # Appended: the log keeps every run's totals ("10^8 in all" spans runs).
-      echo "== run started $(date -u +%FT%TZ)" >>"$target_dir/fuzz-logs/$t.log"
-      fuzz "$t" "${args[@]}" -runs=100000000 -max_total_time=14400 -print_final_stats=1 \
+      echo "== run started $(date -u +%FT%TZ) (-runs=$runs -max_total_time=$secs)" >>"$target_dir/fuzz-logs/$t.log"
+      fuzz "$t" "${args[@]}" -runs="$runs" -max_total_time="$secs" -print_final_stats=1 \
         "$target_dir/fuzz-corpus/$t" fuzz/corpus/"$t" >>"$target_dir/fuzz-logs/$t.log" 2>&1 || echo "!! $t stopped early (a finding, or interrupted): see the log"
       ;;
     *)
