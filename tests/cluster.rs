@@ -21,6 +21,7 @@ use async_nats::jetstream::{self, object_store::ObjectMetadata};
 use common::{
     cluster::{
         Fixture, HOST, TOKEN, TTL, admin_json, cluster_state, metric_sum, role, settled, wait_for,
+        wait_until,
     },
     ops::{allowed, check, get, http, reason_header},
 };
@@ -358,6 +359,52 @@ async fn grants_held_before_cluster_mode_are_shared_signed_and_a_missed_revocati
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_audited_by_a_run_whose_write_failed_is_audited_once_when_written() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new().await;
+    let b = fx.replica("b", "1h", "").await;
+    settled(&[b.http_addr()]).await;
+    // An earlier run of A appended grant 7's audit entry, then died before
+    // its KV write: the entry is in the trail, the grant only in A's file.
+    let now = fleet_authz::duration::unix_ms(std::time::SystemTime::now());
+    let entry = json!({"time": "2026-12-01T00:00:00Z", "replica": "a-earlier-run",
+        "action": "grant", "grant_id": 7, "host_id": HOST, "reason": "from before",
+        "by": "admin", "expires_at": "2026-12-01T01:00:00Z"});
+    let signer = Signer::from_file(&fx.dir.path().join("cluster-key")).unwrap();
+    let sealed = signer.seal(
+        Kind::Audit,
+        "fleet-authz.audit",
+        entry.to_string().as_bytes(),
+    );
+    let js = jetstream::new(async_nats::connect(fx.nats.url()).await.unwrap());
+    let message = jetstream::message::PublishMessage::build()
+        .payload(sealed.into())
+        .message_id("7-grant");
+    js.send_publish("fleet-authz.audit", message)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let file = json!({"version": 1, "next_id": 8, "grants": [
+        {"id": 7, "host_id": HOST, "reason": "from before", "granted_by": "admin",
+         "granted_at_unix_ms": now - 60_000, "expires_at_unix_ms": now + 3_600_000}]});
+    std::fs::write(fx.dir.path().join("grants-a.json"), file.to_string()).unwrap();
+    let a = fx.replica("a", "1h", "").await;
+    wait_for(TTL * 3, "the held grant written and on B", || async {
+        (verdict(&fx, b.grpc_addr()).await == "allow").then_some(())
+    })
+    .await;
+    // A audits before it writes; its append is the earlier run's again.
+    let audit = admin_json(a.http_addr(), "/v1/audit").await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "audited once: {audit}");
+    assert_eq!(entries[0]["replica"], "a-earlier-run", "{audit}");
+    assert_eq!(entries[0]["grant_id"], 7, "{audit}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_entries_written_straight_to_nats_are_rejected_and_counted() {
     let _serial = SERIAL.lock().await;
     let fx = Fixture::new().await;
@@ -677,9 +724,12 @@ async fn a_revocation_made_while_nats_is_down_survives_a_restart_and_wins_when_n
         assert_eq!(verdict(&fx, r.grpc_addr()).await, "failing_any_policy");
         assert!(listed_grants(r.http_addr()).await.is_empty());
     }
-    let audit = wait_for(Duration::from_secs(2), "the revocation audited", || async {
+    let audit = wait_until(Duration::from_secs(2), "the revocation audited", || async {
         let page = admin_json(b.http_addr(), "/v1/audit").await;
-        (page["entries"].as_array()?.len() == 2).then_some(page)
+        match page["entries"].as_array() {
+            Some(entries) if entries.len() == 2 => Ok(page),
+            _ => Err(page),
+        }
     })
     .await;
     assert_eq!(audit["entries"][0]["action"], "revoke", "{audit}");
@@ -750,6 +800,20 @@ async fn nats_stopped_and_restarted_replicas_keep_deciding_sync_alone_then_rejoi
         || async { (verdict(&fx, a.grpc_addr()).await == "allow").then_some(()) },
     )
     .await;
+    // Audited before it was written, and once, however often B retried
+    // while NATS was down.
+    let audit = admin_json(a.http_addr(), "/v1/audit").await;
+    let actions: Vec<_> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].clone(), e["reason"].clone()))
+        .collect();
+    assert_eq!(
+        actions,
+        [(json!("grant"), json!("while NATS was down"))],
+        "{audit}"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -4,6 +4,7 @@
 //! a page at a time, as readable JSON: entries that fail their check are
 //! counted and left out, never shown.
 
+use async_nats::jetstream::message::PublishMessage;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -56,7 +57,17 @@ pub(super) async fn append(
     let body = node
         .signer
         .seal(Kind::Audit, subject, &serde_json::to_vec(&audit)?);
-    let ack = nats.js.publish(subject.clone(), body.into()).await?.await?;
+    // One entry per grant and action: a retried append (its ack lost, or
+    // the KV write after it failed) is dropped by the stream's duplicate
+    // window instead of appended twice.
+    let message = PublishMessage::build()
+        .payload(body.into())
+        .message_id(format!("{}-{action}", entry.id));
+    let ack = nats
+        .js
+        .send_publish(subject.clone(), message)
+        .await?
+        .await?;
     Ok(ack.sequence)
 }
 

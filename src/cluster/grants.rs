@@ -2,8 +2,8 @@
 //! grant as sealed JSON (a revocation is the same grant with
 //! `revoked_at_unix_ms`, sealed too, so it can't be forged either). The
 //! grant store's hook queues each grant and revocation made here; a writer
-//! puts it in KV and appends it to the audit stream, retrying until NATS
-//! takes it, so one made while NATS is down reaches the others when it
+//! appends it to the audit stream, then puts it in KV, retrying until NATS
+//! takes both, so one made while NATS is down reaches the others when it
 //! returns. A watcher applies what any replica wrote through
 //! `GrantStore::apply_remote`, within milliseconds of the write.
 //!
@@ -218,22 +218,21 @@ async fn write(
         .signer
         .seal(Kind::Grant, &key, &serde_json::to_vec(&entry)?);
     let ttl = node.config.lease_ttl;
-    if let Change::HeldRevocation(_) = change {
-        let current = tokio::time::timeout(ttl, nats.grants.get(&key)).await??;
-        if current.is_some_and(|value| is_revocation(node, &key, &value)) {
-            return Ok(());
+    // Held at start: written only where the bucket has nothing for it (a
+    // grant), or has it unrevoked (a revocation).
+    match change {
+        Change::Held | Change::HeldRevocation(_) => {
+            let current = tokio::time::timeout(ttl, nats.grants.get(&key)).await??;
+            let done = match (change, current) {
+                (Change::Held, current) => current.is_some(),
+                (_, Some(value)) => is_revocation(node, &key, &value),
+                (_, None) => false,
+            };
+            if done {
+                return Ok(());
+            }
         }
-    }
-    if change == Change::Held {
-        let created = tokio::time::timeout(ttl, nats.grants.create(&key, sealed.into())).await?;
-        match created {
-            Ok(_) => tracing::info!(grant_id = grant.id, "grant held at start shared"),
-            // The cluster has it (perhaps revoked): the watcher says what holds.
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
-    } else {
-        tokio::time::timeout(ttl, nats.grants.put(&key, sealed.into())).await??;
+        Change::Granted | Change::Revoked(_) => {}
     }
     // DESIGN §8: grant, revoke, or bypass (a self-service grant, §9).
     let action = match (revoked_at, &grant.bypass_route) {
@@ -241,7 +240,21 @@ async fn write(
         (None, Some(_)) => "bypass",
         (None, None) => "grant",
     };
+    // Audited before it takes effect: whatever the others apply is in the
+    // trail, even if this replica or NATS dies right after the write. A
+    // retry appends nothing twice (the entry's message id).
     audit::append(node, nats, action, &entry).await?;
+    if change == Change::Held {
+        let created = tokio::time::timeout(ttl, nats.grants.create(&key, sealed.into())).await?;
+        match created {
+            Ok(_) => tracing::info!(grant_id = grant.id, "grant held at start shared"),
+            // Written meanwhile by another replica: the watcher says what holds.
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        tokio::time::timeout(ttl, nats.grants.put(&key, sealed.into())).await??;
+    }
     Ok(())
 }
 

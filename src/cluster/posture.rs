@@ -189,14 +189,25 @@ fn worth_fetching(node: &Node, info: &async_nats::jetstream::object_store::Objec
 
 /// Fetches the current object and applies it when it passes. Runs on the
 /// follow thread, so the decoding and the swap run there too.
+/// A read that brings nothing for `lease_ttl` is given up (NATS restarted
+/// mid-read, or the object was replaced and its chunks purged): the next
+/// look fetches whatever is current then.
 async fn follow_one(node: &Arc<Node>, nats: &Nats) -> anyhow::Result<()> {
-    let mut object = nats.snapshots.get(POSTURE_OBJECT).await?;
+    let stall = node.config.lease_ttl;
+    let stalled = || anyhow::anyhow!("the posture object sent nothing for {stall:?}");
+    let mut object = tokio::time::timeout(stall, nats.snapshots.get(POSTURE_OBJECT))
+        .await
+        .map_err(|_| stalled())??;
     let nuid = object.info().nuid.clone();
     if lock(&node.held).nuid.as_deref() == Some(&nuid) {
         return Ok(());
     }
     let mut bytes = Vec::with_capacity(object.info().size);
-    object.read_to_end(&mut bytes).await?;
+    while tokio::time::timeout(stall, object.read_buf(&mut bytes))
+        .await
+        .map_err(|_| stalled())??
+        > 0
+    {}
     drop(object);
     apply(node, bytes, nuid);
     Ok(())

@@ -42,6 +42,15 @@ pub struct Fixture {
 impl Fixture {
     /// A fake Fleet of 10 hosts; host 1 holds `device` and fails policy 1.
     pub async fn new() -> Self {
+        // The replicas' logs, shown with a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_ansi(false)
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "fleet_authz=info".into()),
+            )
+            .try_init();
         let nats = NatsServer::start().await;
         let fake = FakeFleet::start(FakeSpec {
             hosts: 10,
@@ -214,32 +223,66 @@ where
     }
 }
 
+/// Polls `probe` every 25 ms until it returns `Ok`, for at most `limit`;
+/// a timeout shows the last `Err` (what was seen instead).
+pub async fn wait_until<T, E, F, Fut>(limit: Duration, what: &str, mut probe: F) -> T
+where
+    E: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}; last seen: {seen:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// Waits until exactly one of `addrs` leads, the others follow it, and all
 /// hold the same posture version ≥ 1; returns the leader's index.
 pub async fn settled(addrs: &[SocketAddr]) -> usize {
-    wait_for(
-        TTL * 8,
-        "one leader, the others following its posture",
-        || async {
-            let mut states = Vec::new();
-            for addr in addrs {
-                states.push(cluster_state(*addr).await?);
-            }
-            let leaders: Vec<usize> = (0..states.len())
-                .filter(|i| states[*i]["role"] == "leader")
-                .collect();
-            let [leader] = leaders[..] else { return None };
-            let version = states[leader]["posture_version"].as_u64()?;
-            let all_follow = states.iter().enumerate().all(|(i, s)| {
-                i == leader || (s["role"] == "follower" && s["leader"] == states[leader]["leader"])
-            });
-            let same = states
-                .iter()
-                .all(|s| s["posture_version"].as_u64() == Some(version));
-            (version >= 1 && all_follow && same).then_some(leader)
-        },
-    )
-    .await
+    let limit = TTL * 8;
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut states = Vec::new();
+        for addr in addrs {
+            states.push(cluster_state(*addr).await);
+        }
+        if let Some(leader) = one_leader_followed(&states) {
+            return leader;
+        }
+        // What each replica last said, so a timeout shows where it stuck.
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for one leader, the others following its posture; \
+             last seen: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The leader's index when exactly one replica leads, the others follow it
+/// and all hold the same posture version >= 1.
+fn one_leader_followed(states: &[Option<Value>]) -> Option<usize> {
+    let states: Vec<&Value> = states.iter().map(Option::as_ref).collect::<Option<_>>()?;
+    let leaders: Vec<usize> = (0..states.len())
+        .filter(|i| states[*i]["role"] == "leader")
+        .collect();
+    let [leader] = leaders[..] else { return None };
+    let version = states[leader]["posture_version"].as_u64()?;
+    let all_follow = states.iter().enumerate().all(|(i, s)| {
+        i == leader || (s["role"] == "follower" && s["leader"] == states[leader]["leader"])
+    });
+    let same = states
+        .iter()
+        .all(|s| s["posture_version"].as_u64() == Some(version));
+    (version >= 1 && all_follow && same).then_some(leader)
 }
 
 /// `/metrics` of `addr`: the sum of every sample of `name` (any labels).
