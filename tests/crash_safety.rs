@@ -290,6 +290,15 @@ async fn run(lab: &Lab, moments: &mut Moments) -> (Interrupted, usize) {
             "round {round}: the restart lost grants {lost:?}"
         );
         let writer = tokio::spawn(hammer(http, seen.clone(), round));
+        if round == 0 {
+            // Whatever the kills' timing on a slow machine, at least one
+            // sync is acknowledged, so the snapshot is checked against it.
+            wait_for(Duration::from_secs(30), "a forced sync answered", || {
+                let syncs = seen.lock().unwrap().syncs;
+                async move { (syncs > 0).then_some(()) }
+            })
+            .await;
+        }
         kill_moment(lab, child.id(), round, moments).await;
         child.kill().unwrap();
         child.wait().unwrap();
