@@ -189,6 +189,7 @@ fn worth_fetching(node: &Node, info: &async_nats::jetstream::object_store::Objec
 
 /// Fetches the current object and applies it when it passes. Runs on the
 /// follow thread, so the decoding and the swap run there too.
+///
 /// A read that brings nothing for `lease_ttl` is given up (NATS restarted
 /// mid-read, or the object was replaced and its chunks purged): the next
 /// look fetches whatever is current then.

@@ -210,17 +210,11 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_until(limit, what, || {
+        let seen = probe();
+        async move { seen.await.ok_or("nothing yet") }
+    })
+    .await
 }
 
 /// Polls `probe` every 25 ms until it returns `Ok`, for at most `limit`;
@@ -247,24 +241,19 @@ where
 /// Waits until exactly one of `addrs` leads, the others follow it, and all
 /// hold the same posture version ≥ 1; returns the leader's index.
 pub async fn settled(addrs: &[SocketAddr]) -> usize {
-    let limit = TTL * 8;
-    let deadline = Instant::now() + limit;
-    loop {
-        let mut states = Vec::new();
-        for addr in addrs {
-            states.push(cluster_state(*addr).await);
-        }
-        if let Some(leader) = one_leader_followed(&states) {
-            return leader;
-        }
-        // What each replica last said, so a timeout shows where it stuck.
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for one leader, the others following its posture; \
-             last seen: {states:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    // A timeout shows what each replica last said, so where it stuck.
+    wait_until(
+        TTL * 8,
+        "one leader, the others following its posture",
+        || async {
+            let mut states = Vec::new();
+            for addr in addrs {
+                states.push(cluster_state(*addr).await);
+            }
+            one_leader_followed(&states).ok_or(states)
+        },
+    )
+    .await
 }
 
 /// The leader's index when exactly one replica leads, the others follow it
